@@ -1,0 +1,61 @@
+# crhook: build, test and demo on a fresh Debian machine as root.
+# `make demo` and `make test` install what is missing first (deps).
+
+GO        ?= go
+GOBIN     := $(shell $(GO) env GOPATH)/bin
+export PATH := $(GOBIN):$(PATH)
+BIN       := bin/crhook
+PREFIX    ?= /usr/local
+PROTOC_GEN_GO_VERSION := v1.36.12
+GOLANGCI_VERSION      := v2.6.2
+
+# Debian packages the build and the tests need, as "command-or-file:package".
+DEB_NEEDS := gcc:gcc /usr/lib/x86_64-linux-gnu/libc.a:libc6-dev protoc:protobuf-compiler
+
+.PHONY: all build deps test demo generate bench lint install fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/crhook
+
+# deps installs missing Debian packages and Go tools. It is a no-op on a
+# machine that has them.
+deps:
+	@missing=""; for need in $(DEB_NEEDS); do \
+	  what=$${need%%:*}; pkg=$${need##*:}; \
+	  case $$what in /*) test -e $$what ;; *) command -v $$what >/dev/null ;; esac || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@command -v protoc-gen-go >/dev/null || $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+
+generate: deps
+	./proto/generate.sh
+
+test: deps build
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 30m ./...
+
+demo: deps build
+	./scripts/demo.sh
+
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchtime 5x ./crcore/...
+
+fuzz: deps
+	$(GO) test -run '^$$' -fuzz FuzzReader -fuzztime 30s ./crcore/internal/image
+
+lint: deps
+	@command -v golangci-lint >/dev/null || $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_VERSION)
+	gofmt -l . | tee /dev/stderr | (! read)
+	$(GO) vet ./...
+	golangci-lint run ./...
+
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/crhook
+
+clean:
+	rm -rf bin

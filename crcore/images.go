@@ -1,0 +1,179 @@
+//go:build linux && amd64
+
+package crcore
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/crhook/crhook/crcore/internal/image"
+	"github.com/crhook/crhook/crcore/internal/mem"
+	pb "github.com/crhook/crhook/proto"
+)
+
+// imageSet is a whole checkpoint read into memory (all but the pages).
+type imageSet struct {
+	dir   *image.Dir
+	inv   *pb.InventoryEntry
+	ext   *pb.CrhookInventoryEntry
+	tree  []*pb.PstreeEntry
+	files map[uint32]*pb.FileEntry
+	tasks map[int]*taskImage
+}
+
+type taskImage struct {
+	pid   int
+	core  *pb.CoreEntry
+	ext   *pb.CrhookTaskEntry
+	mm    *pb.MmEntry
+	fs    *pb.FsEntry
+	fds   []*pb.FdinfoEntry
+	pages uint32
+	runs  []mem.Run
+}
+
+func readOne(d *image.Dir, name string, k image.Kind, m proto.Message) error {
+	r, err := d.NewReader(name, k)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	if err := r.Read(m); err != nil {
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("%s: no entry: %w", name, ErrBadImage)
+		}
+		return err
+	}
+	return nil
+}
+
+func readAll[T proto.Message](d *image.Dir, name string, k image.Kind, mk func() T) ([]T, error) {
+	r, err := d.NewReader(name, k)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	var out []T
+	for {
+		m := mk()
+		err := r.Read(m)
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+}
+
+func loadImages(path string) (*imageSet, error) {
+	d, err := image.OpenDir(path)
+	if err != nil {
+		return nil, err
+	}
+	s := &imageSet{dir: d, inv: &pb.InventoryEntry{}, ext: &pb.CrhookInventoryEntry{}, files: map[uint32]*pb.FileEntry{}, tasks: map[int]*taskImage{}}
+	ok := false
+	defer func() {
+		if !ok {
+			d.Close()
+		}
+	}()
+	if err := readOne(d, "inventory.img", image.Inventory, s.inv); err != nil {
+		return nil, err
+	}
+	if err := readOne(d, "crhook-inventory.img", image.CrhookInventory, s.ext); err != nil {
+		return nil, fmt.Errorf("not a crhook image directory: %w", err)
+	}
+	if v := s.ext.GetFormatVersion(); v != formatVersion {
+		return nil, fmt.Errorf("%s: image format version %d, this crhook reads %d: %w", path, v, formatVersion, ErrBadImage)
+	}
+	if a := s.ext.GetArch(); a != machineArch {
+		return nil, fmt.Errorf("%s: images of a %s machine cannot be restored on %s: %w", path, a, machineArch, ErrNotSupported)
+	}
+	if s.tree, err = readAll(d, "pstree.img", image.Pstree, func() *pb.PstreeEntry { return &pb.PstreeEntry{} }); err != nil {
+		return nil, err
+	}
+	if len(s.tree) == 0 {
+		return nil, fmt.Errorf("pstree.img: no process: %w", ErrBadImage)
+	}
+	files, err := readAll(d, "files.img", image.Files, func() *pb.FileEntry { return &pb.FileEntry{} })
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range files {
+		s.files[f.GetId()] = f
+	}
+	for _, p := range s.tree {
+		pid := int(p.GetPid())
+		ti := &taskImage{pid: pid, core: &pb.CoreEntry{}, ext: &pb.CrhookTaskEntry{}, mm: &pb.MmEntry{}, fs: &pb.FsEntry{}}
+		if err := readOne(d, coreName(pid), image.Core, ti.core); err != nil {
+			return nil, err
+		}
+		if ti.core.GetThreadInfo().GetGpregs() == nil {
+			return nil, fmt.Errorf("%s: no x86_64 registers: %w", coreName(pid), ErrBadImage)
+		}
+		if err := readOne(d, extName(pid), image.CrhookTask, ti.ext); err != nil {
+			return nil, err
+		}
+		if err := readOne(d, mmName(pid), image.MM, ti.mm); err != nil {
+			return nil, err
+		}
+		if err := readOne(d, fsName(pid), image.Fs, ti.fs); err != nil {
+			return nil, err
+		}
+		filesID := ti.core.GetIds().GetFilesId()
+		if ti.fds, err = readAll(d, fdinfoName(filesID), image.Fdinfo, func() *pb.FdinfoEntry { return &pb.FdinfoEntry{} }); err != nil {
+			return nil, err
+		}
+		if err := ti.readPagemap(d); err != nil {
+			return nil, err
+		}
+		s.tasks[pid] = ti
+	}
+	ok = true
+	return s, nil
+}
+
+func (ti *taskImage) readPagemap(d *image.Dir) error {
+	name := pagemapName(ti.pid)
+	r, err := d.NewReader(name, image.Pagemap)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	head := &pb.PagemapHead{}
+	if err := r.Read(head); err != nil {
+		return err
+	}
+	ti.pages = head.GetPagesId()
+	vmas := ti.mm.GetVmas()
+	for {
+		e := &pb.PagemapEntry{}
+		err := r.Read(e)
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		run := mem.Run{Addr: e.GetVaddr(), NrPages: uint64(e.GetNrPages())}
+		// Every run must lie inside one dumped VMA: an image must not
+		// make us write anywhere else.
+		end := run.Addr + run.NrPages*uint64(pageSize)
+		inside := false
+		for _, v := range vmas {
+			if v.GetStart() <= run.Addr && end <= v.GetEnd() && end > run.Addr {
+				inside = true
+				break
+			}
+		}
+		if !inside || run.Addr%uint64(pageSize) != 0 {
+			return fmt.Errorf("%s: pages at %#x (+%d) lie outside every mapping: %w", name, run.Addr, run.NrPages, ErrBadImage)
+		}
+		ti.runs = append(ti.runs, run)
+	}
+}

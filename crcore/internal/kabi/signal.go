@@ -1,0 +1,46 @@
+//go:build linux && amd64
+
+package kabi
+
+// KSigaction is the kernel's struct sigaction for rt_sigaction(2) on x86_64
+// (arch/x86/include/uapi/asm/signal.h, struct sigaction with SA_RESTORER),
+// not glibc's: handler, flags, restorer, then a 64-bit mask.
+type KSigaction struct {
+	Handler  uint64
+	Flags    uint64
+	Restorer uint64
+	Mask     uint64
+}
+
+// SizeofKSigaction is sizeof(struct sigaction) on x86_64.
+const SizeofKSigaction = 32
+
+// StackT is stack_t from include/uapi/asm-generic/signal.h (x86_64 layout).
+type StackT struct {
+	SP    uint64
+	Flags int32
+	_     int32
+	Size  uint64
+}
+
+// SizeofStackT is sizeof(stack_t).
+const SizeofStackT = 24
+
+// NSig is the number of signals (_NSIG).
+const NSig = 64
+
+// Kernel-internal syscall restart codes (include/linux/errno.h). They are
+// visible in rax of a task stopped inside an interrupted syscall and must
+// never reach user code.
+const (
+	ERESTARTSYS          = 512
+	ERESTARTNOINTR       = 513
+	ERESTARTNOHAND       = 514
+	ERESTARTRESTARTBLOCK = 516
+)
+
+// sigaltstack flags (include/uapi/linux/signal.h).
+const (
+	SS_ONSTACK = 1
+	SS_DISABLE = 2
+)

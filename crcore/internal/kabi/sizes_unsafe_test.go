@@ -1,0 +1,25 @@
+//go:build linux && amd64
+
+package kabi
+
+import (
+	"testing"
+	"unsafe"
+)
+
+func TestSizes(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		got, want uintptr
+	}{
+		{"prctl_mm_map", unsafe.Sizeof(PrctlMMMap{}), SizeofPrctlMMMap},
+		{"sigaction", unsafe.Sizeof(KSigaction{}), SizeofKSigaction},
+		{"stack_t", unsafe.Sizeof(StackT{}), SizeofStackT},
+		{"clone_args", unsafe.Sizeof(CloneArgs{}), SizeofCloneArgs},
+		{"ptrace_rseq_configuration", unsafe.Sizeof(RseqConfiguration{}), SizeofRseqConfiguration},
+	} {
+		if c.got != c.want {
+			t.Errorf("sizeof(%s) = %d, kernel expects %d", c.name, c.got, c.want)
+		}
+	}
+}

@@ -1,0 +1,182 @@
+//go:build linux && amd64
+
+package ptrace
+
+import (
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/crhook/crhook/crcore/internal/kabi"
+)
+
+// SyscallError is a negative return of an injected syscall.
+type SyscallError struct {
+	Name string
+	Tid  int
+	Err  unix.Errno
+}
+
+func (e *SyscallError) Error() string {
+	return fmt.Sprintf("injected %s in task %d: %v", e.Name, e.Tid, e.Err)
+}
+func (e *SyscallError) Unwrap() error { return e.Err }
+
+// Call runs syscall nr in the task through the gadget at gadget and
+// returns its result; a negative result becomes a *SyscallError naming
+// name. The task's registers are put back afterwards.
+func (t *Task) Call(gadget uint64, name string, nr uintptr, args ...uint64) (uint64, error) {
+	ret, err := t.Syscall(gadget, nr, args...)
+	if err != nil {
+		return 0, fmt.Errorf("inject %s: %w", name, err)
+	}
+	if e := int64(ret); e < 0 && e > -4096 {
+		return 0, &SyscallError{Name: name, Tid: t.Tid, Err: unix.Errno(-e)}
+	}
+	return ret, nil
+}
+
+func setArgs(r *unix.PtraceRegs, gadget uint64, nr uintptr, args []uint64) error {
+	if len(args) > 6 {
+		return fmt.Errorf("syscall %d: %d arguments, at most 6", nr, len(args))
+	}
+	var a [6]uint64
+	copy(a[:], args)
+	r.Rip = gadget
+	r.Rax = uint64(nr)
+	r.Orig_rax = ^uint64(0)
+	r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
+	return nil
+}
+
+// Syscall runs syscall nr in the stopped task and returns the raw rax.
+// The task's registers are restored afterwards; it is left in the
+// signal-delivery stop of the gadget's int3.
+func (t *Task) Syscall(gadget uint64, nr uintptr, args ...uint64) (uint64, error) {
+	saved, err := t.GetRegs()
+	if err != nil {
+		return 0, err
+	}
+	r := saved
+	if err := setArgs(&r, gadget, nr, args); err != nil {
+		return 0, err
+	}
+	if err := t.SetRegs(&r); err != nil {
+		return 0, err
+	}
+	for {
+		if err := unix.PtraceCont(t.Tid, 0); err != nil {
+			return 0, wrap("cont", t.Tid, err)
+		}
+		ws, err := t.wait()
+		if err != nil {
+			return 0, err
+		}
+		done, err := t.classify(ws, gadget)
+		if err != nil {
+			return 0, err
+		}
+		if done {
+			break
+		}
+	}
+	after, err := t.GetRegs()
+	if err != nil {
+		return 0, err
+	}
+	if err := t.SetRegs(&saved); err != nil {
+		return 0, err
+	}
+	return after.Rax, nil
+}
+
+// classify handles one stop during an injection. It returns true at the
+// int3 that ends it.
+func (t *Task) classify(ws unix.WaitStatus, gadget uint64) (bool, error) {
+	if !ws.Stopped() {
+		return false, fmt.Errorf("injected syscall in task %d: unexpected wait status %#x", t.Tid, uint32(ws))
+	}
+	sig, ev := ws.StopSignal(), Event(ws)
+	switch {
+	case sig == unix.SIGTRAP && ev == 0:
+		r, err := t.GetRegs()
+		if err != nil {
+			return false, err
+		}
+		if r.Rip == gadget+uint64(len(Gadget)) {
+			return true, nil
+		}
+		return false, fmt.Errorf("injected syscall in task %d: SIGTRAP at %#x, not at the gadget %#x", t.Tid, r.Rip, gadget)
+	case ev == kabi.PTRACE_EVENT_FORK || ev == kabi.PTRACE_EVENT_CLONE || ev == kabi.PTRACE_EVENT_VFORK:
+		msg, err := unix.PtraceGetEventMsg(t.Tid)
+		if err != nil {
+			return false, wrap("geteventmsg", t.Tid, err)
+		}
+		t.events = append(t.events, int(msg))
+		return false, nil
+	case ev == kabi.PTRACE_EVENT_EXIT:
+		return false, fmt.Errorf("injected syscall in task %d: task is exiting", t.Tid)
+	case ev != 0:
+		// Interrupt or group stop: just go on.
+		return false, nil
+	case sig == unix.SIGSEGV || sig == unix.SIGBUS || sig == unix.SIGILL:
+		r, _ := t.GetRegs()
+		return false, fmt.Errorf("injected syscall in task %d: %v at rip %#x (gadget %#x)", t.Tid, sig, r.Rip, gadget)
+	case sig == unix.SIGTRAP|0x80:
+		// A syscall stop left over from PTRACE_SYSCALL; go on.
+		return false, nil
+	default:
+		t.deferred = append(t.deferred, sig)
+		return false, nil
+	}
+}
+
+// SyscallToExit runs syscall nr under PTRACE_SYSCALL and leaves the task
+// at its syscall-exit stop, registers not restored. It serves the last
+// call of a sequence, after which the gadget itself may be gone (munmap
+// of the page that holds it): the task never executes the int3.
+// Precondition: PTRACE_O_TRACESYSGOOD is set.
+func (t *Task) SyscallToExit(gadget uint64, nr uintptr, args ...uint64) (uint64, error) {
+	r, err := t.GetRegs()
+	if err != nil {
+		return 0, err
+	}
+	if err := setArgs(&r, gadget, nr, args); err != nil {
+		return 0, err
+	}
+	if err := t.SetRegs(&r); err != nil {
+		return 0, err
+	}
+	stops := 0
+	for stops < 2 {
+		if err := ptrace(unix.PTRACE_SYSCALL, t.Tid, 0, 0); err != nil {
+			return 0, wrap("syscall", t.Tid, err)
+		}
+		ws, err := t.wait()
+		if err != nil {
+			return 0, err
+		}
+		if ws.Stopped() && ws.StopSignal() == unix.SIGTRAP|0x80 {
+			stops++
+			continue
+		}
+		if _, err := t.classify(ws, gadget); err != nil {
+			return 0, err
+		}
+	}
+	after, err := t.GetRegs()
+	if err != nil {
+		return 0, err
+	}
+	return after.Rax, nil
+}
+
+// Errno turns a raw syscall return into an error, nil when it is not an
+// error code.
+func Errno(name string, ret uint64) error {
+	if e := int64(ret); e < 0 && e > -4096 {
+		return os.NewSyscallError(name, unix.Errno(-e))
+	}
+	return nil
+}

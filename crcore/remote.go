@@ -1,0 +1,113 @@
+//go:build linux && amd64
+
+package crcore
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/crhook/crhook/crcore/internal/ptrace"
+)
+
+// remote is a stopped task we run syscalls in: a gadget to execute and a
+// scratch area for syscall arguments that live in memory.
+// Precondition for every method: OS thread locked, task traced by it.
+type remote struct {
+	t       *ptrace.Task
+	gadget  uint64
+	scratch uint64 // start of the argument area
+	size    uint64
+	used    uint64
+}
+
+func (r *remote) pid() int { return r.t.Tid }
+
+// call runs a syscall and turns a negative result into an error.
+func (r *remote) call(name string, nr uintptr, args ...uint64) (uint64, error) {
+	return r.t.Call(r.gadget, name, nr, args...)
+}
+
+// reset forgets everything placed in scratch.
+func (r *remote) reset() { r.used = 0 }
+
+// put copies b into scratch and returns its address in the task.
+func (r *remote) put(b []byte) (uint64, error) {
+	n := (uint64(len(b)) + 15) &^ 15
+	if r.used+n > r.size {
+		return 0, fmt.Errorf("scratch area of task %d full (%d of %d bytes)", r.pid(), r.used+n, r.size)
+	}
+	addr := r.scratch + r.used
+	if err := writeMem(r.pid(), addr, b); err != nil {
+		return 0, err
+	}
+	r.used += n
+	return addr, nil
+}
+
+// alloc reserves n bytes of scratch (for out-parameters).
+func (r *remote) alloc(n int) (uint64, error) {
+	sz := (uint64(n) + 15) &^ 15
+	if r.used+sz > r.size {
+		return 0, fmt.Errorf("scratch area of task %d full", r.pid())
+	}
+	addr := r.scratch + r.used
+	r.used += sz
+	return addr, nil
+}
+
+// cstring places a NUL-terminated string in scratch.
+func (r *remote) cstring(s string) (uint64, error) {
+	b := make([]byte, len(s)+1)
+	copy(b, s)
+	return r.put(b)
+}
+
+// read copies len(b) bytes at addr out of the task.
+func (r *remote) read(addr uint64, b []byte) error { return readMem(r.pid(), addr, b) }
+
+func writeMem(pid int, addr uint64, b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	local := []unix.Iovec{{Base: &b[0]}}
+	local[0].SetLen(len(b))
+	rem := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(b)}}
+	for {
+		n, err := unix.ProcessVMWritev(pid, local, rem, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("write %d bytes at %#x in task %d: %w", len(b), addr, pid, os.NewSyscallError("process_vm_writev", err))
+		}
+		if n != len(b) {
+			return fmt.Errorf("write %d bytes at %#x in task %d: short write %d", len(b), addr, pid, n)
+		}
+		return nil
+	}
+}
+
+func readMem(pid int, addr uint64, b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	local := []unix.Iovec{{Base: &b[0]}}
+	local[0].SetLen(len(b))
+	rem := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(b)}}
+	for {
+		n, err := unix.ProcessVMReadv(pid, local, rem, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read %d bytes at %#x in task %d: %w", len(b), addr, pid, os.NewSyscallError("process_vm_readv", err))
+		}
+		if n != len(b) {
+			return fmt.Errorf("read %d bytes at %#x in task %d: short read %d", len(b), addr, pid, n)
+		}
+		return nil
+	}
+}
