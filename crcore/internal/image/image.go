@@ -220,7 +220,6 @@ type Reader struct {
 	c     io.Closer
 	br    *bufio.Reader
 	off   int64
-	kind  Kind
 	buf   []byte
 	start int64 // offset of the entry being read, for errors
 }
@@ -294,7 +293,6 @@ func (r *Reader) header() (Kind, error) {
 	if k.Prefix != prefix {
 		return Kind{}, r.errAt(0, badf("%s image with header magic 0x%08x, want 0x%08x", k.Name, prefix, k.Prefix))
 	}
-	r.kind = k
 	return k, nil
 }
 
@@ -314,7 +312,6 @@ func (r *Reader) expect(k Kind) error {
 		return r.errAt(0, badf("read magic of %s image: %w", k.Name, eofIsUnexpected(err)))
 	}
 	if got == want {
-		r.kind = k
 		return nil
 	}
 	// Say what the file is instead.
