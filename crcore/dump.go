@@ -110,7 +110,8 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
 	}
 	defer dir.Close()
-	d := &dumper{log: log, dir: dir, files: newFileTable()}
+	d := &dumper{log: log, dir: dir, files: newFileTable(dir)}
+	defer d.files.ctx.closeExtra()
 
 	t, err := ptrace.Seize(pid, unix.PTRACE_O_TRACESYSGOOD)
 	if err != nil {
@@ -153,6 +154,9 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 
 	ts.vmas = vmaExtra
 	if err := d.writeImages(st, ts, mm, runs, fds, fs); err != nil {
+		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
+	}
+	if err := d.files.ctx.closeExtra(); err != nil {
 		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
 	}
 	if err := syncDir(opts.ImageDir); err != nil {

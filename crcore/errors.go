@@ -2,7 +2,10 @@
 
 package crcore
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 func badImagef(format string, a ...any) error {
 	return fmt.Errorf("%s: %w", fmt.Sprintf(format, a...), ErrBadImage)
@@ -11,3 +14,5 @@ func badImagef(format string, a ...any) error {
 func notSupportedf(format string, a ...any) error {
 	return fmt.Errorf("%s: %w", fmt.Sprintf(format, a...), ErrNotSupported)
 }
+
+func isNotSupported(err error) bool { return errors.Is(err, ErrNotSupported) }

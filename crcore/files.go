@@ -5,18 +5,138 @@ package crcore
 import (
 	"fmt"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/crhook/crhook/crcore/internal/image"
 	"github.com/crhook/crhook/crcore/internal/procfs"
 	pb "github.com/crhook/crhook/proto"
 )
 
-// KCMP_FILE from include/uapi/linux/kcmp.h.
-const kcmpFile = 0
+// File descriptors are dumped and restored by drivers, one per kind of
+// open file (files_*.go). The generic layer here gives every open file an
+// id (shared open files are found with kcmp and dumped once), writes the
+// fdinfo and files images, and on restore puts each fd at its number.
+
+// fdDriver dumps and restores one kind of open file.
+type fdDriver interface {
+	// Type is the fd type of the images this driver writes and reads.
+	Type() pb.FdTypes
+	// Match reports whether the open file is of this driver's kind.
+	Match(f *openFd) bool
+	// Dump describes the open file as a file_entry with the given id
+	// (Type and Id are filled in by the caller). It is called once per
+	// open file, for the first fd found to hold it. Extra images (pipe
+	// data, socket queues...) go through c.
+	Dump(c *fdDumpCtx, f *openFd, id uint32) (*pb.FileEntry, error)
+	// Restore opens the file inside the task with injected syscalls on r
+	// and returns its fd there. It may open the files of other ids at
+	// the same time (the other end of a pipe) and hand them over with
+	// c.Provide.
+	Restore(c *fdRestoreCtx, r *remote, e *pb.FileEntry) (uint64, error)
+}
+
+var fdDrivers []fdDriver
+
+// registerFdDriver adds a driver; drivers registered earlier are asked
+// first, so a narrow kind (a terminal) registers before a broad one (any
+// character device).
+func registerFdDriver(d fdDriver) { fdDrivers = append(fdDrivers, d) }
+
+func driverFor(t pb.FdTypes) fdDriver {
+	for _, d := range fdDrivers {
+		if d.Type() == t {
+			return d
+		}
+	}
+	return nil
+}
+
+// openFd is one fd of a dumped task, as procfs shows it.
+type openFd struct {
+	Pid   int // host pid of the task
+	Fd    int
+	Link  string // readlink /proc/PID/fd/FD
+	Stat  unix.Stat_t
+	Info  *procfs.FdInfo
+	Flags uint32 // file status flags, O_CLOEXEC removed
+
+	local *os.File
+}
+
+// Mode is the file type bits of the fd's inode.
+func (f *openFd) Mode() uint32 { return f.Stat.Mode & unix.S_IFMT }
+
+// Local returns a duplicate of the fd in our own process (pidfd_getfd),
+// for drivers that must look at the file itself (queued data, socket
+// options). The duplicate shares the open file: reading from it consumes
+// the task's data. It is closed when the dump ends.
+func (f *openFd) Local() (*os.File, error) {
+	if f.local != nil {
+		return f.local, nil
+	}
+	pfd, err := unix.PidfdOpen(f.Pid, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("pidfd_open", err)
+	}
+	defer unix.Close(pfd)
+	fd, err := unix.PidfdGetfd(pfd, f.Fd, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd_getfd fd %d of pid %d: %w", f.Fd, f.Pid, os.NewSyscallError("pidfd_getfd", err))
+	}
+	f.local = os.NewFile(uintptr(fd), f.Link)
+	return f.local, nil
+}
+
+func (f *openFd) close() {
+	if f.local != nil {
+		f.local.Close()
+		f.local = nil
+	}
+}
+
+// fdDumpCtx is what drivers see of a dump.
+type fdDumpCtx struct {
+	dir   *image.Dir
+	extra map[string]*image.Writer
+	ft    *fileTable
+}
+
+// Extra returns the writer of an image shared by all files of a kind
+// (pipes-data.img...), created on first use.
+func (c *fdDumpCtx) Extra(name string, k image.Kind) (*image.Writer, error) {
+	if w, ok := c.extra[name]; ok {
+		return w, nil
+	}
+	w, err := c.dir.NewWriter(name, k)
+	if err != nil {
+		return nil, err
+	}
+	c.extra[name] = w
+	return w, nil
+}
+
+// File returns the id of another file the driver needs described (an
+// epoll target, a socket's peer) if it is known.
+func (c *fdDumpCtx) closeExtra() error {
+	var first error
+	names := make([]string, 0, len(c.extra))
+	for n := range c.extra {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if err := c.extra[n].Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	c.extra = map[string]*image.Writer{}
+	return first
+}
 
 // fileTable assigns ids to open files and collects their entries. An open
 // file shared by several fds is dumped once: fds whose cheap identity
@@ -28,6 +148,7 @@ type fileTable struct {
 	byKey   map[string]uint32
 	byGen   map[string][]fdRef
 	stdio   []*pb.CrhookStdioEntry
+	ctx     *fdDumpCtx
 }
 
 type fdRef struct {
@@ -35,8 +156,13 @@ type fdRef struct {
 	id      uint32
 }
 
-func newFileTable() *fileTable {
-	return &fileTable{next: 1, byKey: map[string]uint32{}, byGen: map[string][]fdRef{}}
+// KCMP_FILE from include/uapi/linux/kcmp.h.
+const kcmpFile = 0
+
+func newFileTable(dir *image.Dir) *fileTable {
+	ft := &fileTable{next: 1, byKey: map[string]uint32{}, byGen: map[string][]fdRef{}}
+	ft.ctx = &fdDumpCtx{dir: dir, extra: map[string]*image.Writer{}, ft: ft}
+	return ft
 }
 
 func (ft *fileTable) newID() uint32 {
@@ -53,7 +179,8 @@ func isTTY(st *unix.Stat_t) bool {
 	return maj == 4 || maj == 5 || (maj >= 136 && maj <= 143)
 }
 
-// dumpFds describes every fd of pid.
+// dumpFds describes every fd of pid. It fails on the first fd of a kind
+// crhook cannot dump, before anything in the task is changed.
 func (ft *fileTable) dumpFds(pid int) ([]*pb.FdinfoEntry, error) {
 	fds, err := procfs.Fds(pid)
 	if err != nil {
@@ -72,83 +199,87 @@ func (ft *fileTable) dumpFds(pid int) ([]*pb.FdinfoEntry, error) {
 
 func (ft *fileTable) dumpFd(pid, fd int) (*pb.FdinfoEntry, error) {
 	p := procfs.Path(pid, "fd/"+strconv.Itoa(fd))
-	link, err := os.Readlink(p)
-	if err != nil {
+	f := &openFd{Pid: pid, Fd: fd}
+	defer f.close()
+	var err error
+	if f.Link, err = os.Readlink(p); err != nil {
 		return nil, err
 	}
-	var st unix.Stat_t
-	if err := unix.Stat(p, &st); err != nil {
+	if err := unix.Stat(p, &f.Stat); err != nil {
 		return nil, os.NewSyscallError("stat", err)
 	}
-	fi, err := procfs.ReadFdInfo(pid, fd)
-	if err != nil {
+	if f.Info, err = procfs.ReadFdInfo(pid, fd); err != nil {
 		return nil, err
 	}
 	fdFlags := uint32(0)
-	if fi.Flags&unix.O_CLOEXEC != 0 {
+	if f.Info.Flags&unix.O_CLOEXEC != 0 {
 		fdFlags = unix.FD_CLOEXEC
 	}
-	flags := fi.Flags &^ unix.O_CLOEXEC
-	mode := st.Mode & unix.S_IFMT
+	f.Flags = f.Info.Flags &^ unix.O_CLOEXEC
 
-	regular := (mode == unix.S_IFREG || mode == unix.S_IFDIR || mode == unix.S_IFCHR || mode == unix.S_IFBLK) &&
-		!isTTY(&st) && strings.HasPrefix(link, "/")
-	if !regular {
-		if fd <= 2 {
-			// A standard stream we cannot rebuild (terminal, pipe or
-			// socket to the outside): the restorer's own takes its place.
-			id := ft.newID()
-			ft.entries = append(ft.entries, &pb.FileEntry{
-				Type: pb.FdTypes_EXT.Enum(),
-				Id:   proto.Uint32(id),
-				Ext:  &pb.ExtFileEntry{Id: proto.Uint32(id), Fown: &pb.FownEntry{Uid: proto.Uint32(0), Euid: proto.Uint32(0), Signum: proto.Uint32(0), PidType: proto.Uint32(0), Pid: proto.Uint32(0)}},
-			})
-			ft.stdio = append(ft.stdio, &pb.CrhookStdioEntry{
-				Fd:     proto.Uint32(uint32(fd)),
-				Kind:   stdioKind(&st).Enum(),
-				FileId: proto.Uint32(id),
-				Ino:    proto.Uint64(st.Ino),
-				Path:   proto.String(link),
-			})
-			return &pb.FdinfoEntry{Id: proto.Uint32(id), Flags: proto.Uint32(fdFlags), Type: pb.FdTypes_EXT.Enum(), Fd: proto.Uint32(uint32(fd))}, nil
+	var drv fdDriver
+	for _, d := range fdDrivers {
+		if d.Match(f) {
+			drv = d
+			break
 		}
-		return nil, fmt.Errorf("pid %d fd %d is %s (%s): %w", pid, fd, kindName(&st, link), link, ErrNotSupported)
 	}
-	if strings.HasSuffix(link, " (deleted)") {
-		return nil, fmt.Errorf("pid %d fd %d: %s: files unlinked while open: %w", pid, fd, link, ErrNotSupported)
+	if drv == nil {
+		if fd <= 2 {
+			return ft.externalStdio(f, fdFlags), nil
+		}
+		return nil, fmt.Errorf("pid %d fd %d is %s (%s): %w", pid, fd, kindName(&f.Stat, f.Link), f.Link, ErrNotSupported)
 	}
 
 	// Shared open file? Same cheap identity, then kcmp.
-	gen := fmt.Sprintf("%d:%d:%d:%o", st.Dev, st.Ino, fi.Pos, flags)
+	gen := fmt.Sprintf("%d:%d:%d:%d:%o", drv.Type(), f.Stat.Dev, f.Stat.Ino, f.Info.Pos, f.Flags)
 	for _, ref := range ft.byGen[gen] {
 		same, err := kcmp(ref.pid, pid, kcmpFile, uintptr(ref.fd), uintptr(fd))
 		if err == nil && same == 0 {
-			return &pb.FdinfoEntry{Id: proto.Uint32(ref.id), Flags: proto.Uint32(fdFlags), Type: pb.FdTypes_REG.Enum(), Fd: proto.Uint32(uint32(fd))}, nil
+			return fdinfo(ref.id, fdFlags, drv.Type(), fd), nil
 		}
 	}
 	id := ft.newID()
+	e, err := drv.Dump(ft.ctx, f, id)
+	if err != nil {
+		if fd <= 2 && isNotSupported(err) {
+			return ft.externalStdio(f, fdFlags), nil
+		}
+		return nil, fmt.Errorf("pid %d fd %d (%s): %w", pid, fd, f.Link, err)
+	}
+	e.Type = drv.Type().Enum()
+	e.Id = proto.Uint32(id)
+	ft.entries = append(ft.entries, e)
 	ft.byGen[gen] = append(ft.byGen[gen], fdRef{pid: pid, fd: fd, id: id})
-	ft.entries = append(ft.entries, &pb.FileEntry{
-		Type: pb.FdTypes_REG.Enum(),
-		Id:   proto.Uint32(id),
-		Reg:  regEntry(id, link, flags, uint64(fi.Pos), &st),
-	})
-	return &pb.FdinfoEntry{Id: proto.Uint32(id), Flags: proto.Uint32(fdFlags), Type: pb.FdTypes_REG.Enum(), Fd: proto.Uint32(uint32(fd))}, nil
+	return fdinfo(id, fdFlags, drv.Type(), fd), nil
 }
 
-func regEntry(id uint32, name string, flags uint32, pos uint64, st *unix.Stat_t) *pb.RegFileEntry {
-	e := &pb.RegFileEntry{
-		Id:    proto.Uint32(id),
-		Flags: proto.Uint32(flags),
-		Pos:   proto.Uint64(pos),
-		Fown:  &pb.FownEntry{Uid: proto.Uint32(0), Euid: proto.Uint32(0), Signum: proto.Uint32(0), PidType: proto.Uint32(0), Pid: proto.Uint32(0)},
-		Name:  proto.String(name),
-	}
-	if st != nil {
-		e.Mode = proto.Uint32(st.Mode)
-		e.Size = proto.Uint64(uint64(st.Size))
-	}
-	return e
+func fdinfo(id, fdFlags uint32, t pb.FdTypes, fd int) *pb.FdinfoEntry {
+	return &pb.FdinfoEntry{Id: proto.Uint32(id), Flags: proto.Uint32(fdFlags), Type: t.Enum(), Fd: proto.Uint32(uint32(fd))}
+}
+
+// externalStdio records a standard stream crhook does not rebuild (a
+// terminal, or a pipe or socket to the outside): the restorer's own
+// stream takes its place.
+func (ft *fileTable) externalStdio(f *openFd, fdFlags uint32) *pb.FdinfoEntry {
+	id := ft.newID()
+	ft.entries = append(ft.entries, &pb.FileEntry{
+		Type: pb.FdTypes_EXT.Enum(),
+		Id:   proto.Uint32(id),
+		Ext:  &pb.ExtFileEntry{Id: proto.Uint32(id), Fown: zeroFown()},
+	})
+	ft.stdio = append(ft.stdio, &pb.CrhookStdioEntry{
+		Fd:     proto.Uint32(uint32(f.Fd)),
+		Kind:   stdioKind(&f.Stat).Enum(),
+		FileId: proto.Uint32(id),
+		Ino:    proto.Uint64(f.Stat.Ino),
+		Path:   proto.String(f.Link),
+	})
+	return fdinfo(id, fdFlags, pb.FdTypes_EXT, f.Fd)
+}
+
+func zeroFown() *pb.FownEntry {
+	return &pb.FownEntry{Uid: proto.Uint32(0), Euid: proto.Uint32(0), Signum: proto.Uint32(0), PidType: proto.Uint32(0), Pid: proto.Uint32(0)}
 }
 
 func stdioKind(st *unix.Stat_t) pb.CrhookStdioKind {
@@ -166,15 +297,15 @@ func stdioKind(st *unix.Stat_t) pb.CrhookStdioKind {
 func kindName(st *unix.Stat_t, link string) string {
 	switch {
 	case isTTY(st):
-		return "terminal"
+		return "a terminal"
 	case st.Mode&unix.S_IFMT == unix.S_IFIFO:
-		return "pipe"
+		return "a pipe"
 	case st.Mode&unix.S_IFMT == unix.S_IFSOCK:
-		return "socket"
+		return "a socket"
 	case strings.HasPrefix(link, "anon_inode:"):
-		return strings.TrimPrefix(link, "anon_inode:")
+		return "an " + strings.TrimPrefix(link, "anon_inode:")
 	}
-	return "file of mode " + strconv.FormatUint(uint64(st.Mode), 8)
+	return "a file of mode " + strconv.FormatUint(uint64(st.Mode), 8)
 }
 
 // pathFile returns the id of a file named by path (executable, cwd,
@@ -209,4 +340,130 @@ func (ft *fileTable) mappedFile(pid int, v *procfs.VMA, flags uint32) (uint32, e
 	ft.byKey[key] = id
 	ft.entries = append(ft.entries, &pb.FileEntry{Type: pb.FdTypes_REG.Enum(), Id: proto.Uint32(id), Reg: regEntry(id, v.Path, flags, 0, &st)})
 	return id, nil
+}
+
+// fdRestoreCtx is what drivers see of a restore.
+type fdRestoreCtx struct {
+	s        *imageSet
+	ti       *taskImage
+	provided map[uint32]uint64 // file id -> fd in the task, not yet placed
+}
+
+// Files returns every file entry of the image (to find a pipe's other
+// end, a socket's peer).
+func (c *fdRestoreCtx) Files() map[uint32]*pb.FileEntry { return c.s.files }
+
+// Provide hands over an fd the driver opened for another file id.
+func (c *fdRestoreCtx) Provide(id uint32, fd uint64) { c.provided[id] = fd }
+
+// Dir is the image directory, for extra images.
+func (c *fdRestoreCtx) Dir() *image.Dir { return c.s.dir }
+
+// restoreFds puts every fd of the image in place. The task holds the
+// restorer's standard streams at 0, 1 and 2 on entry; those the image
+// keeps as external stay, the others are closed.
+//
+// Files are opened at any free number, moved above every number the
+// image uses, and only then dup3'd into place, so that placing one fd
+// never clobbers a file opened but not yet placed.
+func (s *imageSet) restoreFds(r *remote, ti *taskImage) error {
+	fds := append([]*pb.FdinfoEntry{}, ti.fds...)
+	sort.Slice(fds, func(i, j int) bool { return fds[i].GetFd() < fds[j].GetFd() })
+	base := uint64(3)
+	inImage := map[uint32]bool{}
+	for _, e := range fds {
+		inImage[e.GetFd()] = true
+		base = max(base, uint64(e.GetFd())+1)
+	}
+	c := &fdRestoreCtx{s: s, ti: ti, provided: map[uint32]uint64{}}
+	open := map[uint32]uint64{} // id -> fd above base
+	lift := func(fd uint64) (uint64, error) {
+		if fd >= base {
+			return fd, nil
+		}
+		hi, err := r.call("fcntl(F_DUPFD_CLOEXEC)", unix.SYS_FCNTL, fd, unix.F_DUPFD_CLOEXEC, base)
+		if err != nil {
+			return 0, err
+		}
+		if _, err := r.call("close", unix.SYS_CLOSE, fd); err != nil {
+			return 0, err
+		}
+		return hi, nil
+	}
+	for _, e := range fds {
+		fd := uint64(e.GetFd())
+		cloexec := e.GetFlags()&unix.FD_CLOEXEC != 0
+		if e.GetType() == pb.FdTypes_EXT {
+			if fd > 2 {
+				return badImagef("fdinfo: external file at fd %d: only standard streams can be external", fd)
+			}
+			if err := setCloexec(r, fd, cloexec); err != nil {
+				return err
+			}
+			continue
+		}
+		id := e.GetId()
+		src, ok := open[id]
+		if !ok {
+			f, known := s.files[id]
+			if !known || f.GetType() != e.GetType() {
+				return badImagef("fdinfo: fd %d names file %d of type %v, which files.img lacks", fd, id, e.GetType())
+			}
+			drv := driverFor(e.GetType())
+			if drv == nil {
+				return notSupportedf("fd %d of type %v", fd, e.GetType())
+			}
+			got, err := drv.Restore(c, r, f)
+			if err != nil {
+				return fmt.Errorf("fd %d: %w", fd, err)
+			}
+			if src, err = lift(got); err != nil {
+				return err
+			}
+			open[id] = src
+			for pid, pfd := range c.provided {
+				if _, dup := open[pid]; dup {
+					continue
+				}
+				if open[pid], err = lift(pfd); err != nil {
+					return err
+				}
+			}
+			clear(c.provided)
+		}
+		if err := dupTo(r, src, fd, cloexec); err != nil {
+			return err
+		}
+	}
+	for _, hi := range open {
+		if _, err := r.call("close", unix.SYS_CLOSE, hi); err != nil {
+			return err
+		}
+	}
+	for fd := uint32(0); fd <= 2; fd++ {
+		if !inImage[fd] {
+			if _, err := r.call("close", unix.SYS_CLOSE, uint64(fd)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func dupTo(r *remote, src, dst uint64, cloexec bool) error {
+	fl := uint64(0)
+	if cloexec {
+		fl = unix.O_CLOEXEC
+	}
+	_, err := r.call("dup3", unix.SYS_DUP3, src, dst, fl)
+	return err
+}
+
+func setCloexec(r *remote, fd uint64, on bool) error {
+	v := uint64(0)
+	if on {
+		v = unix.FD_CLOEXEC
+	}
+	_, err := r.call("fcntl(F_SETFD)", unix.SYS_FCNTL, fd, unix.F_SETFD, v)
+	return err
 }

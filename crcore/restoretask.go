@@ -5,7 +5,6 @@ package crcore
 import (
 	"bytes"
 	"encoding/binary"
-	"sort"
 
 	"golang.org/x/sys/unix"
 
@@ -13,95 +12,6 @@ import (
 	"github.com/crhook/crhook/crcore/internal/ptrace"
 	pb "github.com/crhook/crhook/proto"
 )
-
-// restoreFds puts every fd of the image in place. The task holds the
-// restorer's standard streams at 0, 1 and 2 on entry; those the image
-// keeps as external stay, the others are closed.
-func (s *imageSet) restoreFds(r *remote, ti *taskImage) error {
-	fds := append([]*pb.FdinfoEntry{}, ti.fds...)
-	sort.Slice(fds, func(i, j int) bool { return fds[i].GetFd() < fds[j].GetFd() })
-	placed := map[uint32]uint64{}
-	inImage := map[uint32]bool{}
-	for _, e := range fds {
-		fd := uint64(e.GetFd())
-		inImage[e.GetFd()] = true
-		cloexec := e.GetFlags()&unix.FD_CLOEXEC != 0
-		switch e.GetType() {
-		case pb.FdTypes_EXT:
-			if fd > 2 {
-				return badImagef("fdinfo: external file at fd %d: only standard streams can be external", fd)
-			}
-			if err := setCloexec(r, fd, cloexec); err != nil {
-				return err
-			}
-		case pb.FdTypes_REG:
-			id := e.GetId()
-			if src, ok := placed[id]; ok {
-				if err := dupTo(r, src, fd, cloexec); err != nil {
-					return err
-				}
-				continue
-			}
-			f := s.files[id].GetReg()
-			flags := f.GetFlags() &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_NOCTTY)
-			r.reset()
-			p, err := r.cstring(f.GetName())
-			if err != nil {
-				return err
-			}
-			tmp, err := r.call("open "+f.GetName(), unix.SYS_OPENAT, atFdcwd, p, uint64(flags|unix.O_CLOEXEC), 0)
-			if err != nil {
-				return err
-			}
-			if pos := f.GetPos(); pos != 0 && flags&unix.O_PATH == 0 {
-				if _, err := r.call("lseek "+f.GetName(), unix.SYS_LSEEK, tmp, pos, unix.SEEK_SET); err != nil {
-					return err
-				}
-			}
-			if tmp == fd {
-				if err := setCloexec(r, fd, cloexec); err != nil {
-					return err
-				}
-			} else {
-				if err := dupTo(r, tmp, fd, cloexec); err != nil {
-					return err
-				}
-				if _, err := r.call("close", unix.SYS_CLOSE, tmp); err != nil {
-					return err
-				}
-			}
-			placed[id] = fd
-		default:
-			return notSupportedf("fd %d of type %v", fd, e.GetType())
-		}
-	}
-	for fd := uint32(0); fd <= 2; fd++ {
-		if !inImage[fd] {
-			if _, err := r.call("close", unix.SYS_CLOSE, uint64(fd)); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-func dupTo(r *remote, src, dst uint64, cloexec bool) error {
-	fl := uint64(0)
-	if cloexec {
-		fl = unix.O_CLOEXEC
-	}
-	_, err := r.call("dup3", unix.SYS_DUP3, src, dst, fl)
-	return err
-}
-
-func setCloexec(r *remote, fd uint64, on bool) error {
-	v := uint64(0)
-	if on {
-		v = unix.FD_CLOEXEC
-	}
-	_, err := r.call("fcntl(F_SETFD)", unix.SYS_FCNTL, fd, unix.F_SETFD, v)
-	return err
-}
 
 // restoreTaskState sets what belongs to the task: working directory,
 // umask, personality, name, signal handling, timers, futex and rseq

@@ -1,0 +1,72 @@
+//go:build linux && amd64
+
+package crcore
+
+import (
+	"fmt"
+	"strings"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/crhook/crhook/proto"
+)
+
+// regDriver handles files reached by a path: regular files, directories,
+// and character and block devices other than terminals (/dev/null,
+// /dev/zero, /dev/urandom).
+type regDriver struct{}
+
+func init() { registerFdDriver(regDriver{}) }
+
+func (regDriver) Type() pb.FdTypes { return pb.FdTypes_REG }
+
+func (regDriver) Match(f *openFd) bool {
+	switch f.Mode() {
+	case unix.S_IFREG, unix.S_IFDIR, unix.S_IFCHR, unix.S_IFBLK:
+		return !isTTY(&f.Stat) && strings.HasPrefix(f.Link, "/")
+	}
+	return false
+}
+
+func (regDriver) Dump(c *fdDumpCtx, f *openFd, id uint32) (*pb.FileEntry, error) {
+	if strings.HasSuffix(f.Link, " (deleted)") {
+		return nil, fmt.Errorf("%s: files unlinked while open: %w", f.Link, ErrNotSupported)
+	}
+	return &pb.FileEntry{Reg: regEntry(id, f.Link, f.Flags, uint64(f.Info.Pos), &f.Stat)}, nil
+}
+
+func (regDriver) Restore(c *fdRestoreCtx, r *remote, e *pb.FileEntry) (uint64, error) {
+	f := e.GetReg()
+	flags := f.GetFlags() &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_NOCTTY)
+	r.reset()
+	p, err := r.cstring(f.GetName())
+	if err != nil {
+		return 0, err
+	}
+	fd, err := r.call("open "+f.GetName(), unix.SYS_OPENAT, atFdcwd, p, uint64(flags|unix.O_CLOEXEC), 0)
+	if err != nil {
+		return 0, err
+	}
+	if pos := f.GetPos(); pos != 0 && flags&unix.O_PATH == 0 {
+		if _, err := r.call("lseek "+f.GetName(), unix.SYS_LSEEK, fd, pos, unix.SEEK_SET); err != nil {
+			return 0, err
+		}
+	}
+	return fd, nil
+}
+
+func regEntry(id uint32, name string, flags uint32, pos uint64, st *unix.Stat_t) *pb.RegFileEntry {
+	e := &pb.RegFileEntry{
+		Id:    proto.Uint32(id),
+		Flags: proto.Uint32(flags),
+		Pos:   proto.Uint64(pos),
+		Fown:  zeroFown(),
+		Name:  proto.String(name),
+	}
+	if st != nil {
+		e.Mode = proto.Uint32(st.Mode)
+		e.Size = proto.Uint64(uint64(st.Size))
+	}
+	return e
+}
