@@ -22,6 +22,10 @@ type imageSet struct {
 	tree  []*pb.PstreeEntry
 	files map[uint32]*pb.FileEntry
 	tasks map[int]*taskImage
+
+	// keepExe: leave the task's executable link alone (PR_SET_MM_MAP
+	// exe_fd needs CAP_CHECKPOINT_RESTORE, which a container may lack).
+	keepExe bool
 }
 
 type taskImage struct {

@@ -380,9 +380,13 @@ func (s *imageSet) build(ctx context.Context, t *ptrace.Task, gadget0 uint64, ti
 	}
 
 	// mm fields, with the executable.
-	exeFd, err := openFile(ti.mm.GetExeFileId(), unix.O_RDONLY)
-	if err != nil {
-		return err
+	exeFd := ^uint64(0)
+	if !s.keepExe {
+		if exeFd, err = openFile(ti.mm.GetExeFileId(), unix.O_RDONLY); err != nil {
+			return err
+		}
+	} else {
+		log.WithField("pid", ti.pid).Warn("no CAP_CHECKPOINT_RESTORE in the target: /proc/PID/exe keeps naming the program the runtime started")
 	}
 	if err := setMM(r, ti.mm, exeFd); err != nil {
 		return err
