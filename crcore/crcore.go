@@ -45,6 +45,11 @@ type DumpOptions struct {
 	// LeaveRunning resumes the tree after a successful dump; otherwise it
 	// is killed.
 	LeaveRunning bool
+	// Thaw, when set, tells that the caller froze the tree (its cgroup)
+	// before calling Dump, so that no task can fork or exit while the tree
+	// is being collected. Dump seizes every task while frozen, then calls
+	// Thaw; the tasks stop in ptrace at once. Thaw is called at most once.
+	Thaw func() error
 	// Log receives progress; nil logs nothing.
 	Log *logrus.Entry
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sort"
 	"strings"
 	"time"
 
@@ -55,8 +56,17 @@ const formatVersion = 1
 
 const scratchSize = 64 << 10
 
-// Dump checkpoints the process opts.Pid into opts.ImageDir. A dump that
-// fails leaves the target running as it was and removes what it wrote.
+// kcmp types from include/uapi/linux/kcmp.h.
+const (
+	kcmpVM      = 1
+	kcmpFiles   = 2
+	kcmpFs      = 3
+	kcmpSighand = 4
+)
+
+// Dump checkpoints the process tree rooted at opts.Pid into
+// opts.ImageDir. A dump that fails leaves the tree running as it was and
+// removes what it wrote.
 func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 	var res *DumpResult
 	err := onLockedThread(func() error {
@@ -72,6 +82,57 @@ type dumper struct {
 	dir   *image.Dir
 	files *fileTable
 	stats Stats
+	level int // index of the root's pid namespace in NSpid lists
+}
+
+// dthread is one thread of a dumped task.
+type dthread struct {
+	tid, nsTid int
+	t          *ptrace.Task
+	regs       unix.PtraceRegs
+	xsave      []byte
+	sigmask    uint64
+	rseq       kabi.RseqConfiguration
+	robustHead uint64
+	robustLen  uint64
+	tidAddr    uint64
+	altstack   kabi.StackT
+	comm       string
+}
+
+// dtask is one process of the dumped tree.
+type dtask struct {
+	pid, nsPid  int
+	st          *procfs.Stat
+	status      procfs.Status
+	parent      *dtask
+	children    []*dtask
+	threads     []*dthread // the leader first
+	stopped     bool
+	zombie      bool
+	nsPpid      int
+	nsPgid      int
+	nsSid       int
+	brk         uint64
+	personality uint64
+	umask       uint32
+	sigactions  []kabi.KSigaction // index sig-1
+	itimers     [3][4]uint64      // interval sec, usec, value sec, usec
+	vmas        []*pb.CrhookVmaEntry
+	fds         []*pb.FdinfoEntry
+	mm          *pb.MmEntry
+	runs        []mem.Run
+	fs          *pb.FsEntry
+}
+
+func (t *dtask) state() uint32 {
+	switch {
+	case t.zombie:
+		return taskDead
+	case t.stopped:
+		return taskStopped
+	}
+	return taskAlive
 }
 
 func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResult, retErr error) {
@@ -86,16 +147,6 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 	}
 	if st.State == 'Z' || st.State == 'X' {
 		return nil, fmt.Errorf("dump pid %d: process is a zombie", pid)
-	}
-	tids, err := procfs.Tids(pid)
-	if err != nil {
-		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
-	}
-	if len(tids) > 1 {
-		return nil, fmt.Errorf("dump pid %d: %d threads: multi-threaded processes: %w", pid, len(tids), ErrNotSupported)
-	}
-	if kids, err := procfs.Children(pid, pid); err == nil && len(kids) > 0 {
-		return nil, fmt.Errorf("dump pid %d: it has children %v: process trees: %w", pid, kids, ErrNotSupported)
 	}
 
 	var cl cleanup
@@ -113,47 +164,52 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 	d := &dumper{log: log, dir: dir, files: newFileTable(dir)}
 	defer d.files.ctx.closeExtra()
 
-	t, err := ptrace.Seize(pid, unix.PTRACE_O_TRACESYSGOOD)
+	tasks, err := d.seizeTree(pid, opts.Thaw, &cl)
 	if err != nil {
-		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
-	}
-	stopped := st.State == 'T'
-	cl.add(func() { resume(t, stopped, log) })
-	if _, err := t.Interrupt(); err != nil {
 		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
 	}
 	frozen := time.Now()
-	log.WithField("pid", pid).Debug("seized")
+	log.WithFields(logrus.Fields{"pid": pid, "tasks": len(tasks)}).Debug("seized")
+	if err := d.checkSharing(tasks); err != nil {
+		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
+	}
 
 	// Files first: an fd we cannot dump fails the dump before anything
-	// else is touched.
-	fds, err := d.files.dumpFds(pid)
-	if err != nil {
-		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
+	// else in the tree is touched.
+	for _, t := range tasks {
+		if t.zombie {
+			continue
+		}
+		if t.fds, err = d.files.dumpFds(t.pid); err != nil {
+			return nil, fmt.Errorf("dump pid %d: %w", t.pid, err)
+		}
 	}
-
-	ts, err := d.dumpTask(t, st, stopped)
-	if err != nil {
-		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
+	for _, t := range tasks {
+		if t.zombie {
+			continue
+		}
+		if err := d.dumpTask(t); err != nil {
+			return nil, fmt.Errorf("dump pid %d: %w", t.pid, err)
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-
 	memStart := time.Now()
-	mm, runs, vmaExtra, err := d.dumpMM(pid, st, ts.brk)
-	if err != nil {
-		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
+	for _, t := range tasks {
+		if t.zombie {
+			continue
+		}
+		if err := d.dumpMM(t); err != nil {
+			return nil, fmt.Errorf("dump pid %d: %w", t.pid, err)
+		}
+		if t.fs, err = d.dumpFs(t.pid, t.umask); err != nil {
+			return nil, fmt.Errorf("dump pid %d: %w", t.pid, err)
+		}
 	}
 	d.stats.MemoryTime = time.Since(memStart)
 
-	fs, err := d.dumpFs(pid, ts.umask)
-	if err != nil {
-		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
-	}
-
-	ts.vmas = vmaExtra
-	if err := d.writeImages(st, ts, mm, runs, fds, fs); err != nil {
+	if err := d.writeImages(tasks); err != nil {
 		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
 	}
 	if err := d.files.ctx.closeExtra(); err != nil {
@@ -166,29 +222,254 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 	// Success: from here on the images stand.
 	cl.release()
 	if opts.LeaveRunning {
-		resume(t, stopped, log)
+		for _, t := range tasks {
+			resumeTask(t, log)
+		}
 	} else {
-		if err := killTraced(t); err != nil {
-			log.WithError(err).Warn("kill dumped task")
+		for _, t := range tasks {
+			if !t.zombie {
+				if err := killTraced(t.threads[0].t); err != nil {
+					log.WithError(err).Warn("kill dumped task")
+				}
+			}
 		}
 	}
 	d.stats.FrozenTime = time.Since(frozen)
 	d.stats.TotalTime = time.Since(start)
-	log.WithFields(logrus.Fields{"pid": pid, "pages": d.stats.PagesWritten, "frozen": d.stats.FrozenTime}).Info("dumped")
-	return &DumpResult{Pids: []int{pid}, Stats: d.stats}, nil
+	pids := make([]int, len(tasks))
+	for i, t := range tasks {
+		pids[i] = t.pid
+	}
+	log.WithFields(logrus.Fields{"pid": pid, "tasks": len(tasks), "pages": d.stats.PagesWritten, "frozen": d.stats.FrozenTime}).Info("dumped")
+	return &DumpResult{Pids: pids, Stats: d.stats}, nil
 }
 
-// resume detaches from t, giving back the signals held during the dump
-// and putting a stopped task back in its stop.
-func resume(t *ptrace.Task, stopped bool, log *logrus.Entry) {
-	for _, s := range t.Deferred() {
-		unix.Tgkill(t.Tid, t.Tid, s)
+// nsLevel returns entry level of a NSpid-like status list.
+func nsAt(st procfs.Status, key string, level int) (int, error) {
+	v, err := st.Ints(key)
+	if err != nil {
+		return 0, err
 	}
-	if stopped {
-		unix.Tgkill(t.Tid, t.Tid, unix.SIGSTOP)
+	if len(v) <= level {
+		return 0, fmt.Errorf("%s %v has no entry for pid namespace level %d", key, v, level)
 	}
-	if err := t.Detach(0); err != nil && !errors.Is(err, unix.ESRCH) {
-		log.WithError(err).Warn("detach")
+	return v[level], nil
+}
+
+// seizeTree seizes and stops every thread of every process in the tree of
+// root, parents before children. With thaw set (the caller froze the
+// tree's cgroup), interrupts are queued while the tree is frozen and
+// collected after thaw; otherwise each task is stopped before its
+// children are listed, so that it cannot fork behind our back.
+func (d *dumper) seizeTree(root int, thaw func() error, cl *cleanup) ([]*dtask, error) {
+	rst, err := procfs.ReadStatus(root)
+	if err != nil {
+		return nil, err
+	}
+	rns, err := rst.Ints("NSpid")
+	if err != nil || len(rns) == 0 {
+		return nil, fmt.Errorf("no NSpid for pid %d", root)
+	}
+	d.level = len(rns) - 1
+
+	var tasks []*dtask
+	byPid := map[int]*dtask{}
+	cl.add(func() {
+		for _, t := range tasks {
+			resumeTask(t, d.log)
+		}
+	})
+	queue := []*dtask{{pid: root}}
+	for len(queue) > 0 {
+		t := queue[0]
+		queue = queue[1:]
+		if byPid[t.pid] != nil {
+			continue
+		}
+		if t.st, err = procfs.ReadStat(t.pid); err != nil {
+			return nil, fmt.Errorf("pid %d: %w", t.pid, err)
+		}
+		if t.status, err = procfs.ReadStatus(t.pid); err != nil {
+			return nil, fmt.Errorf("pid %d: %w", t.pid, err)
+		}
+		if t.nsPid, err = nsAt(t.status, "NSpid", d.level); err != nil {
+			return nil, fmt.Errorf("pid %d: %w", t.pid, err)
+		}
+		t.nsPgid, _ = nsAt(t.status, "NSpgid", d.level)
+		t.nsSid, _ = nsAt(t.status, "NSsid", d.level)
+		if t.parent != nil {
+			t.nsPpid = t.parent.nsPid
+		}
+		byPid[t.pid] = t
+		tasks = append(tasks, t)
+		if t.st.State == 'Z' {
+			t.zombie = true
+			t.threads = []*dthread{{tid: t.pid, nsTid: t.nsPid, comm: t.st.Comm}}
+			continue
+		}
+		t.stopped = t.st.State == 'T'
+		if err := d.seizeThreads(t, thaw == nil); err != nil {
+			return nil, fmt.Errorf("pid %d: %w", t.pid, err)
+		}
+		kids := map[int]bool{}
+		for _, th := range t.threads {
+			cs, err := procfs.Children(t.pid, th.tid)
+			if err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("children of %d: %w", th.tid, err)
+			}
+			for _, c := range cs {
+				kids[c] = true
+			}
+		}
+		sorted := make([]int, 0, len(kids))
+		for c := range kids {
+			sorted = append(sorted, c)
+		}
+		sort.Ints(sorted)
+		for _, c := range sorted {
+			child := &dtask{pid: c, parent: t}
+			t.children = append(t.children, child)
+			queue = append(queue, child)
+		}
+	}
+	if thaw != nil {
+		if err := thaw(); err != nil {
+			return nil, fmt.Errorf("thaw: %w", err)
+		}
+		for _, t := range tasks {
+			for _, th := range t.threads {
+				if th.t == nil {
+					continue
+				}
+				if _, err := th.t.WaitInterrupt(); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	// Children were queued with a provisional parent link; replace the
+	// placeholders by the tasks actually collected.
+	for _, t := range tasks {
+		for i, c := range t.children {
+			t.children[i] = byPid[c.pid]
+			byPid[c.pid].parent = t
+		}
+	}
+	return tasks, nil
+}
+
+// seizeThreads seizes every thread of t, going over the thread list until
+// it holds still (a running thread may create another).
+func (d *dumper) seizeThreads(t *dtask, wait bool) error {
+	seized := map[int]bool{}
+	for {
+		tids, err := procfs.Tids(t.pid)
+		if err != nil {
+			return err
+		}
+		added := false
+		for _, tid := range tids {
+			if seized[tid] {
+				continue
+			}
+			pt, err := ptrace.Seize(tid, unix.PTRACE_O_TRACESYSGOOD)
+			if err != nil {
+				if errors.Is(err, unix.ESRCH) {
+					continue // exited meanwhile
+				}
+				return err
+			}
+			seized[tid] = true
+			added = true
+			th := &dthread{tid: tid, t: pt}
+			t.threads = append(t.threads, th)
+			if wait {
+				if _, err := pt.Interrupt(); err != nil {
+					return err
+				}
+			} else if err := pt.InterruptNoWait(); err != nil {
+				return err
+			}
+		}
+		if !added {
+			break
+		}
+	}
+	// The leader first, then by tid.
+	sort.Slice(t.threads, func(i, j int) bool {
+		a, b := t.threads[i].tid, t.threads[j].tid
+		if a == t.pid || b == t.pid {
+			return a == t.pid
+		}
+		return a < b
+	})
+	if len(t.threads) == 0 || t.threads[0].tid != t.pid {
+		return errors.New("thread group leader is gone")
+	}
+	for _, th := range t.threads {
+		tst, err := procfs.ReadStatus(th.tid)
+		if err != nil {
+			return err
+		}
+		if th.nsTid, err = nsAt(tst, "NSpid", d.level); err != nil {
+			return err
+		}
+		comm, err := os.ReadFile(procfs.TaskPath(t.pid, th.tid, "comm"))
+		if err != nil {
+			return err
+		}
+		th.comm = strings.TrimSuffix(string(comm), "\n")
+	}
+	return nil
+}
+
+// checkSharing refuses what processes of the tree share that crhook does
+// not rebuild yet: an address space (vfork, CLONE_VM), an fd table or fs
+// info (CLONE_FILES, CLONE_FS without CLONE_THREAD).
+func (d *dumper) checkSharing(tasks []*dtask) error {
+	for _, t := range tasks {
+		if t.zombie || t.parent == nil || t.parent.zombie {
+			continue
+		}
+		p := t.parent
+		for _, k := range []struct {
+			typ  int
+			what string
+		}{{kcmpVM, "an address space (vfork or CLONE_VM)"}, {kcmpFiles, "an fd table (CLONE_FILES)"}, {kcmpFs, "fs info (CLONE_FS)"}} {
+			r, err := kcmp(p.pid, t.pid, k.typ, 0, 0)
+			if err != nil {
+				return err
+			}
+			if r == 0 {
+				return fmt.Errorf("pid %d shares %s with its parent %d: %w", t.pid, k.what, p.pid, ErrNotSupported)
+			}
+		}
+	}
+	return nil
+}
+
+// resumeTask detaches from every thread of t, giving back the signals
+// held during the dump and putting a stopped task back in its stop.
+func resumeTask(t *dtask, log *logrus.Entry) {
+	for _, th := range t.threads {
+		if th.t == nil {
+			continue
+		}
+		for _, s := range th.t.Deferred() {
+			unix.Tgkill(t.pid, th.tid, s)
+		}
+	}
+	if t.stopped && len(t.threads) > 0 && t.threads[0].t != nil {
+		unix.Tgkill(t.pid, t.pid, unix.SIGSTOP)
+	}
+	for _, th := range t.threads {
+		if th.t == nil {
+			continue
+		}
+		if err := th.t.Detach(0); err != nil && !errors.Is(err, unix.ESRCH) {
+			log.WithError(err).Warn("detach")
+		}
+		th.t = nil
 	}
 }
 
@@ -212,217 +493,174 @@ func killTraced(t *ptrace.Task) error {
 	}
 }
 
-// taskState is what the injected syscalls and ptrace told about a task.
-type taskState struct {
-	regs        unix.PtraceRegs
-	xsave       []byte
-	sigmask     uint64
-	rseq        kabi.RseqConfiguration
-	robustHead  uint64
-	robustLen   uint64
-	tidAddr     uint64
-	brk         uint64
-	sigactions  []kabi.KSigaction // index sig-1
-	altstack    kabi.StackT
-	itimers     [3][4]uint64 // interval sec, usec, value sec, usec
-	personality uint64
-	umask       uint32
-	state       uint32
-	comm        string
-	vmas        []*pb.CrhookVmaEntry
-}
+// dumpTask reads the state of every thread of t and, with syscalls
+// injected into it, what only the task can tell.
+func (d *dumper) dumpTask(t *dtask) error {
+	for _, th := range t.threads {
+		if err := dumpThreadRegs(th); err != nil {
+			return fmt.Errorf("thread %d: %w", th.tid, err)
+		}
+	}
+	um, err := t.status.Uint("Umask", 8)
+	if err != nil {
+		return err
+	}
+	t.umask = uint32(um)
 
-func (d *dumper) dumpTask(t *ptrace.Task, st *procfs.Stat, stopped bool) (*taskState, error) {
-	pid := t.Tid
-	ts := &taskState{state: taskAlive, comm: st.Comm}
-	if stopped {
-		ts.state = taskStopped
-	}
-	var err error
-	if ts.regs, err = t.GetRegs(); err != nil {
-		return nil, err
-	}
-	if ts.xsave, err = t.GetXState(); err != nil {
-		return nil, err
-	}
-	if ts.sigmask, err = t.GetSigmask(); err != nil {
-		return nil, err
-	}
-	if ts.rseq, err = t.GetRseq(); err != nil {
-		return nil, err
-	}
-	if ts.robustHead, ts.robustLen, err = getRobustList(pid); err != nil {
-		return nil, err
-	}
-	status, err := procfs.ReadStatus(pid)
+	lead := t.threads[0]
+	vmas, err := procfs.ReadMapsFast(t.pid)
 	if err != nil {
-		return nil, err
-	}
-	um, err := status.Uint("Umask", 8)
-	if err != nil {
-		return nil, err
-	}
-	ts.umask = uint32(um)
-
-	// What only the task can tell: ask it with injected syscalls.
-	vmas, err := procfs.ReadMapsFast(pid)
-	if err != nil {
-		return nil, err
+		return err
 	}
 	var code *procfs.VMA
 	for _, v := range vmas {
-		if v.Start <= ts.regs.Rip && ts.regs.Rip < v.End && v.Exec {
+		if v.Start <= lead.regs.Rip && lead.regs.Rip < v.End && v.Exec {
 			code = v
 		}
 	}
 	if code == nil {
-		return nil, fmt.Errorf("no executable mapping holds rip %#x", ts.regs.Rip)
+		// Stopped in the vDSO or elsewhere odd: any executable mapping
+		// of the task will do.
+		for _, v := range vmas {
+			if v.Exec && v.Path != "[vsyscall]" {
+				code = v
+				break
+			}
+		}
 	}
-	r, undo, err := prepareRemote(t, code.Start)
+	if code == nil {
+		return fmt.Errorf("no executable mapping to run syscalls from")
+	}
+	r, undo, err := prepareRemote(lead.t, code.Start)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer undo()
 
-	if ts.brk, err = r.call("brk", unix.SYS_BRK, 0); err != nil {
-		return nil, err
+	if t.brk, err = r.call("brk", unix.SYS_BRK, 0); err != nil {
+		return err
 	}
-	if ts.personality, err = r.call("personality", unix.SYS_PERSONALITY, 0xffffffff); err != nil {
-		return nil, err
+	if t.personality, err = r.call("personality", unix.SYS_PERSONALITY, 0xffffffff); err != nil {
+		return err
 	}
-	out, err := r.alloc(8)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := r.call("prctl(PR_GET_TID_ADDRESS)", unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, out); err != nil {
-		return nil, err
-	}
-	var b8 [8]byte
-	if err := r.read(out, b8[:]); err != nil {
-		return nil, err
-	}
-	ts.tidAddr = binary.LittleEndian.Uint64(b8[:])
-
 	sa, err := r.alloc(kabi.NSig * kabi.SizeofKSigaction)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for sig := 1; sig <= kabi.NSig; sig++ {
 		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
 			continue
 		}
 		if _, err := r.call("rt_sigaction", unix.SYS_RT_SIGACTION, uint64(sig), 0, sa+uint64(sig-1)*kabi.SizeofKSigaction, 8); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	sab := make([]byte, kabi.NSig*kabi.SizeofKSigaction)
 	if err := r.read(sa, sab); err != nil {
-		return nil, err
+		return err
 	}
-	ts.sigactions = make([]kabi.KSigaction, kabi.NSig)
-	for i := range ts.sigactions {
+	t.sigactions = make([]kabi.KSigaction, kabi.NSig)
+	for i := range t.sigactions {
 		b := sab[i*kabi.SizeofKSigaction:]
-		ts.sigactions[i] = kabi.KSigaction{
+		t.sigactions[i] = kabi.KSigaction{
 			Handler:  binary.LittleEndian.Uint64(b),
 			Flags:    binary.LittleEndian.Uint64(b[8:]),
 			Restorer: binary.LittleEndian.Uint64(b[16:]),
 			Mask:     binary.LittleEndian.Uint64(b[24:]),
 		}
 	}
-
-	ss, err := r.alloc(kabi.SizeofStackT)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := r.call("sigaltstack", unix.SYS_SIGALTSTACK, 0, ss); err != nil {
-		return nil, err
-	}
-	var ssb [kabi.SizeofStackT]byte
-	if err := r.read(ss, ssb[:]); err != nil {
-		return nil, err
-	}
-	ts.altstack = kabi.StackT{
-		SP:    binary.LittleEndian.Uint64(ssb[:]),
-		Flags: int32(binary.LittleEndian.Uint32(ssb[8:])),
-		Size:  binary.LittleEndian.Uint64(ssb[16:]),
-	}
-
 	it, err := r.alloc(32)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for which := 0; which < 3; which++ {
 		if _, err := r.call("getitimer", unix.SYS_GETITIMER, uint64(which), it); err != nil {
-			return nil, err
+			return err
 		}
 		var ib [32]byte
 		if err := r.read(it, ib[:]); err != nil {
-			return nil, err
+			return err
 		}
 		for k := 0; k < 4; k++ {
-			ts.itimers[which][k] = binary.LittleEndian.Uint64(ib[k*8:])
+			t.itimers[which][k] = binary.LittleEndian.Uint64(ib[k*8:])
 		}
 	}
-	return ts, nil
-}
 
-// prepareRemote makes t ready for injected syscalls on the dump side: the
-// gadget goes at codeAddr (an executable page of the task; its bytes are
-// saved) and a private scratch mapping holds arguments. undo removes both
-// and must run before the task's memory is read.
-func prepareRemote(t *ptrace.Task, codeAddr uint64) (*remote, func(), error) {
-	saved := make([]byte, 8)
-	if err := t.Peek(codeAddr, saved); err != nil {
-		return nil, nil, err
-	}
-	patched := append(append([]byte{}, ptrace.Gadget...), saved[len(ptrace.Gadget):]...)
-	if err := t.Poke(codeAddr, patched); err != nil {
-		return nil, nil, err
-	}
-	r := &remote{t: t, gadget: codeAddr}
-	restoreCode := func() { t.Poke(codeAddr, saved) }
-	addr, err := r.call("mmap", unix.SYS_MMAP, 0, scratchSize, unix.PROT_READ|unix.PROT_WRITE,
-		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	// Per-thread state only the thread itself can report.
+	out, err := r.alloc(8 + kabi.SizeofStackT)
 	if err != nil {
-		restoreCode()
-		return nil, nil, err
+		return err
 	}
-	r.scratch, r.size = addr, scratchSize
-	undo := func() {
-		r.call("munmap", unix.SYS_MUNMAP, addr, scratchSize)
-		restoreCode()
+	for _, th := range t.threads {
+		tr := &remote{t: th.t, gadget: r.gadget, scratch: r.scratch, size: r.size, used: r.used}
+		if _, err := tr.call("prctl(PR_GET_TID_ADDRESS)", unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, out); err != nil {
+			return err
+		}
+		if _, err := tr.call("sigaltstack", unix.SYS_SIGALTSTACK, 0, out+8); err != nil {
+			return err
+		}
+		var b [8 + kabi.SizeofStackT]byte
+		if err := r.read(out, b[:]); err != nil {
+			return err
+		}
+		th.tidAddr = binary.LittleEndian.Uint64(b[:])
+		th.altstack = kabi.StackT{
+			SP:    binary.LittleEndian.Uint64(b[8:]),
+			Flags: int32(binary.LittleEndian.Uint32(b[16:])),
+			Size:  binary.LittleEndian.Uint64(b[24:]),
+		}
 	}
-	return r, undo, nil
+	return nil
 }
 
-func (d *dumper) dumpMM(pid int, st *procfs.Stat, brk uint64) (*pb.MmEntry, []mem.Run, []*pb.CrhookVmaEntry, error) {
+func dumpThreadRegs(th *dthread) error {
+	var err error
+	if th.regs, err = th.t.GetRegs(); err != nil {
+		return err
+	}
+	if th.xsave, err = th.t.GetXState(); err != nil {
+		return err
+	}
+	if th.sigmask, err = th.t.GetSigmask(); err != nil {
+		return err
+	}
+	if th.rseq, err = th.t.GetRseq(); err != nil {
+		return err
+	}
+	th.robustHead, th.robustLen, err = getRobustList(th.tid)
+	return err
+}
+
+// dumpMM writes the memory of t and describes its address space.
+func (d *dumper) dumpMM(t *dtask) error {
+	pid, st := t.pid, t.st
 	vmas, err := procfs.ReadMaps(pid)
 	if err != nil {
-		return nil, nil, nil, err
+		return err
 	}
 	auxv, err := procfs.ReadAuxv(pid)
 	if err != nil {
-		return nil, nil, nil, err
+		return err
 	}
 	exe, err := os.Readlink(procfs.Path(pid, "exe"))
 	if err != nil {
-		return nil, nil, nil, err
+		return err
 	}
 	if strings.HasSuffix(exe, " (deleted)") {
-		return nil, nil, nil, fmt.Errorf("executable %s: deleted executables: %w", exe, ErrNotSupported)
+		return fmt.Errorf("executable %s: deleted executables: %w", exe, ErrNotSupported)
 	}
 	exeID, err := d.files.pathFile(exe, unix.O_RDONLY)
 	if err != nil {
-		return nil, nil, nil, err
+		return err
 	}
-	mm := &pb.MmEntry{
+	t.mm = &pb.MmEntry{
 		MmStartCode:  proto.Uint64(st.StartCode),
 		MmEndCode:    proto.Uint64(st.EndCode),
 		MmStartData:  proto.Uint64(st.StartData),
 		MmEndData:    proto.Uint64(st.EndData),
 		MmStartStack: proto.Uint64(st.StartStack),
 		MmStartBrk:   proto.Uint64(st.StartBrk),
-		MmBrk:        proto.Uint64(brk),
+		MmBrk:        proto.Uint64(t.brk),
 		MmArgStart:   proto.Uint64(st.ArgStart),
 		MmArgEnd:     proto.Uint64(st.ArgEnd),
 		MmEnvStart:   proto.Uint64(st.EnvStart),
@@ -431,186 +669,41 @@ func (d *dumper) dumpMM(pid int, st *procfs.Stat, brk uint64) (*pb.MmEntry, []me
 		MmSavedAuxv:  auxv,
 	}
 
-	pages, err := d.dir.CreatePages(pagesName(pid))
+	pages, err := d.dir.CreatePages(pagesName(t.nsPid))
 	if err != nil {
-		return nil, nil, nil, err
+		return err
 	}
 	defer pages.Close()
 	bw := newBufWriter(pages)
 	md, err := mem.NewDumper(pid, bw)
 	if err != nil {
-		return nil, nil, nil, err
+		return err
 	}
 	defer md.Close()
-	var runs []mem.Run
-	var extra []*pb.CrhookVmaEntry
 	for _, v := range vmas {
-		e, err := d.vmaEntry(pid, v, st, brk)
+		e, err := d.vmaEntry(pid, v, st, t.brk)
 		if err != nil {
-			return nil, nil, nil, err
+			return err
 		}
 		if e == nil {
 			continue
 		}
-		mm.Vmas = append(mm.Vmas, e)
-		extra = append(extra, &pb.CrhookVmaEntry{Start: proto.Uint64(v.Start), VmFlags: proto.String(v.FlagsText)})
+		t.mm.Vmas = append(t.mm.Vmas, e)
+		t.vmas = append(t.vmas, &pb.CrhookVmaEntry{Start: proto.Uint64(v.Start), VmFlags: proto.String(v.FlagsText)})
 		r, err := md.Dump(v, mem.PolicyFor(v))
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("dump memory %s: %w", v.Line(), err)
+			return fmt.Errorf("dump memory %s: %w", v.Line(), err)
 		}
-		runs = append(runs, r...)
+		t.runs = append(t.runs, r...)
 	}
 	if err := md.Flush(); err != nil {
-		return nil, nil, nil, err
+		return err
 	}
 	if err := bw.Flush(); err != nil {
-		return nil, nil, nil, err
+		return err
 	}
 	d.stats.PagesScanned += md.Stats.PagesScanned
 	d.stats.PagesSkipped += md.Stats.PagesZero
 	d.stats.PagesWritten += md.Stats.PagesWritten
-	return mm, runs, extra, nil
+	return nil
 }
-
-func protOf(v *procfs.VMA) uint32 {
-	var p uint32
-	if v.Read {
-		p |= unix.PROT_READ
-	}
-	if v.Write {
-		p |= unix.PROT_WRITE
-	}
-	if v.Exec {
-		p |= unix.PROT_EXEC
-	}
-	return p
-}
-
-// vmaEntry describes one VMA; nil for [vsyscall], which is not the
-// task's own.
-func (d *dumper) vmaEntry(pid int, v *procfs.VMA, st *procfs.Stat, brk uint64) (*pb.VmaEntry, error) {
-	e := &pb.VmaEntry{
-		Start: proto.Uint64(v.Start),
-		End:   proto.Uint64(v.End),
-		Pgoff: proto.Uint64(v.Offset),
-		Shmid: proto.Uint64(0),
-		Prot:  proto.Uint32(protOf(v)),
-		Fd:    proto.Int64(-1),
-	}
-	flags := uint32(unix.MAP_PRIVATE)
-	if v.Shared {
-		flags = unix.MAP_SHARED
-	}
-	status := uint32(vmaAreaRegular)
-	switch {
-	case v.Path == "[vsyscall]":
-		return nil, nil
-	case v.Path == "[vdso]":
-		status = vmaAreaRegular | vmaAreaVdso
-		flags |= unix.MAP_ANONYMOUS
-	case v.Path == "[vvar]" || v.Path == "[vvar_vclock]":
-		status = vmaAreaRegular | vmaAreaVvar
-		flags |= unix.MAP_ANONYMOUS
-	case v.Special():
-		return nil, fmt.Errorf("mapping %s: %w", v.Line(), ErrNotSupported)
-	case v.Anon():
-		flags |= unix.MAP_ANONYMOUS
-		if v.Shared {
-			status |= vmaAnonShared
-		} else {
-			status |= vmaAnonPrivate
-		}
-		if v.Path == "[stack]" {
-			status |= vmaAreaStack
-		}
-		if v.Path == "[heap]" {
-			status |= vmaAreaHeap
-		}
-	default:
-		if v.Deleted {
-			return nil, fmt.Errorf("mapping %s of a deleted file: %w", v.Line(), ErrNotSupported)
-		}
-		if v.Major == 0 && strings.HasPrefix(v.Path, "/memfd:") || strings.HasPrefix(v.Path, "/SYSV") {
-			return nil, fmt.Errorf("mapping %s: %w", v.Line(), ErrNotSupported)
-		}
-		mode := uint32(unix.O_RDONLY)
-		if v.Shared && v.Flags["mw"] {
-			mode = unix.O_RDWR
-		}
-		id, err := d.files.mappedFile(pid, v, mode)
-		if err != nil {
-			return nil, fmt.Errorf("mapping %s: %w", v.Line(), err)
-		}
-		e.Shmid = proto.Uint64(uint64(id))
-		if v.Shared {
-			status |= vmaFileShared
-		} else {
-			status |= vmaFilePrivate
-		}
-	}
-	if v.Flags["gd"] {
-		flags |= unix.MAP_GROWSDOWN
-	}
-	if v.Flags["lo"] {
-		flags |= unix.MAP_LOCKED
-	}
-	if v.Flags["nr"] {
-		flags |= unix.MAP_NORESERVE
-	}
-	e.Flags = proto.Uint32(flags)
-	e.Status = proto.Uint32(status)
-	e.Madv = proto.Uint64(madvOf(v))
-	return e, nil
-}
-
-// madvOf collects the madvise() advice visible in VmFlags, as a bit set
-// indexed by MADV_* value (CRIU's encoding).
-func madvOf(v *procfs.VMA) uint64 {
-	var m uint64
-	for flag, adv := range map[string]int{
-		"dc": unix.MADV_DONTFORK,
-		"dd": unix.MADV_DONTDUMP,
-		"hg": unix.MADV_HUGEPAGE,
-		"nh": unix.MADV_NOHUGEPAGE,
-		"mg": unix.MADV_MERGEABLE,
-		"wf": unix.MADV_WIPEONFORK,
-		"sr": unix.MADV_SEQUENTIAL,
-		"rr": unix.MADV_RANDOM,
-	} {
-		if v.Flags[flag] {
-			m |= 1 << uint(adv)
-		}
-	}
-	return m
-}
-
-func (d *dumper) dumpFs(pid int, umask uint32) (*pb.FsEntry, error) {
-	cwd, err := os.Readlink(procfs.Path(pid, "cwd"))
-	if err != nil {
-		return nil, err
-	}
-	root, err := os.Readlink(procfs.Path(pid, "root"))
-	if err != nil {
-		return nil, err
-	}
-	if strings.HasSuffix(cwd, " (deleted)") {
-		return nil, fmt.Errorf("cwd %s: deleted working directory: %w", cwd, ErrNotSupported)
-	}
-	cwdID, err := d.files.pathFile(cwd, unix.O_RDONLY|unix.O_DIRECTORY)
-	if err != nil {
-		return nil, err
-	}
-	rootID, err := d.files.pathFile(root, unix.O_RDONLY|unix.O_DIRECTORY)
-	if err != nil {
-		return nil, err
-	}
-	return &pb.FsEntry{CwdId: proto.Uint32(cwdID), RootId: proto.Uint32(rootID), Umask: proto.Uint32(umask)}, nil
-}
-
-func pagesName(pid int) string    { return fmt.Sprintf("pages-%d.img", pid) }
-func pagemapName(pid int) string  { return fmt.Sprintf("pagemap-%d.img", pid) }
-func coreName(pid int) string     { return fmt.Sprintf("core-%d.img", pid) }
-func mmName(pid int) string       { return fmt.Sprintf("mm-%d.img", pid) }
-func fsName(pid int) string       { return fmt.Sprintf("fs-%d.img", pid) }
-func fdinfoName(id uint32) string { return fmt.Sprintf("fdinfo-%d.img", id) }
-func extName(pid int) string      { return fmt.Sprintf("crhook-task-%d.img", pid) }

@@ -12,110 +12,58 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/crhook/crhook/crcore/internal/image"
-	"github.com/crhook/crhook/crcore/internal/kabi"
-	"github.com/crhook/crhook/crcore/internal/mem"
-	"github.com/crhook/crhook/crcore/internal/procfs"
 	pb "github.com/crhook/crhook/proto"
 )
 
 func newBufWriter(w io.Writer) *bufio.Writer { return bufio.NewWriterSize(w, 1<<20) }
 
-func (d *dumper) writeImages(st *procfs.Stat, ts *taskState, mm *pb.MmEntry, runs []mem.Run, fds []*pb.FdinfoEntry, fs *pb.FsEntry) error {
-	pid := st.Pid
-	ids := &pb.TaskKobjIdsEntry{
-		VmId:      proto.Uint32(1),
-		FilesId:   proto.Uint32(uint32(pid)),
-		FsId:      proto.Uint32(1),
-		SighandId: proto.Uint32(1),
-	}
-	inv := &pb.InventoryEntry{
+// writeImages writes every image but the pages (already written).
+func (d *dumper) writeImages(tasks []*dtask) error {
+	root := tasks[0]
+	rootIDs := kobjIDs(root)
+	if err := d.writeOne("inventory.img", image.Inventory, &pb.InventoryEntry{
 		ImgVersion:  proto.Uint32(imgVersion),
 		FdinfoPerId: proto.Bool(true),
-		RootIds:     ids,
-	}
-	if err := d.writeOne("inventory.img", image.Inventory, inv); err != nil {
+		RootIds:     rootIDs,
+	}); err != nil {
 		return err
 	}
-	ext := &pb.CrhookInventoryEntry{
+	if err := d.writeOne("crhook-inventory.img", image.CrhookInventory, &pb.CrhookInventoryEntry{
 		FormatVersion:   proto.Uint32(formatVersion),
 		Arch:            proto.String(machineArch),
 		KernelRelease:   proto.String(kernelRelease()),
 		CreatedBy:       proto.String("crhook"),
 		CreatedUnixNano: proto.Int64(time.Now().UnixNano()),
 		PageSize:        proto.Uint32(uint32(pageSize)),
-	}
-	if err := d.writeOne("crhook-inventory.img", image.CrhookInventory, ext); err != nil {
-		return err
-	}
-	ps := &pb.PstreeEntry{
-		Pid:     proto.Uint32(uint32(pid)),
-		Ppid:    proto.Uint32(uint32(st.Ppid)),
-		Pgid:    proto.Uint32(uint32(st.Pgrp)),
-		Sid:     proto.Uint32(uint32(st.Session)),
-		Threads: []uint32{uint32(pid)},
-	}
-	if err := d.writeOne("pstree.img", image.Pstree, ps); err != nil {
-		return err
-	}
-	core := coreEntry(ts, st, ids)
-	if err := d.writeOne(coreName(pid), image.Core, core); err != nil {
-		return err
-	}
-	th := &pb.CrhookThreadEntry{
-		Tid:          proto.Uint32(uint32(pid)),
-		Xsave:        ts.xsave,
-		ClearTidAddr: proto.Uint64(ts.tidAddr),
-		RobustList:   &pb.CrhookRobustListEntry{Head: proto.Uint64(ts.robustHead), Len: proto.Uint64(ts.robustLen)},
-	}
-	if ts.rseq.RseqAbiPointer != 0 {
-		th.Rseq = &pb.CrhookRseqEntry{Ptr: proto.Uint64(ts.rseq.RseqAbiPointer), Len: proto.Uint32(ts.rseq.RseqAbiSize), Sig: proto.Uint32(ts.rseq.Signature), Flags: proto.Uint32(ts.rseq.Flags)}
-	}
-	if err := d.writeOne(extName(pid), image.CrhookTask, &pb.CrhookTaskEntry{
-		Pid:         proto.Uint32(uint32(pid)),
-		State:       pb.CrhookTaskState(ts.state).Enum(),
-		Umask:       proto.Uint32(ts.umask),
-		Personality: proto.Uint32(uint32(ts.personality)),
-		Stdio:       d.files.stdio,
-		Threads:     []*pb.CrhookThreadEntry{th},
-		Vmas:        ts.vmas,
 	}); err != nil {
 		return err
 	}
-	if err := d.writeOne(mmName(pid), image.MM, mm); err != nil {
-		return err
-	}
-	if err := d.writeOne(fsName(pid), image.Fs, fs); err != nil {
-		return err
-	}
-	w, err := d.dir.NewWriter(pagemapName(pid), image.Pagemap)
+	pw, err := d.dir.NewWriter("pstree.img", image.Pstree)
 	if err != nil {
 		return err
 	}
-	if err := w.Write(&pb.PagemapHead{PagesId: proto.Uint32(uint32(pid))}); err != nil {
-		w.Close()
-		return err
-	}
-	for _, r := range runs {
-		if err := w.Write(&pb.PagemapEntry{Vaddr: proto.Uint64(r.Addr), NrPages: proto.Uint32(uint32(r.NrPages)), Flags: proto.Uint32(pePresent)}); err != nil {
-			w.Close()
+	for _, t := range tasks {
+		e := &pb.PstreeEntry{
+			Pid:  proto.Uint32(uint32(t.nsPid)),
+			Ppid: proto.Uint32(uint32(t.nsPpid)),
+			Pgid: proto.Uint32(uint32(t.nsPgid)),
+			Sid:  proto.Uint32(uint32(t.nsSid)),
+		}
+		for _, th := range t.threads {
+			e.Threads = append(e.Threads, uint32(th.nsTid))
+		}
+		if err := pw.Write(e); err != nil {
+			pw.Close()
 			return err
 		}
 	}
-	if err := w.Close(); err != nil {
+	if err := pw.Close(); err != nil {
 		return err
 	}
-	fw, err := d.dir.NewWriter(fdinfoName(uint32(pid)), image.Fdinfo)
-	if err != nil {
-		return err
-	}
-	for _, f := range fds {
-		if err := fw.Write(f); err != nil {
-			fw.Close()
+	for _, t := range tasks {
+		if err := d.writeTask(t); err != nil {
 			return err
 		}
-	}
-	if err := fw.Close(); err != nil {
-		return err
 	}
 	files, err := d.dir.NewWriter("files.img", image.Files)
 	if err != nil {
@@ -130,6 +78,87 @@ func (d *dumper) writeImages(st *procfs.Stat, ts *taskState, mm *pb.MmEntry, run
 	return files.Close()
 }
 
+// kobjIDs names the kernel objects of a task. crhook refuses trees whose
+// processes share an mm, fd table, fs or sighand, so per-process ids are
+// the process's pid.
+func kobjIDs(t *dtask) *pb.TaskKobjIdsEntry {
+	id := proto.Uint32(uint32(t.nsPid))
+	return &pb.TaskKobjIdsEntry{VmId: id, FilesId: id, FsId: id, SighandId: id}
+}
+
+func (d *dumper) writeTask(t *dtask) error {
+	pid := t.nsPid
+	ext := &pb.CrhookTaskEntry{
+		Pid:         proto.Uint32(uint32(pid)),
+		State:       pb.CrhookTaskState(t.state()).Enum(),
+		Umask:       proto.Uint32(t.umask),
+		Personality: proto.Uint32(uint32(t.personality)),
+		Vmas:        t.vmas,
+	}
+	if t.parent == nil {
+		ext.Stdio = d.files.stdio
+	}
+	for i, th := range t.threads {
+		core := coreEntry(t, th, i == 0)
+		if err := d.writeOne(coreName(th.nsTid), image.Core, core); err != nil {
+			return err
+		}
+		if t.zombie {
+			continue
+		}
+		e := &pb.CrhookThreadEntry{
+			Tid:          proto.Uint32(uint32(th.nsTid)),
+			Xsave:        th.xsave,
+			ClearTidAddr: proto.Uint64(th.tidAddr),
+			RobustList:   &pb.CrhookRobustListEntry{Head: proto.Uint64(th.robustHead), Len: proto.Uint64(th.robustLen)},
+		}
+		if th.rseq.RseqAbiPointer != 0 {
+			e.Rseq = &pb.CrhookRseqEntry{Ptr: proto.Uint64(th.rseq.RseqAbiPointer), Len: proto.Uint32(th.rseq.RseqAbiSize), Sig: proto.Uint32(th.rseq.Signature), Flags: proto.Uint32(th.rseq.Flags)}
+		}
+		ext.Threads = append(ext.Threads, e)
+	}
+	if err := d.writeOne(extName(pid), image.CrhookTask, ext); err != nil {
+		return err
+	}
+	if t.zombie {
+		return nil
+	}
+	if err := d.writeOne(mmName(pid), image.MM, t.mm); err != nil {
+		return err
+	}
+	if err := d.writeOne(fsName(pid), image.Fs, t.fs); err != nil {
+		return err
+	}
+	w, err := d.dir.NewWriter(pagemapName(pid), image.Pagemap)
+	if err != nil {
+		return err
+	}
+	if err := w.Write(&pb.PagemapHead{PagesId: proto.Uint32(uint32(pid))}); err != nil {
+		w.Close()
+		return err
+	}
+	for _, r := range t.runs {
+		if err := w.Write(&pb.PagemapEntry{Vaddr: proto.Uint64(r.Addr), NrPages: proto.Uint32(uint32(r.NrPages)), Flags: proto.Uint32(pePresent)}); err != nil {
+			w.Close()
+			return err
+		}
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	fw, err := d.dir.NewWriter(fdinfoName(uint32(pid)), image.Fdinfo)
+	if err != nil {
+		return err
+	}
+	for _, f := range t.fds {
+		if err := fw.Write(f); err != nil {
+			fw.Close()
+			return err
+		}
+	}
+	return fw.Close()
+}
+
 func (d *dumper) writeOne(name string, k image.Kind, m proto.Message) error {
 	w, err := d.dir.NewWriter(name, k)
 	if err != nil {
@@ -142,8 +171,8 @@ func (d *dumper) writeOne(name string, k image.Kind, m proto.Message) error {
 	return w.Close()
 }
 
-func coreEntry(ts *taskState, st *procfs.Stat, ids *pb.TaskKobjIdsEntry) *pb.CoreEntry {
-	r := &ts.regs
+func coreEntry(t *dtask, th *dthread, leader bool) *pb.CoreEntry {
+	r := &th.regs
 	gp := &pb.UserX86RegsEntry{
 		R15: proto.Uint64(r.R15), R14: proto.Uint64(r.R14), R13: proto.Uint64(r.R13), R12: proto.Uint64(r.R12),
 		Bp: proto.Uint64(r.Rbp), Bx: proto.Uint64(r.Rbx), R11: proto.Uint64(r.R11), R10: proto.Uint64(r.R10),
@@ -154,9 +183,38 @@ func coreEntry(ts *taskState, st *procfs.Stat, ids *pb.TaskKobjIdsEntry) *pb.Cor
 		Ds: proto.Uint64(r.Ds), Es: proto.Uint64(r.Es), Fs: proto.Uint64(r.Fs), Gs: proto.Uint64(r.Gs),
 		Mode: pb.UserX86RegsMode_NATIVE.Enum(),
 	}
-	fp := fpregsEntry(ts.xsave)
+	c := &pb.CoreEntry{
+		Mtype: pb.CoreEntry_X86_64.Enum(),
+		ThreadInfo: &pb.ThreadInfoX86{
+			ClearTidAddr: proto.Uint64(th.tidAddr),
+			Gpregs:       gp,
+			Fpregs:       fpregsEntry(th.xsave),
+		},
+		ThreadCore: &pb.ThreadCoreEntry{
+			FutexRla:    proto.Uint64(th.robustHead),
+			FutexRlaLen: proto.Uint32(uint32(th.robustLen)),
+			BlkSigset:   proto.Uint64(th.sigmask),
+			Comm:        proto.String(th.comm),
+			Sas: &pb.ThreadSasEntry{
+				SsSp:    proto.Uint64(th.altstack.SP),
+				SsSize:  proto.Uint64(th.altstack.Size),
+				SsFlags: proto.Uint32(uint32(th.altstack.Flags)),
+			},
+		},
+	}
+	if th.rseq.RseqAbiPointer != 0 {
+		c.ThreadCore.RseqEntry = &pb.RseqEntry{
+			RseqAbiPointer: proto.Uint64(th.rseq.RseqAbiPointer),
+			RseqAbiSize:    proto.Uint32(th.rseq.RseqAbiSize),
+			Signature:      proto.Uint32(th.rseq.Signature),
+		}
+	}
+	if !leader {
+		return c
+	}
+	c.Ids = kobjIDs(t)
 	var sas []*pb.SaEntry
-	for i, a := range ts.sigactions {
+	for i, a := range t.sigactions {
 		sig := i + 1
 		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
 			continue
@@ -169,51 +227,23 @@ func coreEntry(ts *taskState, st *procfs.Stat, ids *pb.TaskKobjIdsEntry) *pb.Cor
 		})
 	}
 	it := func(k int) *pb.ItimerEntry {
-		v := ts.itimers[k]
+		v := t.itimers[k]
 		return &pb.ItimerEntry{Isec: proto.Uint64(v[0]), Iusec: proto.Uint64(v[1]), Vsec: proto.Uint64(v[2]), Vusec: proto.Uint64(v[3])}
 	}
-	tc := &pb.TaskCoreEntry{
-		TaskState:   proto.Uint32(ts.state),
-		ExitCode:    proto.Uint32(0),
-		Personality: proto.Uint32(uint32(ts.personality)),
-		Flags:       proto.Uint32(uint32(st.Flags)),
-		BlkSigset:   proto.Uint64(ts.sigmask),
-		Comm:        proto.String(ts.comm),
+	c.Tc = &pb.TaskCoreEntry{
+		TaskState:   proto.Uint32(t.state()),
+		ExitCode:    proto.Uint32(uint32(t.st.ExitCode)),
+		Personality: proto.Uint32(uint32(t.personality)),
+		Flags:       proto.Uint32(uint32(t.st.Flags)),
+		BlkSigset:   proto.Uint64(th.sigmask),
+		Comm:        proto.String(th.comm),
 		Timers:      &pb.TaskTimersEntry{Real: it(0), Virt: it(1), Prof: it(2)},
 		Sigactions:  sas,
 	}
-	if ts.state == taskStopped {
-		tc.StopSigno = proto.Uint32(uint32(unix.SIGSTOP))
+	if t.stopped {
+		c.Tc.StopSigno = proto.Uint32(uint32(unix.SIGSTOP))
 	}
-	thc := &pb.ThreadCoreEntry{
-		FutexRla:    proto.Uint64(ts.robustHead),
-		FutexRlaLen: proto.Uint32(uint32(ts.robustLen)),
-		BlkSigset:   proto.Uint64(ts.sigmask),
-		Comm:        proto.String(ts.comm),
-		Sas: &pb.ThreadSasEntry{
-			SsSp:    proto.Uint64(ts.altstack.SP),
-			SsSize:  proto.Uint64(ts.altstack.Size),
-			SsFlags: proto.Uint32(uint32(ts.altstack.Flags)),
-		},
-	}
-	if ts.rseq.RseqAbiPointer != 0 {
-		thc.RseqEntry = &pb.RseqEntry{
-			RseqAbiPointer: proto.Uint64(ts.rseq.RseqAbiPointer),
-			RseqAbiSize:    proto.Uint32(ts.rseq.RseqAbiSize),
-			Signature:      proto.Uint32(ts.rseq.Signature),
-		}
-	}
-	return &pb.CoreEntry{
-		Mtype: pb.CoreEntry_X86_64.Enum(),
-		ThreadInfo: &pb.ThreadInfoX86{
-			ClearTidAddr: proto.Uint64(ts.tidAddr),
-			Gpregs:       gp,
-			Fpregs:       fp,
-		},
-		Tc:         tc,
-		Ids:        ids,
-		ThreadCore: thc,
-	}
+	return c
 }
 
 // fpregsEntry fills CRIU's fxsave view from the legacy area of XSAVE; the
@@ -255,5 +285,3 @@ func kernelRelease() string {
 	}
 	return unix.ByteSliceToString(u.Release[:])
 }
-
-var _ = kabi.NSig

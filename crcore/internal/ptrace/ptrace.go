@@ -79,6 +79,12 @@ func (t *Task) SetOptions(options int) error {
 	return wrap("setoptions", t.Tid, unix.PtraceSetOptions(t.Tid, options))
 }
 
+// InterruptNoWait asks a seized task to stop; WaitInterrupt collects the
+// stop. A frozen task (cgroup freezer) stops only once thawed.
+func (t *Task) InterruptNoWait() error {
+	return wrap("interrupt", t.Tid, unix.PtraceInterrupt(t.Tid))
+}
+
 // Interrupt stops a seized task and waits for its PTRACE_EVENT_STOP.
 // A signal-delivery stop that comes first is deferred (not delivered).
 // It returns the stop signal: SIGTRAP for a plain interrupt of a running
@@ -87,6 +93,11 @@ func (t *Task) Interrupt() (unix.Signal, error) {
 	if err := unix.PtraceInterrupt(t.Tid); err != nil {
 		return 0, wrap("interrupt", t.Tid, err)
 	}
+	return t.WaitInterrupt()
+}
+
+// WaitInterrupt waits for the stop asked by InterruptNoWait.
+func (t *Task) WaitInterrupt() (unix.Signal, error) {
 	for {
 		ws, err := t.wait()
 		if err != nil {
