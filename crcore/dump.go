@@ -228,7 +228,7 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 	} else {
 		for _, t := range tasks {
 			if !t.zombie {
-				if err := killTraced(t.threads[0].t); err != nil {
+				if err := killTraced(t); err != nil {
 					log.WithError(err).Warn("kill dumped task")
 				}
 			}
@@ -473,16 +473,30 @@ func resumeTask(t *dtask, log *logrus.Entry) {
 	}
 }
 
-// killTraced kills a traced task and waits until it is dead, without
+// killTraced kills a traced process and waits until it is dead, without
 // reaping it: its parent (which may be our own caller) collects the
-// status once our tracing thread is gone.
-func killTraced(t *ptrace.Task) error {
-	if err := unix.Kill(t.Tid, unix.SIGKILL); err != nil {
+// status once our tracing thread is gone. Its other threads are ours to
+// reap (a traced thread's exit waits for its tracer), and the leader's
+// death is reported only after theirs.
+func killTraced(t *dtask) error {
+	if err := unix.Kill(t.pid, unix.SIGKILL); err != nil {
 		return os.NewSyscallError("kill", err)
+	}
+	for _, th := range t.threads[1:] {
+		var ws unix.WaitStatus
+		for {
+			_, err := unix.Wait4(th.tid, &ws, unix.WALL, nil)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if err != nil || ws.Exited() || ws.Signaled() {
+				break
+			}
+		}
 	}
 	var info unix.Siginfo
 	for {
-		err := unix.Waitid(unix.P_PID, t.Tid, &info, unix.WEXITED|unix.WNOWAIT|unix.WALL, nil)
+		err := unix.Waitid(unix.P_PID, t.pid, &info, unix.WEXITED|unix.WNOWAIT|unix.WALL, nil)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}

@@ -28,15 +28,26 @@ type imageSet struct {
 	keepExe bool
 }
 
+type threadImage struct {
+	tid  int
+	core *pb.CoreEntry
+	ext  *pb.CrhookThreadEntry
+}
+
+func (ti *taskImage) zombie() bool { return ti.core.GetTc().GetTaskState() == taskDead }
+
 type taskImage struct {
-	pid   int
-	core  *pb.CoreEntry
-	ext   *pb.CrhookTaskEntry
-	mm    *pb.MmEntry
-	fs    *pb.FsEntry
-	fds   []*pb.FdinfoEntry
-	pages uint32
-	runs  []mem.Run
+	pid  int
+	ps   *pb.PstreeEntry
+	core *pb.CoreEntry // the leader's
+	ext  *pb.CrhookTaskEntry
+	// threads, the leader first
+	threads []threadImage
+	mm      *pb.MmEntry
+	fs      *pb.FsEntry
+	fds     []*pb.FdinfoEntry
+	pages   uint32
+	runs    []mem.Run
 }
 
 func readOne(d *image.Dir, name string, k image.Kind, m proto.Message) error {
@@ -111,17 +122,43 @@ func loadImages(path string) (*imageSet, error) {
 	for _, f := range files {
 		s.files[f.GetId()] = f
 	}
+	seen := map[int]bool{}
 	for _, p := range s.tree {
 		pid := int(p.GetPid())
-		ti := &taskImage{pid: pid, core: &pb.CoreEntry{}, ext: &pb.CrhookTaskEntry{}, mm: &pb.MmEntry{}, fs: &pb.FsEntry{}}
-		if err := readOne(d, coreName(pid), image.Core, ti.core); err != nil {
-			return nil, err
+		if pid <= 0 || seen[pid] {
+			return nil, fmt.Errorf("pstree.img: bad or repeated pid %d: %w", pid, ErrBadImage)
 		}
-		if ti.core.GetThreadInfo().GetGpregs() == nil {
-			return nil, fmt.Errorf("%s: no x86_64 registers: %w", coreName(pid), ErrBadImage)
+		seen[pid] = true
+		if len(p.GetThreads()) == 0 || int(p.GetThreads()[0]) != pid {
+			return nil, fmt.Errorf("pstree.img: pid %d: the thread list must start with the leader: %w", pid, ErrBadImage)
 		}
+		ti := &taskImage{pid: pid, ps: p, ext: &pb.CrhookTaskEntry{}, mm: &pb.MmEntry{}, fs: &pb.FsEntry{}}
 		if err := readOne(d, extName(pid), image.CrhookTask, ti.ext); err != nil {
 			return nil, err
+		}
+		exts := map[int]*pb.CrhookThreadEntry{}
+		for _, e := range ti.ext.GetThreads() {
+			exts[int(e.GetTid())] = e
+		}
+		for i, tid := range p.GetThreads() {
+			c := &pb.CoreEntry{}
+			if err := readOne(d, coreName(int(tid)), image.Core, c); err != nil {
+				return nil, err
+			}
+			if c.GetThreadInfo().GetGpregs() == nil {
+				return nil, fmt.Errorf("%s: no x86_64 registers: %w", coreName(int(tid)), ErrBadImage)
+			}
+			if i == 0 {
+				if c.GetTc() == nil {
+					return nil, fmt.Errorf("%s: no task core: %w", coreName(int(tid)), ErrBadImage)
+				}
+				ti.core = c
+			}
+			ti.threads = append(ti.threads, threadImage{tid: int(tid), core: c, ext: exts[int(tid)]})
+		}
+		s.tasks[pid] = ti
+		if ti.zombie() {
+			continue
 		}
 		if err := readOne(d, mmName(pid), image.MM, ti.mm); err != nil {
 			return nil, err
@@ -136,7 +173,15 @@ func loadImages(path string) (*imageSet, error) {
 		if err := ti.readPagemap(d); err != nil {
 			return nil, err
 		}
-		s.tasks[pid] = ti
+	}
+	// Every parent must be in the tree, but the root's.
+	for i, p := range s.tree {
+		if i == 0 {
+			continue
+		}
+		if _, ok := s.tasks[int(p.GetPpid())]; !ok {
+			return nil, fmt.Errorf("pstree.img: pid %d has parent %d, which is not in the tree: %w", p.GetPid(), p.GetPpid(), ErrBadImage)
+		}
 	}
 	ok = true
 	return s, nil

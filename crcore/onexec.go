@@ -52,9 +52,6 @@ func restoreOnExec(ctx context.Context, opts RestoreOptions, pid int, log *logru
 		return nil, fmt.Errorf("restore %s: %w", opts.ImageDir, err)
 	}
 	defer imgs.dir.Close()
-	if len(imgs.tree) != 1 {
-		return nil, fmt.Errorf("restore %s: %d processes: process trees: %w", opts.ImageDir, len(imgs.tree), ErrNotSupported)
-	}
 	root := imgs.tasks[int(imgs.tree[0].GetPid())]
 	nsPid, err := innermostPid(pid)
 	if err != nil {
@@ -82,13 +79,15 @@ func restoreOnExec(ctx context.Context, opts RestoreOptions, pid int, log *logru
 	if err := t.Poke(regs.Rip, ptrace.Gadget); err != nil {
 		return nil, err
 	}
-	var st Stats
-	if err := imgs.build(ctx, t, regs.Rip, root, &st, log); err != nil {
+	rs := newRestorer(ctx, imgs, opts, log)
+	defer rs.cl.run()
+	if err := rs.run(&rtask{ti: root, hostPid: pid, t: t}, regs.Rip); err != nil {
 		return nil, fmt.Errorf("restore into pid %d: %w", pid, err)
 	}
+	rs.cl.release()
 	ok = true
-	st.TotalTime = time.Since(start)
-	return &Restored{Pid: pid, Stats: st}, nil
+	rs.st.TotalTime = time.Since(start)
+	return &Restored{Pid: pid, Stats: rs.st}, nil
 }
 
 // waitExec seizes every thread of pid and lets the process run until one

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"sort"
 	"strings"
@@ -44,6 +45,51 @@ func Restore(ctx context.Context, opts RestoreOptions) (*Restored, error) {
 	return res, err
 }
 
+// restorer rebuilds a tree of tasks. Precondition for its methods: OS
+// thread locked.
+type restorer struct {
+	ctx     context.Context
+	s       *imageSet
+	log     *logrus.Entry
+	st      Stats
+	wait    time.Duration
+	scratch uint64 // scratch area, at the same address in every task
+	tasks   []*rtask
+	holders map[uint32]fdHolder // file id -> a restored task holding it
+	cl      cleanup
+}
+
+// rtask is a task being restored.
+type rtask struct {
+	ti      *taskImage
+	hostPid int // its pid as we see it (differs in a container)
+	t       *ptrace.Task
+	r       *remote
+	parent  *rtask
+	threads []*rthread // the leader's included, first
+	// table is the fd table the task holds once its fds are in place,
+	// leftovers included: what a child cloned from it inherits.
+	table map[uint32]uint32
+}
+
+type rthread struct {
+	img *threadImage
+	t   *ptrace.Task
+}
+
+type fdHolder struct {
+	task *rtask
+	fd   uint32
+}
+
+func newRestorer(ctx context.Context, s *imageSet, opts RestoreOptions, log *logrus.Entry) *restorer {
+	wait := opts.PidWait
+	if wait == 0 {
+		wait = 3 * time.Second
+	}
+	return &restorer{ctx: ctx, s: s, log: log, wait: wait, holders: map[uint32]fdHolder{}}
+}
+
 func restore(ctx context.Context, opts RestoreOptions, log *logrus.Entry) (*Restored, error) {
 	start := time.Now()
 	imgs, err := loadImages(opts.ImageDir)
@@ -51,69 +97,460 @@ func restore(ctx context.Context, opts RestoreOptions, log *logrus.Entry) (*Rest
 		return nil, fmt.Errorf("restore %s: %w", opts.ImageDir, err)
 	}
 	defer imgs.dir.Close()
-	if len(imgs.tree) != 1 {
-		return nil, fmt.Errorf("restore %s: %d processes: process trees: %w", opts.ImageDir, len(imgs.tree), ErrNotSupported)
-	}
 	root := imgs.tasks[int(imgs.tree[0].GetPid())]
-	if n := len(imgs.tree[0].GetThreads()); n != 1 {
-		return nil, fmt.Errorf("restore %s: %d threads: %w", opts.ImageDir, n, ErrNotSupported)
+	if root.zombie() {
+		return nil, fmt.Errorf("restore %s: the root is a zombie: %w", opts.ImageDir, ErrBadImage)
 	}
-	if err := imgs.preflight(root); err != nil {
-		return nil, fmt.Errorf("restore pid %d: %w", root.pid, err)
+	if root.pid == 1 {
+		return nil, fmt.Errorf("restore %s: the root was its pid namespace's init (pid 1): restore it into a container (crhook's OCI hook) or a new pid namespace: %w", opts.ImageDir, ErrNotSupported)
 	}
-	wait := opts.PidWait
-	if wait == 0 {
-		wait = 3 * time.Second
+	for _, ti := range imgs.tasks {
+		if err := imgs.preflight(ti); err != nil {
+			return nil, fmt.Errorf("restore pid %d: %w", ti.pid, err)
+		}
 	}
-
-	var cl cleanup
-	defer cl.run()
+	rs := newRestorer(ctx, imgs, opts, log)
+	defer rs.cl.run()
 	stdio := [3]uintptr{0, 1, 2}
 	for i, f := range []interface{ Fd() uintptr }{opts.Stdin, opts.Stdout, opts.Stderr} {
 		if f != nil {
 			stdio[i] = f.Fd()
 		}
 	}
-	t, gadget, err := spawnTask(root.pid, stdio, wait, &cl)
+	t, gadget, err := spawnTask(root.pid, stdio, rs.wait)
 	if err != nil {
 		return nil, fmt.Errorf("restore pid %d: %w", root.pid, err)
 	}
+	rt := &rtask{ti: root, hostPid: t.Tid, t: t}
+	rs.cl.add(func() { killAndReap(t) })
 	log.WithField("pid", root.pid).Debug("husk ready")
-	var st Stats
-	if err := imgs.build(ctx, t, gadget, root, &st, log); err != nil {
-		return nil, fmt.Errorf("restore pid %d: %w", root.pid, err)
+	if err := rs.run(rt, gadget); err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
 	}
-	cl.release()
-	st.TotalTime = time.Since(start)
-	log.WithFields(logrus.Fields{"pid": root.pid, "pages": st.PagesRestored}).Info("restored")
-	return &Restored{Pid: root.pid, Stats: st}, nil
+	rs.cl.release()
+	rs.st.TotalTime = time.Since(start)
+	log.WithFields(logrus.Fields{"pid": root.pid, "tasks": len(rs.tasks), "pages": rs.st.PagesRestored}).Info("restored")
+	return &Restored{Pid: root.pid, Stats: rs.st}, nil
 }
 
-// preflight checks, before any process exists, what can be checked: the
-// files the task needs are there.
-func (s *imageSet) preflight(ti *taskImage) error {
-	need := []uint32{ti.mm.GetExeFileId(), ti.fs.GetCwdId()}
-	for _, v := range ti.mm.GetVmas() {
-		if v.GetStatus()&(vmaFilePrivate|vmaFileShared) != 0 {
-			need = append(need, uint32(v.GetShmid()))
+// run rebuilds the whole tree from its root, a task stopped with a
+// syscall gadget at gadget0 (a fresh husk or a just-exec'd process).
+func (rs *restorer) run(root *rtask, gadget0 uint64) error {
+	var all []*pb.VmaEntry
+	for _, ti := range rs.s.tasks {
+		all = append(all, ti.mm.GetVmas()...)
+	}
+	scratch, err := chooseScratch(root.hostPid, all)
+	if err != nil {
+		return err
+	}
+	rs.scratch = scratch
+	r := &remote{t: root.t, gadget: gadget0}
+	if _, err := r.call("mmap scratch", unix.SYS_MMAP, scratch, scratchSize,
+		unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0); err != nil {
+		return err
+	}
+	if err := writeMem(root.hostPid, scratch, ptrace.Gadget); err != nil {
+		return err
+	}
+	r.gadget, r.scratch, r.size = scratch, scratch+64, scratchSize-64
+	// Empty the address space but for the scratch area; children cloned
+	// from here inherit just that.
+	if _, err := r.call("munmap", unix.SYS_MUNMAP, 0, scratch); err != nil {
+		return err
+	}
+	if _, err := r.call("munmap", unix.SYS_MUNMAP, scratch+scratchSize, taskSizeMax-(scratch+scratchSize)); err != nil {
+		return err
+	}
+	root.r = r
+	// The restorer's standard streams stand at 0-2 for the root's
+	// external ones.
+	root.table = map[uint32]uint32{}
+	for _, e := range root.ti.fds {
+		if e.GetType() == pb.FdTypes_EXT && e.GetFd() <= 2 {
+			root.table[e.GetFd()] = e.GetId()
 		}
 	}
-	for _, fd := range ti.fds {
-		if fd.GetType() == pb.FdTypes_REG {
-			need = append(need, fd.GetId())
+	if err := rs.create(root); err != nil {
+		return err
+	}
+	if err := rs.groups(); err != nil {
+		return err
+	}
+	// Zombies die last, once nothing else needs them.
+	for _, t := range rs.tasks {
+		if t.ti.zombie() {
+			if err := rs.die(t); err != nil {
+				return fmt.Errorf("pid %d: %w", t.ti.pid, err)
+			}
 		}
 	}
-	for _, id := range need {
-		f, ok := s.files[id]
-		if !ok || f.GetReg() == nil {
-			return fmt.Errorf("files.img: no regular file with id %d: %w", id, ErrBadImage)
+	for i := len(rs.tasks) - 1; i >= 0; i-- {
+		t := rs.tasks[i]
+		if t.ti.zombie() {
+			continue
 		}
-		name := f.GetReg().GetName()
-		if !strings.HasPrefix(name, "/") {
-			return fmt.Errorf("files.img: file %d has a relative path %q: %w", id, name, ErrBadImage)
+		if err := rs.finish(t); err != nil {
+			return fmt.Errorf("pid %d: %w", t.ti.pid, err)
 		}
-		if _, err := os.Lstat(name); err != nil {
-			return fmt.Errorf("file %d needed by the image: %w", id, err)
+	}
+	return nil
+}
+
+// create rebuilds task t and, recursively, its children. On entry t exists
+// with an empty address space but for the scratch area, and the fds and
+// session it inherited from its parent.
+func (rs *restorer) create(t *rtask) error {
+	rs.tasks = append(rs.tasks, t)
+	pid := t.ti.pid
+	if err := rs.ctx.Err(); err != nil {
+		return err
+	}
+	if t.ti.zombie() {
+		return nil
+	}
+	if int(t.ti.ps.GetSid()) == pid {
+		if _, err := t.r.call("setsid", unix.SYS_SETSID); err != nil {
+			return fmt.Errorf("pid %d: %w", pid, err)
+		}
+	}
+	if err := rs.restoreFds(t); err != nil {
+		return fmt.Errorf("pid %d: %w", pid, err)
+	}
+	for _, p := range rs.s.tree {
+		if int(p.GetPpid()) != pid || int(p.GetPid()) == pid {
+			continue
+		}
+		child, err := rs.cloneChild(t, rs.s.tasks[int(p.GetPid())])
+		if err != nil {
+			return fmt.Errorf("pid %d: create child %d: %w", pid, p.GetPid(), err)
+		}
+		if err := rs.create(child); err != nil {
+			return err
+		}
+	}
+	if err := rs.buildMemory(t); err != nil {
+		return fmt.Errorf("pid %d: %w", pid, err)
+	}
+	if err := rs.s.restoreTaskState(t.r, t.ti); err != nil {
+		return fmt.Errorf("pid %d: %w", pid, err)
+	}
+	if err := rs.createThreads(t); err != nil {
+		return fmt.Errorf("pid %d: %w", pid, err)
+	}
+	return nil
+}
+
+// cloneChild creates the image's task c as a child of p, with its pid.
+func (rs *restorer) cloneChild(p *rtask, c *taskImage) (*rtask, error) {
+	t, hostPid, err := rs.clone(p, c.pid, 0, uint64(unix.SIGCHLD))
+	if err != nil {
+		return nil, err
+	}
+	child := &rtask{ti: c, hostPid: hostPid, t: t, parent: p}
+	child.r = &remote{t: t, gadget: p.r.gadget, scratch: p.r.scratch, size: p.r.size}
+	child.table = maps.Clone(p.table)
+	return child, nil
+}
+
+// clone runs clone3 in p asking for pid want (set_tid), and returns the
+// new task stopped, traced, and its pid as we see it.
+func (rs *restorer) clone(p *rtask, want int, flags uint64, exitSignal uint64) (*ptrace.Task, int, error) {
+	var buf bytes.Buffer
+	p.r.reset()
+	argAddr, err := p.r.alloc(kabi.SizeofCloneArgs + 8)
+	if err != nil {
+		return nil, 0, err
+	}
+	binary.Write(&buf, binary.LittleEndian, kabi.CloneArgs{
+		Flags:      flags,
+		ExitSignal: exitSignal,
+		SetTid:     argAddr + kabi.SizeofCloneArgs,
+		SetTidSize: 1,
+	})
+	binary.Write(&buf, binary.LittleEndian, int32(want))
+	if err := writeMem(p.hostPid, argAddr, buf.Bytes()); err != nil {
+		return nil, 0, err
+	}
+	deadline := time.Now().Add(rs.wait)
+	for {
+		ret, err := p.t.Syscall(p.r.gadget, unix.SYS_CLONE3, argAddr, kabi.SizeofCloneArgs)
+		if err != nil {
+			return nil, 0, err
+		}
+		if e := ptrace.Errno("clone3", ret); e != nil {
+			if errors.Is(e, unix.EEXIST) && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			return nil, 0, cloneError(want, e, rs.wait)
+		}
+		if int(ret) != want {
+			return nil, 0, fmt.Errorf("create task %d: got pid %d", want, ret)
+		}
+		break
+	}
+	ev := p.t.Events()
+	if len(ev) == 0 {
+		return nil, 0, fmt.Errorf("create task %d: no clone event", want)
+	}
+	host := ev[len(ev)-1]
+	t := ptrace.Adopt(host)
+	rs.cl.add(func() { killAndReap(t) })
+	if err := waitFirstStop(t); err != nil {
+		return nil, 0, err
+	}
+	return t, host, nil
+}
+
+func cloneError(pid int, e error, wait time.Duration) error {
+	switch {
+	case errors.Is(e, unix.EEXIST):
+		holder, _ := os.ReadFile(procfs.Path(pid, "comm"))
+		return fmt.Errorf("pid %d is used by %q (waited %v): %w", pid, strings.TrimSpace(string(holder)), wait, ErrPidTaken)
+	case errors.Is(e, unix.EPERM):
+		return fmt.Errorf("choose pid %d: %w (clone3 set_tid needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN over the pid namespace)", pid, e)
+	}
+	return fmt.Errorf("create task %d: %w", pid, e)
+}
+
+// waitFirstStop waits for the stop of a task auto-attached at its birth.
+func waitFirstStop(t *ptrace.Task) error {
+	for {
+		ws, err := t.WaitStop()
+		if err != nil {
+			return err
+		}
+		if ws.Stopped() && (ws.StopSignal() == unix.SIGSTOP || ptrace.Event(ws) == kabi.PTRACE_EVENT_STOP) {
+			return nil
+		}
+		if err := t.Cont(0); err != nil {
+			return err
+		}
+	}
+}
+
+// createThreads clones the task's other threads with their tids and gives
+// each its own state.
+func (rs *restorer) createThreads(t *rtask) error {
+	lead := &rthread{img: &t.ti.threads[0], t: t.t}
+	t.threads = []*rthread{lead}
+	const threadFlags = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND |
+		unix.CLONE_THREAD | unix.CLONE_SYSVSEM
+	for i := 1; i < len(t.ti.threads); i++ {
+		img := &t.ti.threads[i]
+		pt, _, err := rs.clone(t, img.tid, threadFlags, 0)
+		if err != nil {
+			return fmt.Errorf("create thread %d: %w", img.tid, err)
+		}
+		t.threads = append(t.threads, &rthread{img: img, t: pt})
+	}
+	for _, th := range t.threads {
+		r := &remote{t: th.t, gadget: t.r.gadget, scratch: t.r.scratch, size: t.r.size}
+		if err := restoreThreadState(r, th.img); err != nil {
+			return fmt.Errorf("thread %d: %w", th.img.tid, err)
+		}
+	}
+	return nil
+}
+
+// groups puts every task in its process group: group leaders first, then
+// the members (a group must exist in the session before one can join it).
+func (rs *restorer) groups() error {
+	for pass := 0; pass < 2; pass++ {
+		for _, t := range rs.tasks {
+			if t.ti.zombie() {
+				continue
+			}
+			pid, pgid, sid := t.ti.pid, int(t.ti.ps.GetPgid()), int(t.ti.ps.GetSid())
+			leader := pgid == pid
+			if pgid == 0 || sid == pid || leader != (pass == 0) {
+				continue
+			}
+			if _, err := t.r.call("setpgid", unix.SYS_SETPGID, 0, uint64(pgid)); err != nil {
+				return fmt.Errorf("pid %d: join process group %d: %w", pid, pgid, err)
+			}
+		}
+	}
+	return nil
+}
+
+// die turns a restored task into the zombie it was: it exits with its
+// recorded status and stays unreaped for its parent.
+func (rs *restorer) die(t *rtask) error {
+	ws := unix.WaitStatus(t.ti.core.GetTc().GetExitCode())
+	switch {
+	case ws.Signaled():
+		if err := t.t.Detach(ws.Signal()); err != nil {
+			return err
+		}
+	default:
+		if err := t.t.SetRegs(&unix.PtraceRegs{}); err != nil {
+			// fallthrough to the injected exit below
+			_ = err
+		}
+		r := &remote{t: t.t, gadget: t.r.gadget}
+		if _, err := r.t.Syscall(r.gadget, unix.SYS_EXIT_GROUP, uint64(ws.ExitStatus())); err != nil {
+			var ex *ptrace.ExitedError
+			if !errors.As(err, &ex) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// buildMemory maps every VMA of the task, fills its pages and sets its mm.
+func (rs *restorer) buildMemory(t *rtask) error {
+	s, ti, r := rs.s, t.ti, t.r
+	vmas := ti.mm.GetVmas()
+	if err := s.mapVdso(r, vmas); err != nil {
+		return err
+	}
+	fileFds := map[uint32]uint64{}
+	closeAll := func() {
+		for _, fd := range fileFds {
+			r.call("close", unix.SYS_CLOSE, fd)
+		}
+		clear(fileFds)
+	}
+	defer closeAll()
+	openFile := func(id uint32, flags uint32) (uint64, error) {
+		if fd, ok := fileFds[id]; ok {
+			return fd, nil
+		}
+		f := s.files[id].GetReg()
+		r.reset()
+		p, err := r.cstring(f.GetName())
+		if err != nil {
+			return 0, err
+		}
+		fd, err := r.call("open "+f.GetName(), unix.SYS_OPENAT, atFdcwd, p, uint64(flags|unix.O_CLOEXEC), 0)
+		if err != nil {
+			return 0, err
+		}
+		fileFds[id] = fd
+		return fd, nil
+	}
+
+	// A VMA the kernel accounts (VM_ACCOUNT: it was writable once) is
+	// mapped writable, filled, then protected; one it does not is mapped
+	// with its final protection and filled through /proc/PID/mem, so the
+	// kernel keeps the two kinds apart as it did.
+	vmFlags := map[uint64]string{}
+	for _, e := range ti.ext.GetVmas() {
+		vmFlags[e.GetStart()] = e.GetVmFlags()
+	}
+	type fix struct{ start, len, prot uint64 }
+	var fixes []fix
+	force := map[uint64]bool{}
+	for _, v := range vmas {
+		status := v.GetStatus()
+		if status&(vmaAreaVdso|vmaAreaVvar) != 0 {
+			continue
+		}
+		prot := uint64(v.GetProt())
+		flags := uint64(v.GetFlags()) | unix.MAP_FIXED
+		mprot := prot
+		fd := ^uint64(0)
+		shared := v.GetFlags()&unix.MAP_SHARED != 0
+		fl, known := vmFlags[v.GetStart()]
+		accounted := !known || strings.Contains(" "+fl+" ", " ac ")
+		switch {
+		case shared && status&vmaFileShared != 0:
+		case accounted || prot&unix.PROT_WRITE != 0:
+			mprot |= unix.PROT_READ | unix.PROT_WRITE
+		default:
+			force[v.GetStart()] = true
+		}
+		if status&(vmaFilePrivate|vmaFileShared) != 0 {
+			f := s.files[uint32(v.GetShmid())].GetReg()
+			var err error
+			if fd, err = openFile(uint32(v.GetShmid()), f.GetFlags()&unix.O_ACCMODE); err != nil {
+				return err
+			}
+		}
+		if _, err := r.call(fmt.Sprintf("mmap %#x-%#x", v.GetStart(), v.GetEnd()), unix.SYS_MMAP,
+			v.GetStart(), v.GetEnd()-v.GetStart(), mprot, flags, fd, v.GetPgoff()); err != nil {
+			return err
+		}
+		if mprot != prot {
+			fixes = append(fixes, fix{v.GetStart(), v.GetEnd() - v.GetStart(), prot})
+		}
+	}
+	if err := rs.ctx.Err(); err != nil {
+		return err
+	}
+
+	pages, err := s.dir.OpenPages(pagesName(int(ti.pages)))
+	if err != nil {
+		return err
+	}
+	runs := make([]mem.Run, len(ti.runs))
+	for i, run := range ti.runs {
+		runs[i] = run
+		for _, v := range vmas {
+			if v.GetStart() <= run.Addr && run.Addr < v.GetEnd() {
+				runs[i].Force = force[v.GetStart()]
+				break
+			}
+		}
+	}
+	ms, err := mem.Fill(t.hostPid, runs, pages)
+	pages.Close()
+	if err != nil {
+		return fmt.Errorf("fill memory: %w", err)
+	}
+	rs.st.PagesRestored += ms.PagesWritten
+	for _, f := range fixes {
+		if _, err := r.call("mprotect", unix.SYS_MPROTECT, f.start, f.len, f.prot); err != nil {
+			return err
+		}
+	}
+	for _, v := range vmas {
+		for adv := 0; adv < 64; adv++ {
+			if v.GetMadv()&(1<<adv) != 0 {
+				if _, err := r.call("madvise", unix.SYS_MADVISE, v.GetStart(), v.GetEnd()-v.GetStart(), uint64(adv)); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	exeFd := ^uint64(0)
+	if !s.keepExe {
+		if exeFd, err = openFile(ti.mm.GetExeFileId(), unix.O_RDONLY); err != nil {
+			return err
+		}
+	}
+	return setMM(r, ti.mm, exeFd)
+}
+
+// finish closes what the task holds beyond its image's fds, sets every
+// thread's registers and lets the task run. The leader's last injected
+// syscall unmaps the scratch area (the gadget with it); at its exit stop
+// the leader gets its own registers back.
+func (rs *restorer) finish(t *rtask) error {
+	if err := closeExtraFds(t.r, t.ti); err != nil {
+		return err
+	}
+	for _, th := range t.threads[1:] {
+		if err := setFinalRegs(th.t, th.img); err != nil {
+			return fmt.Errorf("thread %d: %w", th.img.tid, err)
+		}
+	}
+	if _, err := t.t.SyscallToExit(t.r.gadget, unix.SYS_MUNMAP, rs.scratch, scratchSize); err != nil {
+		return err
+	}
+	if err := setFinalRegs(t.t, t.threads[0].img); err != nil {
+		return err
+	}
+	if t.ti.core.GetTc().GetTaskState() == taskStopped {
+		unix.Tgkill(t.hostPid, t.hostPid, unix.SIGSTOP)
+	}
+	for _, th := range t.threads {
+		if err := th.t.Detach(0); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -122,13 +559,13 @@ func (s *imageSet) preflight(ti *taskImage) error {
 // spawnTask creates a stopped, traced, empty-handed process with the given
 // pid, a child of ours: a husk is exec'd stopped (it never runs an
 // instruction) and clones the task with clone3(set_tid) and CLONE_PARENT.
+// It returns the task and the address of a syscall gadget in it.
 // Precondition: OS thread locked.
-func spawnTask(pid int, stdio [3]uintptr, wait time.Duration, cl *cleanup) (*ptrace.Task, uint64, error) {
+func spawnTask(pid int, stdio [3]uintptr, wait time.Duration) (*ptrace.Task, uint64, error) {
 	h, regs, err := startHusk(stdio)
 	if err != nil {
 		return nil, 0, err
 	}
-	hpid := h.Tid
 	defer killAndReap(h)
 	gadget := regs.Rip
 	if err := h.Poke(gadget, ptrace.Gadget); err != nil {
@@ -143,7 +580,7 @@ func spawnTask(pid int, stdio [3]uintptr, wait time.Duration, cl *cleanup) (*ptr
 		SetTidSize: 1,
 	})
 	binary.Write(&buf, binary.LittleEndian, int32(pid))
-	if err := writeMem(hpid, argAddr, buf.Bytes()); err != nil {
+	if err := writeMem(h.Tid, argAddr, buf.Bytes()); err != nil {
 		return nil, 0, err
 	}
 	deadline := time.Now().Add(wait)
@@ -158,36 +595,19 @@ func spawnTask(pid int, stdio [3]uintptr, wait time.Duration, cl *cleanup) (*ptr
 				time.Sleep(20 * time.Millisecond)
 				continue
 			}
-			if errors.Is(e, unix.EEXIST) {
-				holder, _ := os.ReadFile(procfs.Path(pid, "comm"))
-				return nil, 0, fmt.Errorf("pid %d is used by %q (waited %v): %w", pid, strings.TrimSpace(string(holder)), wait, ErrPidTaken)
-			}
-			if errors.Is(e, unix.EPERM) {
-				return nil, 0, fmt.Errorf("choose pid %d: %w (clone3 set_tid needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN over the pid namespace)", pid, e)
-			}
-			return nil, 0, fmt.Errorf("create task %d: %w", pid, e)
+			return nil, 0, cloneError(pid, e, wait)
 		}
 		child = int(ret)
 		break
 	}
+	t := ptrace.Adopt(child)
 	if child != pid {
-		unix.Kill(child, unix.SIGKILL)
+		killAndReap(t)
 		return nil, 0, fmt.Errorf("create task %d: got pid %d", pid, child)
 	}
-	t := ptrace.Adopt(child)
-	cl.add(func() { killAndReap(t) })
-	// The auto-attached child starts in a SIGSTOP stop.
-	for {
-		ws, err := t.WaitStop()
-		if err != nil {
-			return nil, 0, err
-		}
-		if ws.Stopped() && (ws.StopSignal() == unix.SIGSTOP || ptrace.Event(ws) == kabi.PTRACE_EVENT_STOP) {
-			break
-		}
-		if err := t.Cont(0); err != nil {
-			return nil, 0, err
-		}
+	if err := waitFirstStop(t); err != nil {
+		killAndReap(t)
+		return nil, 0, err
 	}
 	return t, gadget, nil
 }
@@ -240,166 +660,37 @@ func killAndReap(t *ptrace.Task) {
 	}
 }
 
-// build turns the fresh task t into the image's task ti.
-func (s *imageSet) build(ctx context.Context, t *ptrace.Task, gadget0 uint64, ti *taskImage, st *Stats, log *logrus.Entry) error {
-	vmas := ti.mm.GetVmas()
-	scratch, err := chooseScratch(t.Tid, vmas)
-	if err != nil {
-		return err
+// preflight checks, before any process exists, what can be checked: the
+// files the task needs are there.
+func (s *imageSet) preflight(ti *taskImage) error {
+	if ti.zombie() {
+		return nil
 	}
-	r := &remote{t: t, gadget: gadget0}
-	if _, err := r.call("mmap scratch", unix.SYS_MMAP, scratch, scratchSize,
-		unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC,
-		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0); err != nil {
-		return err
-	}
-	if err := writeMem(t.Tid, scratch, ptrace.Gadget); err != nil {
-		return err
-	}
-	r.gadget, r.scratch, r.size = scratch, scratch+64, scratchSize-64
-
-	// Empty the address space but for the scratch page.
-	if _, err := r.call("munmap", unix.SYS_MUNMAP, 0, scratch); err != nil {
-		return err
-	}
-	if _, err := r.call("munmap", unix.SYS_MUNMAP, scratch+scratchSize, taskSizeMax-(scratch+scratchSize)); err != nil {
-		return err
-	}
-	if err := s.mapVdso(r, vmas); err != nil {
-		return err
-	}
-	fileFds := map[uint32]uint64{}
-	closeAll := func() {
-		for _, fd := range fileFds {
-			r.call("close", unix.SYS_CLOSE, fd)
-		}
-		clear(fileFds)
-	}
-	defer closeAll()
-	openFile := func(id uint32, flags uint32) (uint64, error) {
-		if fd, ok := fileFds[id]; ok {
-			return fd, nil
-		}
-		f := s.files[id].GetReg()
-		r.reset()
-		p, err := r.cstring(f.GetName())
-		if err != nil {
-			return 0, err
-		}
-		fd, err := r.call("open "+f.GetName(), unix.SYS_OPENAT, atFdcwd, p, uint64(flags|unix.O_CLOEXEC), 0)
-		if err != nil {
-			return 0, err
-		}
-		fileFds[id] = fd
-		return fd, nil
-	}
-
-	// Map every VMA. A VMA the kernel accounts (VM_ACCOUNT: it was
-	// writable once) is mapped writable, filled, then protected; one it
-	// does not is mapped with its final protection and filled through
-	// /proc/PID/mem, so the kernel keeps the two kinds apart as it did.
-	vmFlags := map[uint64]string{}
-	for _, e := range ti.ext.GetVmas() {
-		vmFlags[e.GetStart()] = e.GetVmFlags()
-	}
-	type fix struct{ start, len, prot uint64 }
-	var fixes []fix
-	force := map[uint64]bool{}
-	for _, v := range vmas {
-		status := v.GetStatus()
-		if status&(vmaAreaVdso|vmaAreaVvar) != 0 {
-			continue
-		}
-		prot := uint64(v.GetProt())
-		flags := uint64(v.GetFlags()) | unix.MAP_FIXED
-		mprot := prot
-		fd := ^uint64(0)
-		shared := v.GetFlags()&unix.MAP_SHARED != 0
-		fl, known := vmFlags[v.GetStart()]
-		accounted := !known || strings.Contains(" "+fl+" ", " ac ")
-		switch {
-		case shared && status&vmaFileShared != 0:
-		case accounted || prot&unix.PROT_WRITE != 0:
-			mprot |= unix.PROT_READ | unix.PROT_WRITE
-		default:
-			force[v.GetStart()] = true
-		}
-		if status&(vmaFilePrivate|vmaFileShared) != 0 {
-			f := s.files[uint32(v.GetShmid())].GetReg()
-			fd, err = openFile(uint32(v.GetShmid()), f.GetFlags()&unix.O_ACCMODE)
-			if err != nil {
-				return err
-			}
-		}
-		if _, err := r.call(fmt.Sprintf("mmap %#x-%#x", v.GetStart(), v.GetEnd()), unix.SYS_MMAP,
-			v.GetStart(), v.GetEnd()-v.GetStart(), mprot, flags, fd, v.GetPgoff()); err != nil {
-			return err
-		}
-		if mprot != prot {
-			fixes = append(fixes, fix{v.GetStart(), v.GetEnd() - v.GetStart(), prot})
+	need := []uint32{ti.mm.GetExeFileId(), ti.fs.GetCwdId()}
+	for _, v := range ti.mm.GetVmas() {
+		if v.GetStatus()&(vmaFilePrivate|vmaFileShared) != 0 {
+			need = append(need, uint32(v.GetShmid()))
 		}
 	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-
-	// Memory contents.
-	pages, err := s.dir.OpenPages(pagesName(int(ti.pages)))
-	if err != nil {
-		return err
-	}
-	runs := make([]mem.Run, len(ti.runs))
-	for i, run := range ti.runs {
-		runs[i] = run
-		for _, v := range vmas {
-			if v.GetStart() <= run.Addr && run.Addr < v.GetEnd() {
-				runs[i].Force = force[v.GetStart()]
-				break
-			}
+	for _, id := range need {
+		f, ok := s.files[id]
+		if !ok || f.GetReg() == nil {
+			return fmt.Errorf("files.img: no regular file with id %d: %w", id, ErrBadImage)
+		}
+		name := f.GetReg().GetName()
+		if !strings.HasPrefix(name, "/") {
+			return fmt.Errorf("files.img: file %d has a relative path %q: %w", id, name, ErrBadImage)
+		}
+		if _, err := os.Lstat(name); err != nil && !s.isGhost(id) {
+			return fmt.Errorf("file %d needed by the image: %w", id, err)
 		}
 	}
-	ms, err := mem.Fill(t.Tid, runs, pages)
-	pages.Close()
-	if err != nil {
-		return fmt.Errorf("fill memory: %w", err)
-	}
-	st.PagesRestored = ms.PagesWritten
-	for _, f := range fixes {
-		if _, err := r.call("mprotect", unix.SYS_MPROTECT, f.start, f.len, f.prot); err != nil {
-			return err
+	for _, fd := range ti.fds {
+		if _, ok := s.files[fd.GetId()]; !ok && fd.GetType() != pb.FdTypes_EXT {
+			return fmt.Errorf("fdinfo: fd %d names file %d, which files.img lacks: %w", fd.GetFd(), fd.GetId(), ErrBadImage)
 		}
 	}
-	for _, v := range vmas {
-		for adv := 0; adv < 64; adv++ {
-			if v.GetMadv()&(1<<adv) != 0 {
-				if _, err := r.call("madvise", unix.SYS_MADVISE, v.GetStart(), v.GetEnd()-v.GetStart(), uint64(adv)); err != nil {
-					return err
-				}
-			}
-		}
-	}
-
-	// mm fields, with the executable.
-	exeFd := ^uint64(0)
-	if !s.keepExe {
-		if exeFd, err = openFile(ti.mm.GetExeFileId(), unix.O_RDONLY); err != nil {
-			return err
-		}
-	} else {
-		log.WithField("pid", ti.pid).Warn("no CAP_CHECKPOINT_RESTORE in the target: /proc/PID/exe keeps naming the program the runtime started")
-	}
-	if err := setMM(r, ti.mm, exeFd); err != nil {
-		return err
-	}
-	closeAll()
-
-	if err := s.restoreFds(r, ti); err != nil {
-		return err
-	}
-	if err := s.restoreTaskState(r, ti); err != nil {
-		return err
-	}
-	return finish(r, ti)
+	return nil
 }
 
 // chooseScratch finds room for the scratch area free both in the image and

@@ -5,6 +5,7 @@ package crcore
 import (
 	"bytes"
 	"encoding/binary"
+	"sort"
 
 	"golang.org/x/sys/unix"
 
@@ -13,12 +14,10 @@ import (
 	pb "github.com/crhook/crhook/proto"
 )
 
-// restoreTaskState sets what belongs to the task: working directory,
-// umask, personality, name, signal handling, timers, futex and rseq
-// registrations.
+// restoreTaskState sets what belongs to the process: working directory,
+// umask, personality, signal handlers and interval timers.
 func (s *imageSet) restoreTaskState(r *remote, ti *taskImage) error {
 	tc := ti.core.GetTc()
-	thc := ti.core.GetThreadCore()
 	r.reset()
 	if cwd := s.files[ti.fs.GetCwdId()].GetReg().GetName(); cwd != "" {
 		p, err := r.cstring(cwd)
@@ -34,16 +33,6 @@ func (s *imageSet) restoreTaskState(r *remote, ti *taskImage) error {
 	}
 	if _, err := r.call("personality", unix.SYS_PERSONALITY, uint64(tc.GetPersonality())); err != nil {
 		return err
-	}
-	r.reset()
-	if comm := tc.GetComm(); comm != "" {
-		p, err := r.cstring(comm)
-		if err != nil {
-			return err
-		}
-		if _, err := r.call("prctl(PR_SET_NAME)", unix.SYS_PRCTL, unix.PR_SET_NAME, p); err != nil {
-			return err
-		}
 	}
 
 	// Signal handlers, in CRIU's order: every signal but SIGKILL and
@@ -70,18 +59,6 @@ func (s *imageSet) restoreTaskState(r *remote, ti *taskImage) error {
 			return err
 		}
 	}
-	if sas := thc.GetSas(); sas != nil && sas.GetSsFlags()&kabi.SS_DISABLE == 0 {
-		var b bytes.Buffer
-		binary.Write(&b, binary.LittleEndian, kabi.StackT{SP: sas.GetSsSp(), Size: sas.GetSsSize(), Flags: int32(sas.GetSsFlags() &^ kabi.SS_ONSTACK)})
-		r.reset()
-		p, err := r.put(b.Bytes())
-		if err != nil {
-			return err
-		}
-		if _, err := r.call("sigaltstack", unix.SYS_SIGALTSTACK, p, 0); err != nil {
-			return err
-		}
-	}
 	if tm := tc.GetTimers(); tm != nil {
 		for which, it := range []*pb.ItimerEntry{tm.GetReal(), tm.GetVirt(), tm.GetProf()} {
 			if it.GetVsec() == 0 && it.GetVusec() == 0 {
@@ -101,7 +78,37 @@ func (s *imageSet) restoreTaskState(r *remote, ti *taskImage) error {
 			}
 		}
 	}
-	if _, err := r.call("set_tid_address", unix.SYS_SET_TID_ADDRESS, ti.core.GetThreadInfo().GetClearTidAddr()); err != nil {
+	return nil
+}
+
+// restoreThreadState sets what belongs to one thread: its name, signal
+// stack, clear-tid address, robust futex list, rseq registration and
+// blocked signals. r runs syscalls in that thread.
+func restoreThreadState(r *remote, th *threadImage) error {
+	thc := th.core.GetThreadCore()
+	r.reset()
+	if comm := thc.GetComm(); comm != "" {
+		p, err := r.cstring(comm)
+		if err != nil {
+			return err
+		}
+		if _, err := r.call("prctl(PR_SET_NAME)", unix.SYS_PRCTL, unix.PR_SET_NAME, p); err != nil {
+			return err
+		}
+	}
+	if sas := thc.GetSas(); sas != nil && sas.GetSsFlags()&kabi.SS_DISABLE == 0 {
+		var b bytes.Buffer
+		binary.Write(&b, binary.LittleEndian, kabi.StackT{SP: sas.GetSsSp(), Size: sas.GetSsSize(), Flags: int32(sas.GetSsFlags() &^ kabi.SS_ONSTACK)})
+		r.reset()
+		p, err := r.put(b.Bytes())
+		if err != nil {
+			return err
+		}
+		if _, err := r.call("sigaltstack", unix.SYS_SIGALTSTACK, p, 0); err != nil {
+			return err
+		}
+	}
+	if _, err := r.call("set_tid_address", unix.SYS_SET_TID_ADDRESS, th.core.GetThreadInfo().GetClearTidAddr()); err != nil {
 		return err
 	}
 	if h := thc.GetFutexRla(); h != 0 {
@@ -117,28 +124,39 @@ func (s *imageSet) restoreTaskState(r *remote, ti *taskImage) error {
 	return r.t.SetSigmask(thc.GetBlkSigset())
 }
 
-// finish drops the scratch area and sets the dumped registers: the last
-// injected syscall unmaps the page that holds the gadget, and at its exit
-// stop the task gets its own registers and FPU state back, then runs.
-func finish(r *remote, ti *taskImage) error {
-	regs := regsFromImage(ti.core.GetThreadInfo().GetGpregs())
-	restartFixup(&regs)
-	if _, err := r.t.SyscallToExit(r.gadget, unix.SYS_MUNMAP, r.gadget, scratchSize); err != nil {
-		return err
+// closeExtraFds closes every fd of the task that its image does not list:
+// what it inherited from its parent during the restore, and files opened
+// for others.
+func closeExtraFds(r *remote, ti *taskImage) error {
+	keep := make([]uint32, 0, len(ti.fds))
+	for _, e := range ti.fds {
+		keep = append(keep, e.GetFd())
 	}
-	if err := r.t.SetRegs(&regs); err != nil {
-		return err
-	}
-	if ths := ti.ext.GetThreads(); len(ths) > 0 && len(ths[0].GetXsave()) > 0 {
-		x := ths[0].GetXsave()
-		if err := r.t.SetXState(x); err != nil {
-			return err
+	sort.Slice(keep, func(i, j int) bool { return keep[i] < keep[j] })
+	next := uint64(0)
+	for _, fd := range keep {
+		if uint64(fd) > next {
+			if _, err := r.call("close_range", unix.SYS_CLOSE_RANGE, next, uint64(fd)-1, 0); err != nil {
+				return err
+			}
 		}
+		next = uint64(fd) + 1
 	}
-	if ti.core.GetTc().GetTaskState() == taskStopped {
-		unix.Tgkill(r.pid(), r.pid(), unix.SIGSTOP)
+	_, err := r.call("close_range", unix.SYS_CLOSE_RANGE, next, uint64(^uint32(0)), 0)
+	return err
+}
+
+// setFinalRegs gives a thread its dumped registers and FPU state.
+func setFinalRegs(t *ptrace.Task, th *threadImage) error {
+	regs := regsFromImage(th.core.GetThreadInfo().GetGpregs())
+	restartFixup(&regs)
+	if err := t.SetRegs(&regs); err != nil {
+		return err
 	}
-	return r.t.Detach(0)
+	if x := th.ext.GetXsave(); len(x) > 0 {
+		return t.SetXState(x)
+	}
+	return nil
 }
 
 // restartFixup turns a task dumped inside an interrupted syscall into one
@@ -166,5 +184,3 @@ func regsFromImage(g *pb.UserX86RegsEntry) unix.PtraceRegs {
 		Ds: g.GetDs(), Es: g.GetEs(), Fs: g.GetFs(), Gs: g.GetGs(),
 	}
 }
-
-var _ = ptrace.Gadget

@@ -39,11 +39,16 @@ func run(args []string) int {
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
 			return g.setupLog()
 		},
+		Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			return usagef("a command is required: dump, restore, show or check")
+		},
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warning", "log level: error, warning, info, debug")
 	root.PersistentFlags().StringVar(&g.logFile, "log-file", "", "write the log to this file instead of stderr")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(dumpCmd(g), restoreCmd(g), showCmd(g), checkCmd(g))
+	root.AddCommand(containerCmds(g)...)
 	root.SetArgs(args)
 	err := root.Execute()
 	if err == nil {
