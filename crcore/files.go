@@ -226,7 +226,7 @@ func (ft *fileTable) dumpFd(pid, fd int) (*pb.FdinfoEntry, error) {
 	}
 	if drv == nil {
 		if fd <= 2 {
-			return ft.externalStdio(f, fdFlags), nil
+			return ft.externalStdio(f, fdFlags)
 		}
 		return nil, fmt.Errorf("pid %d fd %d is %s (%s): %w", pid, fd, kindName(&f.Stat, f.Link), f.Link, ErrNotSupported)
 	}
@@ -243,7 +243,7 @@ func (ft *fileTable) dumpFd(pid, fd int) (*pb.FdinfoEntry, error) {
 	e, err := drv.Dump(ft.ctx, f, id)
 	if err != nil {
 		if fd <= 2 && isNotSupported(err) {
-			return ft.externalStdio(f, fdFlags), nil
+			return ft.externalStdio(f, fdFlags)
 		}
 		return nil, fmt.Errorf("pid %d fd %d (%s): %w", pid, fd, f.Link, err)
 	}
@@ -261,8 +261,18 @@ func fdinfo(id, fdFlags uint32, t pb.FdTypes, fd int) *pb.FdinfoEntry {
 // externalStdio records a standard stream crhook does not rebuild (a
 // terminal, or a pipe or socket to the outside): the restorer's own
 // stream takes its place.
-func (ft *fileTable) externalStdio(f *openFd, fdFlags uint32) *pb.FdinfoEntry {
+func (ft *fileTable) externalStdio(f *openFd, fdFlags uint32) (*pb.FdinfoEntry, error) {
+	// The same outside file at several fds or in several tasks (a
+	// shell's children share its terminal) is one external file.
+	gen := fmt.Sprintf("ext:%d:%d", f.Stat.Dev, f.Stat.Ino)
+	for _, ref := range ft.byGen[gen] {
+		same, err := kcmp(ref.pid, f.Pid, kcmpFile, uintptr(ref.fd), uintptr(f.Fd))
+		if err == nil && same == 0 {
+			return fdinfo(ref.id, fdFlags, pb.FdTypes_EXT, f.Fd), nil
+		}
+	}
 	id := ft.newID()
+	ft.byGen[gen] = append(ft.byGen[gen], fdRef{pid: f.Pid, fd: f.Fd, id: id})
 	ft.entries = append(ft.entries, &pb.FileEntry{
 		Type: pb.FdTypes_EXT.Enum(),
 		Id:   proto.Uint32(id),
@@ -275,7 +285,7 @@ func (ft *fileTable) externalStdio(f *openFd, fdFlags uint32) *pb.FdinfoEntry {
 		Ino:    proto.Uint64(f.Stat.Ino),
 		Path:   proto.String(f.Link),
 	})
-	return fdinfo(id, fdFlags, pb.FdTypes_EXT, f.Fd)
+	return fdinfo(id, fdFlags, pb.FdTypes_EXT, f.Fd), nil
 }
 
 func zeroFown() *pb.FownEntry {
@@ -347,6 +357,7 @@ type fdRestoreCtx struct {
 	s        *imageSet
 	ti       *taskImage
 	provided map[uint32]uint64 // file id -> fd in the task, not yet placed
+	deferred []func() error    // run once every fd of the task is placed
 }
 
 // Files returns every file entry of the image (to find a pipe's other
@@ -359,24 +370,43 @@ func (c *fdRestoreCtx) Provide(id uint32, fd uint64) { c.provided[id] = fd }
 // Dir is the image directory, for extra images.
 func (c *fdRestoreCtx) Dir() *image.Dir { return c.s.dir }
 
-// restoreFds puts every fd of the image in place. The task holds the
-// restorer's standard streams at 0, 1 and 2 on entry; those the image
-// keeps as external stay, the others are closed.
+// Defer runs f once every fd of the task is at its number, in the order
+// of the calls: an epoll registers its targets then, whatever their fd
+// numbers.
+func (c *fdRestoreCtx) Defer(f func() error) { c.deferred = append(c.deferred, f) }
+
+// restoreFds puts every fd of t's image in place. On entry the task holds
+// what it inherited from its parent (t.table; for the root, the
+// restorer's standard streams at 0-2). An fd already holding the right
+// file is kept; otherwise the file is taken from another fd of the task,
+// fetched from another restored task with pidfd_getfd, or opened by its
+// driver.
 //
-// Files are opened at any free number, moved above every number the
-// image uses, and only then dup3'd into place, so that placing one fd
-// never clobbers a file opened but not yet placed.
-func (s *imageSet) restoreFds(r *remote, ti *taskImage) error {
+// Files are opened at any free number, moved above every number in use,
+// and only then dup3'd into place, so that placing one fd never clobbers
+// a file that is still needed. What the task holds beyond its image is
+// closed when it is finished, after every other task got what it needed
+// from it.
+func (rs *restorer) restoreFds(t *rtask) error {
+	r, s, ti := t.r, rs.s, t.ti
 	fds := append([]*pb.FdinfoEntry{}, ti.fds...)
 	sort.Slice(fds, func(i, j int) bool { return fds[i].GetFd() < fds[j].GetFd() })
 	base := uint64(3)
-	inImage := map[uint32]bool{}
+	wantAt := map[uint32]uint32{}
 	for _, e := range fds {
-		inImage[e.GetFd()] = true
+		wantAt[e.GetFd()] = e.GetId()
 		base = max(base, uint64(e.GetFd())+1)
 	}
-	c := &fdRestoreCtx{s: s, ti: ti, provided: map[uint32]uint64{}}
-	open := map[uint32]uint64{} // id -> fd above base
+	inherited := t.table
+	for fd := range inherited {
+		base = max(base, uint64(fd)+1)
+	}
+	needed := map[uint32]bool{}
+	for _, e := range fds {
+		if id, ok := inherited[e.GetFd()]; !ok || id != e.GetId() {
+			needed[e.GetId()] = true
+		}
+	}
 	lift := func(fd uint64) (uint64, error) {
 		if fd >= base {
 			return fd, nil
@@ -390,64 +420,139 @@ func (s *imageSet) restoreFds(r *remote, ti *taskImage) error {
 		}
 		return hi, nil
 	}
+	// open: file id -> an fd of this task holding it that no placement
+	// will overwrite (kept in place, or above base).
+	open := map[uint32]uint64{}
+	inh := make([]uint32, 0, len(inherited))
+	for fd := range inherited {
+		inh = append(inh, fd)
+	}
+	sort.Slice(inh, func(i, j int) bool { return inh[i] < inh[j] })
+	for _, fd := range inh {
+		id := inherited[fd]
+		if want, ok := wantAt[fd]; ok && want == id {
+			if _, have := open[id]; !have {
+				open[id] = uint64(fd)
+			}
+			continue
+		}
+		if !needed[id] {
+			continue
+		}
+		if _, have := open[id]; have {
+			continue
+		}
+		hi, err := r.call("fcntl(F_DUPFD_CLOEXEC)", unix.SYS_FCNTL, uint64(fd), unix.F_DUPFD_CLOEXEC, base)
+		if err != nil {
+			return err
+		}
+		open[id] = hi
+	}
+
+	c := &fdRestoreCtx{s: s, ti: ti, provided: map[uint32]uint64{}}
 	for _, e := range fds {
 		fd := uint64(e.GetFd())
+		id := e.GetId()
 		cloexec := e.GetFlags()&unix.FD_CLOEXEC != 0
-		if e.GetType() == pb.FdTypes_EXT {
-			if fd > 2 {
-				return badImagef("fdinfo: external file at fd %d: only standard streams can be external", fd)
-			}
+		if inherited[e.GetFd()] == id {
 			if err := setCloexec(r, fd, cloexec); err != nil {
 				return err
 			}
 			continue
 		}
-		id := e.GetId()
 		src, ok := open[id]
 		if !ok {
-			f, known := s.files[id]
-			if !known || f.GetType() != e.GetType() {
-				return badImagef("fdinfo: fd %d names file %d of type %v, which files.img lacks", fd, id, e.GetType())
-			}
-			drv := driverFor(e.GetType())
-			if drv == nil {
-				return notSupportedf("fd %d of type %v", fd, e.GetType())
-			}
-			got, err := drv.Restore(c, r, f)
-			if err != nil {
-				return fmt.Errorf("fd %d: %w", fd, err)
-			}
-			if src, err = lift(got); err != nil {
-				return err
-			}
-			open[id] = src
-			for pid, pfd := range c.provided {
-				if _, dup := open[pid]; dup {
-					continue
+			if h, held := rs.holders[id]; held && h.task != t {
+				got, err := rs.fetch(t, h)
+				if err != nil {
+					return fmt.Errorf("fd %d: %w", fd, err)
 				}
-				if open[pid], err = lift(pfd); err != nil {
+				if src, err = lift(got); err != nil {
 					return err
 				}
+			} else {
+				if e.GetType() == pb.FdTypes_EXT {
+					return fmt.Errorf("fd %d: external file %d is held by no restored task: %w", fd, id, ErrNotSupported)
+				}
+				f, known := s.files[id]
+				if !known || f.GetType() != e.GetType() {
+					return badImagef("fdinfo: fd %d names file %d of type %v, which files.img lacks", fd, id, e.GetType())
+				}
+				drv := driverFor(e.GetType())
+				if drv == nil {
+					return notSupportedf("fd %d of type %v", fd, e.GetType())
+				}
+				got, err := drv.Restore(c, r, f)
+				if err != nil {
+					return fmt.Errorf("fd %d: %w", fd, err)
+				}
+				if src, err = lift(got); err != nil {
+					return err
+				}
+				for pid, pfd := range c.provided {
+					if _, dup := open[pid]; dup {
+						continue
+					}
+					if open[pid], err = lift(pfd); err != nil {
+						return err
+					}
+				}
+				clear(c.provided)
 			}
-			clear(c.provided)
+			open[id] = src
+		}
+		if src == fd {
+			if err := setCloexec(r, fd, cloexec); err != nil {
+				return err
+			}
+			continue
 		}
 		if err := dupTo(r, src, fd, cloexec); err != nil {
 			return err
 		}
 	}
-	for _, hi := range open {
-		if _, err := r.call("close", unix.SYS_CLOSE, hi); err != nil {
+
+	for _, f := range c.deferred {
+		if err := f(); err != nil {
 			return err
 		}
 	}
-	for fd := uint32(0); fd <= 2; fd++ {
-		if !inImage[fd] {
-			if _, err := r.call("close", unix.SYS_CLOSE, uint64(fd)); err != nil {
-				return err
-			}
+
+	// What children inherit, and where other tasks find these files.
+	table := map[uint32]uint32{}
+	for fd, id := range inherited {
+		if _, over := wantAt[fd]; !over {
+			table[fd] = id
 		}
 	}
+	for fd, id := range wantAt {
+		table[fd] = id
+		if _, held := rs.holders[id]; !held {
+			rs.holders[id] = fdHolder{task: t, fd: fd}
+		}
+	}
+	for id, fd := range open {
+		table[uint32(fd)] = id
+		if _, held := rs.holders[id]; !held {
+			rs.holders[id] = fdHolder{task: t, fd: uint32(fd)}
+		}
+	}
+	t.table = table
 	return nil
+}
+
+// fetch copies a file another restored task holds into t, with
+// pidfd_getfd run by t itself.
+func (rs *restorer) fetch(t *rtask, h fdHolder) (uint64, error) {
+	pfd, err := t.r.call("pidfd_open", unix.SYS_PIDFD_OPEN, uint64(h.task.ti.pid), 0)
+	if err != nil {
+		return 0, err
+	}
+	fd, err := t.r.call(fmt.Sprintf("pidfd_getfd of fd %d of pid %d", h.fd, h.task.ti.pid), unix.SYS_PIDFD_GETFD, pfd, uint64(h.fd), 0)
+	if _, cerr := t.r.call("close", unix.SYS_CLOSE, pfd); cerr != nil && err == nil {
+		err = cerr
+	}
+	return fd, err
 }
 
 func dupTo(r *remote, src, dst uint64, cloexec bool) error {

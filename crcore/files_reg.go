@@ -30,23 +30,43 @@ func (regDriver) Match(f *openFd) bool {
 }
 
 func (regDriver) Dump(c *fdDumpCtx, f *openFd, id uint32) (*pb.FileEntry, error) {
-	if strings.HasSuffix(f.Link, " (deleted)") {
-		return nil, fmt.Errorf("%s: files unlinked while open: %w", f.Link, ErrNotSupported)
+	name := f.Link
+	if strings.HasSuffix(f.Link, deletedSuffix) {
+		var err error
+		if name, err = dumpGhost(c, f, id); err != nil {
+			return nil, err
+		}
+	} else if err := dumpRegIdent(c, id, &f.Stat); err != nil {
+		return nil, err
 	}
-	return &pb.FileEntry{Reg: regEntry(id, f.Link, f.Flags, uint64(f.Info.Pos), &f.Stat)}, nil
+	return &pb.FileEntry{Reg: regEntry(id, name, f.Flags, uint64(f.Info.Pos), &f.Stat)}, nil
 }
 
 func (regDriver) Restore(c *fdRestoreCtx, r *remote, e *pb.FileEntry) (uint64, error) {
 	f := e.GetReg()
 	flags := f.GetFlags() &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_NOCTTY)
-	r.reset()
-	p, err := r.cstring(f.GetName())
+	remap, ghost, err := ghostOf(c.Dir(), e.GetId())
 	if err != nil {
 		return 0, err
 	}
-	fd, err := r.call("open "+f.GetName(), unix.SYS_OPENAT, atFdcwd, p, uint64(flags|unix.O_CLOEXEC), 0)
-	if err != nil {
-		return 0, err
+	var fd uint64
+	if ghost {
+		if fd, err = restoreGhost(r, c.Dir(), remap, f, flags); err != nil {
+			return 0, fmt.Errorf("restore deleted file %s: %w", f.GetName(), err)
+		}
+	} else {
+		r.reset()
+		p, err := r.cstring(f.GetName())
+		if err != nil {
+			return 0, err
+		}
+		if fd, err = r.call("open "+f.GetName(), unix.SYS_OPENAT, atFdcwd, p, uint64(flags|unix.O_CLOEXEC), 0); err != nil {
+			return 0, err
+		}
+		if err := checkRegIdent(r, c.Dir(), f, fd); err != nil {
+			r.call("close", unix.SYS_CLOSE, fd)
+			return 0, err
+		}
 	}
 	if pos := f.GetPos(); pos != 0 && flags&unix.O_PATH == 0 {
 		if _, err := r.call("lseek "+f.GetName(), unix.SYS_LSEEK, fd, pos, unix.SEEK_SET); err != nil {

@@ -57,9 +57,10 @@ func restoreCmd(g *globals) *cobra.Command {
 		detach    bool
 		pidfile   string
 		statsFile string
+		shellJob  bool
 	)
 	c := &cobra.Command{
-		Use:   "restore -D DIR [-d] [--pidfile FILE]",
+		Use:   "restore -D DIR [-d] [--pidfile FILE] [--shell-job]",
 		Short: "Restore the process tree checkpointed in DIR",
 		Long: "Restore the process tree checkpointed in DIR with its original pids.\n" +
 			"Without -d, crhook stays the restored root's parent and exits with its status;\n" +
@@ -68,6 +69,12 @@ func restoreCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dir == "" {
 				return usagef("restore: -D DIR is required")
+			}
+			// A terminal at the dumped fds 0-2 always becomes crhook's
+			// own stdio; --shell-job (criu's name) checks that this is a
+			// terminal to put the job on.
+			if _, err := unix.IoctlGetTermios(int(os.Stdin.Fd()), unix.TCGETS); shellJob && err != nil {
+				return usagef("restore --shell-job: standard input is not a terminal")
 			}
 			res, err := crcore.Restore(cmd.Context(), crcore.RestoreOptions{
 				ImageDir: dir, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
@@ -93,6 +100,7 @@ func restoreCmd(g *globals) *cobra.Command {
 	}
 	c.Flags().StringVarP(&dir, "images-dir", "D", "", "directory holding the images")
 	c.Flags().BoolVarP(&detach, "restore-detached", "d", false, "exit once the restored tree runs")
+	c.Flags().BoolVarP(&shellJob, "shell-job", "j", false, "restore a job dumped on a terminal onto this terminal (stdin must be one)")
 	c.Flags().StringVar(&pidfile, "pidfile", "", "write the restored root's pid to this file")
 	c.Flags().StringVar(&statsFile, "stats", "", "write timings and page counts as JSON to this file")
 	return c

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -16,14 +17,45 @@ import (
 )
 
 func showCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "show FILE|DIR",
-		Short: "Print images as JSON (a directory: every image in it)",
-		Args:  cobra.ExactArgs(1),
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "show DIR|FILE",
+		Short: "Print a checkpoint's fd tables, or its images as JSON",
+		Long: `show DIR prints each process's fd table with the file behind every fd,
+one line per fd, as "PID: FD TYPE DESCRIPTION" (like crit x DIR fds):
+
+  1234: 3 REG /tmp/x pos=10 flags=O_RDWR
+  1234: 4 UNIXSK stream ino=5678 peer=5679
+
+show --json DIR prints every image of the directory as JSON instead, one
+object per image file {file, magic, entries}. show FILE prints that one
+image as JSON.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			fi, err := os.Stat(args[0])
+			if err != nil {
+				return err
+			}
+			if fi.IsDir() && !asJSON {
+				return showFds(args[0])
+			}
 			return show(args[0])
 		},
 	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print the images as JSON")
+	return c
+}
+
+func showFds(dir string) error {
+	lines, err := crcore.FdTable(dir)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(os.Stdout)
+	for _, l := range lines {
+		fmt.Fprintln(w, l)
+	}
+	return w.Flush()
 }
 
 type shownImage struct {

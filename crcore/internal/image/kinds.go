@@ -67,6 +67,8 @@ var (
 var (
 	CrhookInventory = Kind{"CRHOOK_INVENTORY", 0x4b4f4801, MagicCommon}
 	CrhookTask      = Kind{"CRHOOK_TASK", 0x4b4f4802, MagicCommon}
+	CrhookRegFiles  = Kind{"CRHOOK_REG_FILES", 0x4b4f4810, MagicCommon}
+	CrhookSkOpts    = Kind{"CRHOOK_SK_OPTS", 0x4b4f4811, MagicCommon}
 )
 
 // framing is how entries follow each other in a kind's image.
@@ -141,6 +143,8 @@ var kinds = []kindInfo{
 	{kind: Signal, newEntry: entry[pb.SiginfoEntry]()},
 	{kind: CrhookInventory, newEntry: entry[pb.CrhookInventoryEntry]()},
 	{kind: CrhookTask, newEntry: entry[pb.CrhookTaskEntry]()},
+	{kind: CrhookRegFiles, newEntry: entry[pb.CrhookRegFileEntry]()},
+	{kind: CrhookSkOpts, newEntry: entry[pb.CrhookSkOptsEntry]()},
 }
 
 var kindsByMagic = func() map[uint32]*kindInfo {

@@ -17,6 +17,7 @@ func TestSizes(t *testing.T) {
 		{"stack_t", unsafe.Sizeof(StackT{}), SizeofStackT},
 		{"clone_args", unsafe.Sizeof(CloneArgs{}), SizeofCloneArgs},
 		{"ptrace_rseq_configuration", unsafe.Sizeof(RseqConfiguration{}), SizeofRseqConfiguration},
+		{"kcmp_epoll_slot", unsafe.Sizeof(KcmpEpollSlot{}), SizeofKcmpEpollSlot},
 	} {
 		if c.got != c.want {
 			t.Errorf("sizeof(%s) = %d, kernel expects %d", c.name, c.got, c.want)

@@ -21,6 +21,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -281,7 +284,19 @@ func (d *Dumper) copyMem(runs []Run) error {
 
 // Fill writes runs, read in order from pages, into task pid. Runs not
 // marked Force must lie in writable mappings.
+//
+// When pages is a file (an io.ReaderAt that can Seek) and holds at least
+// parallelMin bytes, the writable runs are split by bytes into one share
+// per CPU (at most maxWorkers), each filled by its own goroutine with its
+// own buffer: on this machine kind the cost is the kernel faulting in the
+// task's fresh pages, which scales with cores. pages is left positioned
+// after the last run, as a sequential fill leaves it.
 func Fill(pid int, runs []Run, pages io.Reader) (Stats, error) {
+	if ra, ok := pages.(readerAtSeeker); ok {
+		if w := fillWorkers(runs); w > 1 {
+			return fillParallel(pid, runs, ra, w)
+		}
+	}
 	f := &filler{pid: pid, pages: pages, buf: make([]byte, bufSize)}
 	defer f.close()
 	for _, r := range runs {
@@ -291,34 +306,167 @@ func Fill(pid int, runs []Run, pages io.Reader) (Stats, error) {
 			}
 			continue
 		}
-		addr, left := r.Addr, r.NrPages*pageSize
-		for left > 0 {
-			if f.used == len(f.buf) || len(f.rem) == iovMax {
-				if err := f.flush(); err != nil {
-					return f.st, err
-				}
-			}
-			n := min(left, uint64(len(f.buf)-f.used))
-			f.local = append(f.local, unix.Iovec{Base: &f.buf[f.used]})
-			f.local[len(f.local)-1].SetLen(int(n))
-			f.rem = append(f.rem, unix.RemoteIovec{Base: uintptr(addr), Len: int(n)})
-			f.used += int(n)
-			addr += n
-			left -= n
+		if err := f.add(r.Addr, 0, r.NrPages*pageSize); err != nil {
+			return f.st, err
 		}
 	}
 	return f.st, f.flush()
 }
 
+const (
+	parallelMin = 64 << 20 // bytes below which one goroutine fills
+	maxWorkers  = 4
+)
+
+type readerAtSeeker interface {
+	io.ReaderAt
+	io.Seeker
+}
+
+func fillWorkers(runs []Run) int {
+	var total uint64
+	for _, r := range runs {
+		if !r.Force {
+			total += r.NrPages * pageSize
+		}
+	}
+	if total < parallelMin {
+		return 1
+	}
+	return min(runtime.GOMAXPROCS(0), maxWorkers)
+}
+
+// piece is part of a run: where it goes, where it is in the pages file.
+type piece struct {
+	addr, off, len uint64
+}
+
+// fillParallel fills the writable runs with nw goroutines, then the Force
+// runs in order. Every read is a pread at the run's offset in pages.
+func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int) (Stats, error) {
+	base, err := pages.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return Stats{}, fmt.Errorf("read pages: %w", err)
+	}
+	var total uint64
+	for _, r := range runs {
+		if !r.Force {
+			total += r.NrPages * pageSize
+		}
+	}
+	// share: bytes per worker, in whole pages.
+	share := (total/uint64(nw) + pageSize - 1) / pageSize * pageSize
+	shares := make([][]piece, nw)
+	var forced []piece
+	off, done := uint64(base), uint64(0) // file offset; writable bytes handed out
+	for _, r := range runs {
+		addr, left := r.Addr, r.NrPages*pageSize
+		if r.Force {
+			forced = append(forced, piece{addr, off, left})
+			off += left
+			continue
+		}
+		for left > 0 {
+			w := min(int(done/share), nw-1)
+			n := left
+			if w < nw-1 {
+				n = min(left, uint64(w+1)*share-done)
+			}
+			shares[w] = append(shares[w], piece{addr, off, n})
+			addr, off, done, left = addr+n, off+n, done+n, left-n
+		}
+	}
+
+	var (
+		wg    sync.WaitGroup
+		stop  atomic.Bool
+		errs  = make([]error, nw)
+		stats = make([]Stats, nw)
+	)
+	for w := range nw {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f := &filler{pid: pid, ra: pages, buf: make([]byte, bufSize), stop: &stop}
+			defer f.close()
+			for _, p := range shares[w] {
+				if err := f.add(p.addr, p.off, p.len); err != nil {
+					errs[w] = err
+					stop.Store(true)
+					return
+				}
+			}
+			if err := f.flush(); err != nil {
+				errs[w] = err
+				stop.Store(true)
+			}
+			stats[w] = f.st
+		}()
+	}
+	wg.Wait()
+	var st Stats
+	for w := range nw {
+		st.PagesWritten += stats[w].PagesWritten
+	}
+	for _, err := range errs {
+		if err != nil && !errors.Is(err, errStopped) {
+			return st, err
+		}
+	}
+	f := &filler{pid: pid, ra: pages, buf: make([]byte, bufSize)}
+	defer f.close()
+	for _, p := range forced {
+		if err := f.forceAt(p); err != nil {
+			return st, err
+		}
+	}
+	st.PagesWritten += f.st.PagesWritten
+	if _, err := pages.Seek(int64(off), io.SeekStart); err != nil {
+		return st, fmt.Errorf("read pages: %w", err)
+	}
+	return st, nil
+}
+
 type filler struct {
-	pid   int
+	pid int
+	// pages is read in order; ra, if set, is read at each piece's offset.
 	pages io.Reader
+	ra    io.ReaderAt
 	buf   []byte
 	local []unix.Iovec
 	rem   []unix.RemoteIovec
+	// spans are the preads that fill buf[:used] from ra, contiguous
+	// file ranges merged.
+	spans []piece
 	used  int
 	memf  *os.File
 	st    Stats
+	stop  *atomic.Bool // another worker failed
+}
+
+// add queues n bytes for addr, found at off in ra (ignored without ra).
+func (f *filler) add(addr, off, n uint64) error {
+	for n > 0 {
+		if f.used == len(f.buf) || len(f.rem) == iovMax {
+			if err := f.flush(); err != nil {
+				return err
+			}
+		}
+		k := min(n, uint64(len(f.buf)-f.used))
+		f.local = append(f.local, unix.Iovec{Base: &f.buf[f.used]})
+		f.local[len(f.local)-1].SetLen(int(k))
+		f.rem = append(f.rem, unix.RemoteIovec{Base: uintptr(addr), Len: int(k)})
+		if f.ra != nil {
+			if j := len(f.spans) - 1; j >= 0 && f.spans[j].off+f.spans[j].len == off {
+				f.spans[j].len += k
+			} else {
+				f.spans = append(f.spans, piece{addr: uint64(f.used), off: off, len: k})
+			}
+		}
+		f.used += int(k)
+		addr, off, n = addr+k, off+k, n-k
+	}
+	return nil
 }
 
 func (f *filler) close() {
@@ -333,7 +481,17 @@ func (f *filler) flush() error {
 	if f.used == 0 {
 		return nil
 	}
-	if _, err := io.ReadFull(f.pages, f.buf[:f.used]); err != nil {
+	if f.stop != nil && f.stop.Load() {
+		return errStopped
+	}
+	if f.ra != nil {
+		for _, sp := range f.spans {
+			// sp.addr is the span's place in buf.
+			if _, err := f.ra.ReadAt(f.buf[sp.addr:sp.addr+sp.len], int64(sp.off)); err != nil {
+				return fmt.Errorf("read pages at %d: %w", sp.off, err)
+			}
+		}
+	} else if _, err := io.ReadFull(f.pages, f.buf[:f.used]); err != nil {
 		return fmt.Errorf("read pages: %w", err)
 	}
 	done := 0
@@ -362,7 +520,34 @@ func (f *filler) flush() error {
 		done += n
 	}
 	f.st.PagesWritten += uint64(f.used) / pageSize
-	f.used, f.local, f.rem = 0, f.local[:0], f.rem[:0]
+	f.used, f.local, f.rem, f.spans = 0, f.local[:0], f.rem[:0], f.spans[:0]
+	return nil
+}
+
+// errStopped: a worker gave up because another one failed; that one's
+// error is the one reported.
+var errStopped = errors.New("stopped")
+
+// forceAt writes one piece, read from ra, through /proc/PID/mem.
+func (f *filler) forceAt(p piece) error {
+	if f.memf == nil {
+		m, err := os.OpenFile(procfs.Path(f.pid, "mem"), os.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		f.memf = m
+	}
+	for p.len > 0 {
+		n := min(p.len, uint64(len(f.buf)))
+		if _, err := f.ra.ReadAt(f.buf[:n], int64(p.off)); err != nil {
+			return fmt.Errorf("read pages at %d: %w", p.off, err)
+		}
+		if _, err := f.memf.WriteAt(f.buf[:n], int64(p.addr)); err != nil {
+			return fmt.Errorf("write memory of task %d at %#x: %w", f.pid, p.addr, err)
+		}
+		f.st.PagesWritten += n / pageSize
+		p.addr, p.off, p.len = p.addr+n, p.off+n, p.len-n
+	}
 	return nil
 }
 
