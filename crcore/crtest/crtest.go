@@ -300,3 +300,185 @@ func FdList() []string {
 	}
 	return out
 }
+
+// StartStdin is Start with the program's standard input connected to
+// stdin (a pipe end the test holds, say). The caller keeps stdin and
+// closes it.
+func StartStdin(tb testing.TB, stdin *os.File, argv ...string) *Proc {
+	tb.Helper()
+	log := filepath.Join(tb.TempDir(), "log")
+	args := append([]string{log}, argv[1:]...)
+	cmd := exec.Command(argv[0], args...)
+	cmd.Stdin = stdin
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	p := &Proc{Pid: cmd.Process.Pid, Log: log, Cmd: cmd}
+	cmd.Process.Release()
+	tb.Cleanup(func() { KillAndReap(p.Pid) })
+	return p
+}
+
+// SyscallInfo is /proc/PID/syscall of a blocked task: the syscall it is
+// in (Nr -1 when it is blocked outside any), its arguments, and the user
+// stack pointer and instruction pointer the kernel saved.
+type SyscallInfo struct {
+	Nr     int64
+	Args   [6]uint64
+	SP, PC uint64
+}
+
+// ReadSyscall parses /proc/PID/syscall. It fails while the task runs.
+func ReadSyscall(pid int) (SyscallInfo, error) {
+	var si SyscallInfo
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", pid))
+	if err != nil {
+		return si, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 || f[0] == "running" {
+		return si, errors.New("task is running")
+	}
+	if si.Nr, err = strconv.ParseInt(f[0], 10, 64); err != nil {
+		return si, fmt.Errorf("syscall file %q: %w", b, err)
+	}
+	hex := func(s string) uint64 {
+		v, e := strconv.ParseUint(strings.TrimPrefix(s, "0x"), 16, 64)
+		if e != nil && err == nil {
+			err = fmt.Errorf("syscall file %q: %w", b, e)
+		}
+		return v
+	}
+	switch {
+	case si.Nr < 0 && len(f) == 3:
+	case si.Nr >= 0 && len(f) == 9:
+		for i := range si.Args {
+			si.Args[i] = hex(f[1+i])
+		}
+	default:
+		return si, fmt.Errorf("syscall file %q: unexpected layout", b)
+	}
+	si.SP, si.PC = hex(f[len(f)-2]), hex(f[len(f)-1])
+	return si, err
+}
+
+// WaitSyscall waits until pid sleeps ('S') inside one of the syscalls
+// nrs and returns what /proc/PID/syscall says.
+func WaitSyscall(tb testing.TB, pid int, timeout time.Duration, nrs ...int64) SyscallInfo {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		st, _ := State(pid)
+		si, err := ReadSyscall(pid)
+		if st == 'S' && err == nil {
+			for _, nr := range nrs {
+				if si.Nr == nr {
+					return si
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("pid %d: not asleep in syscall %v within %v (state %c, syscall %+v, %v)", pid, nrs, timeout, st, si, err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// OpenFile is what procfs shows of one fd of a process.
+type OpenFile struct {
+	Fd    int
+	Link  string // readlink /proc/PID/fd/N
+	Pos   int64  // fdinfo pos
+	Flags uint32 // fdinfo flags: file status flags, O_CLOEXEC for the fd
+	Dev   uint64 // stat of the file
+	Ino   uint64
+}
+
+// Files returns every fd of pid.
+func Files(tb testing.TB, pid int) map[int]OpenFile {
+	tb.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	out := map[int]OpenFile{}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		of := OpenFile{Fd: fd}
+		if of.Link, err = os.Readlink(filepath.Join(dir, e.Name())); err != nil {
+			tb.Fatal(err)
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join(dir, e.Name()), &st); err != nil {
+			tb.Fatalf("stat fd %d of pid %d: %v", fd, pid, err)
+		}
+		of.Dev, of.Ino = st.Dev, st.Ino
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, fd))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			k, v, _ := strings.Cut(line, ":")
+			v = strings.TrimSpace(v)
+			switch k {
+			case "pos":
+				of.Pos, err = strconv.ParseInt(v, 10, 64)
+			case "flags":
+				var f uint64
+				f, err = strconv.ParseUint(v, 8, 32)
+				of.Flags = uint32(f)
+			}
+			if err != nil {
+				tb.Fatalf("fdinfo %d of pid %d: %q: %v", fd, pid, line, err)
+			}
+		}
+		out[fd] = of
+	}
+	return out
+}
+
+// ChildrenOf lists the processes whose parent is pid (from /proc, so
+// that orphans reparented to a subreaper count too).
+func ChildrenOf(pid int) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// WaitGone waits until pid no longer exists (reaped, not a zombie).
+func WaitGone(tb testing.TB, pid int, timeout time.Duration) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		if time.Now().After(deadline) {
+			st, _ := State(pid)
+			tb.Fatalf("pid %d still exists after %v (state %c)", pid, timeout, st)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
