@@ -380,16 +380,18 @@ func (rs *restorer) groups() error {
 // recorded status and stays unreaped for its parent.
 func (rs *restorer) die(t *rtask) error {
 	ws := unix.WaitStatus(t.ti.core.GetTc().GetExitCode())
+	if comm := t.ti.core.GetTc().GetComm(); comm != "" {
+		t.r.reset()
+		if p, err := t.r.cstring(comm); err == nil {
+			t.r.call("prctl(PR_SET_NAME)", unix.SYS_PRCTL, unix.PR_SET_NAME, p)
+		}
+	}
 	switch {
 	case ws.Signaled():
 		if err := t.t.Detach(ws.Signal()); err != nil {
 			return err
 		}
 	default:
-		if err := t.t.SetRegs(&unix.PtraceRegs{}); err != nil {
-			// fallthrough to the injected exit below
-			_ = err
-		}
 		r := &remote{t: t.t, gadget: t.r.gadget}
 		if _, err := r.t.Syscall(r.gadget, unix.SYS_EXIT_GROUP, uint64(ws.ExitStatus())); err != nil {
 			var ex *ptrace.ExitedError

@@ -482,3 +482,41 @@ func WaitGone(tb testing.TB, pid int, timeout time.Duration) {
 		time.Sleep(2 * time.Millisecond)
 	}
 }
+
+// Descendants lists every descendant of pid, children before their own
+// children.
+func Descendants(pid int) []int {
+	var out []int
+	queue := ChildrenOf(pid)
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		out = append(out, p)
+		queue = append(queue, ChildrenOf(p)...)
+	}
+	return out
+}
+
+// ReapGone waits until every pid is gone, reaping those that are (or
+// become, as orphans of a subreaper) our children.
+func ReapGone(tb testing.TB, pids []int, timeout time.Duration) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		left := 0
+		for _, pid := range pids {
+			var ws unix.WaitStatus
+			unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+				left++
+			}
+		}
+		if left == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%d of %v still exist after %v", left, pids, timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
