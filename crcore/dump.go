@@ -226,12 +226,8 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 			resumeTask(t, log)
 		}
 	} else {
-		for _, t := range tasks {
-			if !t.zombie {
-				if err := killTraced(t); err != nil {
-					log.WithError(err).Warn("kill dumped task")
-				}
-			}
+		if err := killTree(tasks); err != nil {
+			log.WithError(err).Warn("kill dumped tree")
 		}
 	}
 	d.stats.FrozenTime = time.Since(frozen)
@@ -473,30 +469,47 @@ func resumeTask(t *dtask, log *logrus.Entry) {
 	}
 }
 
-// killTraced kills a traced process and waits until it is dead, without
-// reaping it: its parent (which may be our own caller) collects the
-// status once our tracing thread is gone. Its other threads are ours to
-// reap (a traced thread's exit waits for its tracer), and the leader's
-// death is reported only after theirs.
-func killTraced(t *dtask) error {
-	if err := unix.Kill(t.pid, unix.SIGKILL); err != nil {
-		return os.NewSyscallError("kill", err)
+// killTree kills every process of the dumped tree and waits until they
+// are dead. The tracer must collect the exit of each traced thread (a
+// traced thread's death waits for its tracer; a leader's is reported only
+// after its threads'; an init's only after its namespace's other tasks'),
+// so every thread but the root's leader is reaped here, deepest tasks
+// first. The root's leader is waited for without reaping it: its parent,
+// which may be our own caller, collects its status once our tracing
+// thread is gone.
+func killTree(tasks []*dtask) error {
+	for _, t := range tasks {
+		if !t.zombie {
+			unix.Kill(t.pid, unix.SIGKILL)
+		}
 	}
-	for _, th := range t.threads[1:] {
+	reap := func(tid int) {
 		var ws unix.WaitStatus
 		for {
-			_, err := unix.Wait4(th.tid, &ws, unix.WALL, nil)
+			_, err := unix.Wait4(tid, &ws, unix.WALL, nil)
 			if errors.Is(err, unix.EINTR) {
 				continue
 			}
 			if err != nil || ws.Exited() || ws.Signaled() {
-				break
+				return
 			}
+		}
+	}
+	for i := len(tasks) - 1; i >= 0; i-- {
+		t := tasks[i]
+		if t.zombie {
+			continue
+		}
+		for _, th := range t.threads[1:] {
+			reap(th.tid)
+		}
+		if i > 0 {
+			reap(t.pid)
 		}
 	}
 	var info unix.Siginfo
 	for {
-		err := unix.Waitid(unix.P_PID, t.pid, &info, unix.WEXITED|unix.WNOWAIT|unix.WALL, nil)
+		err := unix.Waitid(unix.P_PID, tasks[0].pid, &info, unix.WEXITED|unix.WNOWAIT|unix.WALL, nil)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
@@ -663,7 +676,7 @@ func (d *dumper) dumpMM(t *dtask) error {
 	if strings.HasSuffix(exe, " (deleted)") {
 		return fmt.Errorf("executable %s: deleted executables: %w", exe, ErrNotSupported)
 	}
-	exeID, err := d.files.pathFile(exe, unix.O_RDONLY)
+	exeID, err := d.files.pathFile(exe, procfs.Path(pid, "exe"), unix.O_RDONLY)
 	if err != nil {
 		return err
 	}

@@ -168,11 +168,11 @@ func (d *dumper) dumpFs(pid int, umask uint32) (*pb.FsEntry, error) {
 	if strings.HasSuffix(cwd, " (deleted)") {
 		return nil, fmt.Errorf("cwd %s: deleted working directory: %w", cwd, ErrNotSupported)
 	}
-	cwdID, err := d.files.pathFile(cwd, unix.O_RDONLY|unix.O_DIRECTORY)
+	cwdID, err := d.files.pathFile(cwd, procfs.Path(pid, "cwd"), unix.O_RDONLY|unix.O_DIRECTORY)
 	if err != nil {
 		return nil, err
 	}
-	rootID, err := d.files.pathFile(root, unix.O_RDONLY|unix.O_DIRECTORY)
+	rootID, err := d.files.pathFile(root, procfs.Path(pid, "root"), unix.O_RDONLY|unix.O_DIRECTORY)
 	if err != nil {
 		return nil, err
 	}

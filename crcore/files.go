@@ -319,15 +319,17 @@ func kindName(st *unix.Stat_t, link string) string {
 }
 
 // pathFile returns the id of a file named by path (executable, cwd,
-// root), created once per path and flags.
-func (ft *fileTable) pathFile(path string, flags uint32) (uint32, error) {
+// root), created once per path and flags. The path is the task's view
+// (inside its container); statPath reaches the same file from here, a
+// /proc/PID link.
+func (ft *fileTable) pathFile(path, statPath string, flags uint32) (uint32, error) {
 	key := fmt.Sprintf("%s\x00%o", path, flags)
 	if id, ok := ft.byKey[key]; ok {
 		return id, nil
 	}
 	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return 0, &os.PathError{Op: "stat", Path: path, Err: err}
+	if err := unix.Stat(statPath, &st); err != nil {
+		return 0, &os.PathError{Op: "stat", Path: statPath, Err: err}
 	}
 	id := ft.newID()
 	ft.byKey[key] = id

@@ -26,6 +26,9 @@ type imageSet struct {
 	// keepExe: leave the task's executable link alone (PR_SET_MM_MAP
 	// exe_fd needs CAP_CHECKPOINT_RESTORE, which a container may lack).
 	keepExe bool
+	// root, when set, is where the restored tasks' paths resolve (a
+	// container's /proc/PID/root).
+	root string
 }
 
 type threadImage struct {

@@ -64,8 +64,27 @@ func restoreOnExec(ctx context.Context, opts RestoreOptions, pid int, log *logru
 	if err != nil {
 		return nil, fmt.Errorf("restore into pid %d: %w", pid, err)
 	}
+	// At the exec event the task is still inside execve, whose return
+	// would overwrite the first injected syscall's number: let it finish.
+	if err := toSyscallExit(t); err != nil {
+		killAndReap(t)
+		return nil, fmt.Errorf("restore into pid %d: %w", pid, err)
+	}
+	// From here on the task creates the tree: follow its clones.
+	if err := t.SetOptions(unix.PTRACE_O_TRACESYSGOOD | unix.PTRACE_O_EXITKILL | unix.PTRACE_O_TRACECLONE |
+		unix.PTRACE_O_TRACEFORK | unix.PTRACE_O_TRACEVFORK); err != nil {
+		killAndReap(t)
+		return nil, fmt.Errorf("restore into pid %d: %w", pid, err)
+	}
 	// Capabilities as execve left them.
 	imgs.keepExe = !hasCheckpointCap(pid)
+	imgs.root = procfs.Path(pid, "root")
+	for _, ti := range imgs.tasks {
+		if err := imgs.preflight(ti); err != nil {
+			killAndReap(t)
+			return nil, fmt.Errorf("restore into pid %d: pid %d: %w", pid, ti.pid, err)
+		}
+	}
 	ok := false
 	defer func() {
 		if !ok {
@@ -80,7 +99,17 @@ func restoreOnExec(ctx context.Context, opts RestoreOptions, pid int, log *logru
 		return nil, err
 	}
 	rs := newRestorer(ctx, imgs, opts, log)
+	rs.keepStdio = true
+	rs.nsTarget = pid
 	defer rs.cl.run()
+	// The pid chooser lives in the container's pid namespace: it must be
+	// gone (and reaped) whatever happens, or the container's init could
+	// never finish dying.
+	defer func() {
+		if rs.pids != nil {
+			rs.pids.close()
+		}
+	}()
 	if err := rs.run(&rtask{ti: root, hostPid: pid, t: t}, regs.Rip); err != nil {
 		return nil, fmt.Errorf("restore into pid %d: %w", pid, err)
 	}
@@ -197,4 +226,21 @@ func hasCheckpointCap(pid int) bool {
 		return false
 	}
 	return eff&(1<<unix.CAP_CHECKPOINT_RESTORE) != 0 || eff&(1<<unix.CAP_SYS_ADMIN) != 0
+}
+
+// toSyscallExit runs a task stopped at PTRACE_EVENT_EXEC to the exit stop
+// of its execve.
+func toSyscallExit(t *ptrace.Task) error {
+	for {
+		if err := unix.PtraceSyscall(t.Tid, 0); err != nil {
+			return os.NewSyscallError("ptrace(PTRACE_SYSCALL)", err)
+		}
+		ws, err := t.WaitStop()
+		if err != nil {
+			return err
+		}
+		if ws.Stopped() && ws.StopSignal() == unix.SIGTRAP|0x80 {
+			return nil
+		}
+	}
 }

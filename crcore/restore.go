@@ -57,6 +57,14 @@ type restorer struct {
 	tasks   []*rtask
 	holders map[uint32]fdHolder // file id -> a restored task holding it
 	cl      cleanup
+	// keepStdio: the root's fds 0-2 are the new container's, whatever
+	// the old one's were.
+	keepStdio bool
+	// nsTarget is a task of the pid namespace the tree is restored in,
+	// when that is not ours (a container): pids are then chosen through
+	// pids if the tasks may not choose them themselves.
+	nsTarget int
+	pids     *pidSetter
 }
 
 // rtask is a task being restored.
@@ -168,7 +176,7 @@ func (rs *restorer) run(root *rtask, gadget0 uint64) error {
 	// external ones.
 	root.table = map[uint32]uint32{}
 	for _, e := range root.ti.fds {
-		if e.GetType() == pb.FdTypes_EXT && e.GetFd() <= 2 {
+		if e.GetFd() <= 2 && (e.GetType() == pb.FdTypes_EXT || rs.keepStdio) {
 			root.table[e.GetFd()] = e.GetId()
 		}
 	}
@@ -211,8 +219,15 @@ func (rs *restorer) create(t *rtask) error {
 		return nil
 	}
 	if int(t.ti.ps.GetSid()) == pid {
-		if _, err := t.r.call("setsid", unix.SYS_SETSID); err != nil {
+		// A runtime's container init may lead its session already.
+		sid, err := t.r.call("getsid", unix.SYS_GETSID, 0)
+		if err != nil {
 			return fmt.Errorf("pid %d: %w", pid, err)
+		}
+		if int(sid) != pid {
+			if _, err := t.r.call("setsid", unix.SYS_SETSID); err != nil {
+				return fmt.Errorf("pid %d: %w", pid, err)
+			}
 		}
 	}
 	if err := rs.restoreFds(t); err != nil {
@@ -284,6 +299,14 @@ func (rs *restorer) clone(p *rtask, want int, flags uint64, exitSignal uint64) (
 				time.Sleep(20 * time.Millisecond)
 				continue
 			}
+			if errors.Is(e, unix.EPERM) && rs.nsTarget != 0 {
+				// The task may not choose pids in its namespace:
+				// choose from outside, then clone without set_tid.
+				if err := rs.choosePid(p, want, argAddr, flags, exitSignal); err != nil {
+					return nil, 0, err
+				}
+				break
+			}
 			return nil, 0, cloneError(want, e, rs.wait)
 		}
 		if int(ret) != want {
@@ -313,6 +336,45 @@ func cloneError(pid int, e error, wait time.Duration) error {
 		return fmt.Errorf("choose pid %d: %w (clone3 set_tid needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN over the pid namespace)", pid, e)
 	}
 	return fmt.Errorf("create task %d: %w", pid, e)
+}
+
+// choosePid clones a task with pid want from p through the namespace's
+// ns_last_pid (see pidSetter).
+func (rs *restorer) choosePid(p *rtask, want int, argAddr, flags, exitSignal uint64) error {
+	if rs.pids == nil {
+		need := map[int]bool{}
+		for pid, ti := range rs.s.tasks {
+			need[pid] = true
+			for _, th := range ti.threads {
+				need[th.tid] = true
+			}
+		}
+		ps, err := newPidSetter(rs.nsTarget, need)
+		if err != nil {
+			return fmt.Errorf("choose pid %d: %w", want, err)
+		}
+		rs.pids = ps
+		rs.cl.add(ps.close)
+	}
+	var buf bytes.Buffer
+	binary.Write(&buf, binary.LittleEndian, kabi.CloneArgs{Flags: flags, ExitSignal: exitSignal})
+	if err := writeMem(p.hostPid, argAddr, buf.Bytes()); err != nil {
+		return err
+	}
+	if err := rs.pids.set(want); err != nil {
+		return err
+	}
+	got, err := p.t.Call(p.r.gadget, "clone3", unix.SYS_CLONE3, argAddr, kabi.SizeofCloneArgs)
+	if err != nil {
+		return cloneError(want, err, rs.wait)
+	}
+	if int(got) != want {
+		if ev := p.t.Events(); len(ev) > 0 {
+			killAndReap(ptrace.Adopt(ev[len(ev)-1]))
+		}
+		return fmt.Errorf("create task %d: got pid %d (pid %d is taken in the container?): %w", want, got, want, ErrPidTaken)
+	}
+	return nil
 }
 
 // waitFirstStop waits for the stop of a task auto-attached at its birth.
@@ -618,11 +680,23 @@ func spawnTask(pid int, stdio [3]uintptr, wait time.Duration) (*ptrace.Task, uin
 // instruction, which it never gets to run.
 // Precondition: OS thread locked.
 func startHusk(stdio [3]uintptr) (*ptrace.Task, unix.PtraceRegs, error) {
+	return startHuskIn(stdio, true)
+}
+
+// startHuskIn is startHusk; sameNS false says the husk is born in another
+// pid namespace (our thread setns'd), where Go's parent-death check
+// (getppid against our pid) would kill it, so it goes without
+// Pdeathsig and relies on PTRACE_O_EXITKILL alone.
+func startHuskIn(stdio [3]uintptr, sameNS bool) (*ptrace.Task, unix.PtraceRegs, error) {
 	var regs unix.PtraceRegs
+	sys := &syscall.SysProcAttr{Ptrace: true}
+	if sameNS {
+		sys.Pdeathsig = syscall.SIGKILL
+	}
 	hpid, err := syscall.ForkExec("/proc/self/exe", []string{"crhook-husk"}, &syscall.ProcAttr{
 		Env:   []string{},
 		Files: stdio[:],
-		Sys:   &syscall.SysProcAttr{Ptrace: true, Pdeathsig: syscall.SIGKILL},
+		Sys:   sys,
 	})
 	if err != nil {
 		return nil, regs, fmt.Errorf("start husk: %w", err)
@@ -662,6 +736,26 @@ func killAndReap(t *ptrace.Task) {
 	}
 }
 
+// lookup checks that a path of the image exists where the restored tasks
+// will look for it: on this host, or inside the target's root
+// (RESOLVE_IN_ROOT: an image cannot name a file outside it).
+func (s *imageSet) lookup(name string) error {
+	if s.root == "" {
+		_, err := os.Lstat(name)
+		return err
+	}
+	dir, err := unix.Open(s.root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: s.root, Err: err}
+	}
+	defer unix.Close(dir)
+	fd, err := unix.Openat2(dir, name, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC | unix.O_NOFOLLOW, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
+	if err != nil {
+		return &os.PathError{Op: "open in the target's root", Path: name, Err: err}
+	}
+	return unix.Close(fd)
+}
+
 // preflight checks, before any process exists, what can be checked: the
 // files the task needs are there.
 func (s *imageSet) preflight(ti *taskImage) error {
@@ -683,7 +777,7 @@ func (s *imageSet) preflight(ti *taskImage) error {
 		if !strings.HasPrefix(name, "/") {
 			return fmt.Errorf("files.img: file %d has a relative path %q: %w", id, name, ErrBadImage)
 		}
-		if _, err := os.Lstat(name); err != nil && !s.isGhost(id) {
+		if err := s.lookup(name); err != nil && !s.isGhost(id) {
 			return fmt.Errorf("file %d needed by the image: %w", id, err)
 		}
 	}
