@@ -174,6 +174,11 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
 	}
 
+	for _, t := range tasks {
+		if !t.zombie {
+			d.files.ctx.pids = append(d.files.ctx.pids, t.pid)
+		}
+	}
 	// Files first: an fd we cannot dump fails the dump before anything
 	// else in the tree is touched.
 	for _, t := range tasks {

@@ -101,6 +101,8 @@ func (f *openFd) close() {
 
 // fdDumpCtx is what drivers see of a dump.
 type fdDumpCtx struct {
+	// pids are the host pids of every live task of the dumped tree.
+	pids  []int
 	dir   *image.Dir
 	extra map[string]*image.Writer
 	ft    *fileTable

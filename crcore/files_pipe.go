@@ -56,7 +56,7 @@ func (pipeDriver) Dump(c *fdDumpCtx, f *openFd, id uint32) (*pb.FileEntry, error
 	}
 	pipeID := uint32(f.Stat.Ino)
 	if f.Fd <= 2 {
-		inside, err := otherEndHeld(f)
+		inside, err := otherEndHeld(c, f)
 		if err != nil {
 			return nil, err
 		}
@@ -80,37 +80,41 @@ func (pipeDriver) Dump(c *fdDumpCtx, f *openFd, id uint32) (*pb.FileEntry, error
 	}}, nil
 }
 
-// otherEndHeld reports whether the task itself can read from the pipe f
-// writes to, or write to the pipe f reads from.
-//
-// Process trees: this must look at every task of the dumped tree (a
-// shell pipeline "a | b" has one end in each).
-func otherEndHeld(f *openFd) (bool, error) {
+// otherEndHeld reports whether a task of the dumped tree can read from
+// the pipe f writes to, or write to the pipe f reads from (a shell
+// pipeline "a | b" has one end in each task).
+func otherEndHeld(c *fdDumpCtx, f *openFd) (bool, error) {
 	acc := f.Flags & unix.O_ACCMODE
 	if acc == unix.O_RDWR {
 		return true, nil
 	}
-	fds, err := procfs.Fds(f.Pid)
-	if err != nil {
-		return false, err
+	pids := c.pids
+	if len(pids) == 0 {
+		pids = []int{f.Pid}
 	}
-	for _, fd := range fds {
-		if fd == f.Fd {
-			continue
-		}
-		var st unix.Stat_t
-		if err := unix.Stat(procfs.Path(f.Pid, "fd/"+strconv.Itoa(fd)), &st); err != nil {
-			continue // closed meanwhile: cannot happen in a stopped task
-		}
-		if st.Mode&unix.S_IFMT != unix.S_IFIFO || st.Ino != f.Stat.Ino || st.Dev != f.Stat.Dev {
-			continue
-		}
-		fi, err := procfs.ReadFdInfo(f.Pid, fd)
+	for _, pid := range pids {
+		fds, err := procfs.Fds(pid)
 		if err != nil {
 			return false, err
 		}
-		if other := fi.Flags & unix.O_ACCMODE; other != acc {
-			return true, nil
+		for _, fd := range fds {
+			if pid == f.Pid && fd == f.Fd {
+				continue
+			}
+			var st unix.Stat_t
+			if err := unix.Stat(procfs.Path(pid, "fd/"+strconv.Itoa(fd)), &st); err != nil {
+				continue // closed meanwhile: cannot happen in a stopped task
+			}
+			if st.Mode&unix.S_IFMT != unix.S_IFIFO || st.Ino != f.Stat.Ino || st.Dev != f.Stat.Dev {
+				continue
+			}
+			fi, err := procfs.ReadFdInfo(pid, fd)
+			if err != nil {
+				return false, err
+			}
+			if other := fi.Flags & unix.O_ACCMODE; other != acc {
+				return true, nil
+			}
 		}
 	}
 	return false, nil
