@@ -6,11 +6,13 @@ GOBIN     := $(shell $(GO) env GOPATH)/bin
 export PATH := $(GOBIN):$(PATH)
 BIN       := bin/crhook
 PREFIX    ?= /usr/local
+HOOKS_D   ?= /usr/share/containers/oci/hooks.d
 PROTOC_GEN_GO_VERSION := v1.36.12
 GOLANGCI_VERSION      := v2.6.2
 
 # Debian packages the build and the tests need, as "command-or-file:package".
-DEB_NEEDS := gcc:gcc /usr/lib/x86_64-linux-gnu/libc.a:libc6-dev protoc:protobuf-compiler
+DEB_NEEDS := gcc:gcc /usr/lib/x86_64-linux-gnu/libc.a:libc6-dev protoc:protobuf-compiler \
+             runc:runc crun:crun /bin/busybox:busybox-static podman:podman
 
 .PHONY: all build deps test demo generate bench lint install fuzz clean
 
@@ -42,7 +44,11 @@ test: deps build
 demo: deps build
 	./scripts/demo.sh
 
+# bench: the table of ./bench (medians, alternated runs; set CRIU=/path/to/criu
+# for the side-by-side baseline, BENCHFLAGS for e.g. -runs 7 -sizes 64), then
+# the Go benchmarks.
 bench: deps build
+	$(GO) run ./bench -crhook $(BIN) $(BENCHFLAGS)
 	$(GO) test -run '^$$' -bench . -benchtime 5x ./crcore/...
 
 fuzz: deps
@@ -54,8 +60,14 @@ lint: deps
 	$(GO) vet ./...
 	golangci-lint run ./...
 
+# install: the binary, and podman's hooks.d file that runs crhook as the
+# createRuntime hook of containers annotated io.crhook.restore=DIR.
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/crhook
+	install -d $(DESTDIR)$(HOOKS_D)
+	printf '{\n  "version": "1.0.0",\n  "hook": {"path": "%s", "args": ["crhook", "hook"]},\n  "when": {"annotations": {"io.crhook.restore": ".+"}},\n  "stages": ["createRuntime"]\n}\n' \
+	  "$(PREFIX)/bin/crhook" > $(DESTDIR)$(HOOKS_D)/crhook.json
+	chmod 0644 $(DESTDIR)$(HOOKS_D)/crhook.json
 
 clean:
 	rm -rf bin
