@@ -80,6 +80,10 @@ type RestoreOptions struct {
 	Stdin, Stdout, Stderr interface {
 		Fd() uintptr
 	}
+	// NewPidNS restores the tree into a new pid namespace, its root as
+	// the namespace's init; the image's root must have been pid 1 of its
+	// own namespace (a container's init).
+	NewPidNS bool
 	// PidWait bounds how long a restore waits for a pid it needs to be
 	// released (a just-killed process not yet reaped). Default 3s.
 	PidWait time.Duration
@@ -89,6 +93,7 @@ type RestoreOptions struct {
 // Restored is a running restored tree. Its root is a child of the
 // calling process.
 type Restored struct {
+	// Pid is the root's pid as the caller sees it.
 	Pid   int
 	Stats Stats
 }

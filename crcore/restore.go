@@ -109,8 +109,11 @@ func restore(ctx context.Context, opts RestoreOptions, log *logrus.Entry) (*Rest
 	if root.zombie() {
 		return nil, fmt.Errorf("restore %s: the root is a zombie: %w", opts.ImageDir, ErrBadImage)
 	}
-	if root.pid == 1 {
-		return nil, fmt.Errorf("restore %s: the root was its pid namespace's init (pid 1): restore it into a container (crhook's OCI hook) or a new pid namespace: %w", opts.ImageDir, ErrNotSupported)
+	if root.pid == 1 && !opts.NewPidNS {
+		return nil, fmt.Errorf("restore %s: the root was its pid namespace's init (pid 1): restore it into a new pid namespace (--pidns new) or a container (crhook's OCI hook): %w", opts.ImageDir, ErrNotSupported)
+	}
+	if opts.NewPidNS && root.pid != 1 {
+		return nil, fmt.Errorf("restore %s: a new pid namespace needs an init, and the image's root was pid %d, not 1: %w", opts.ImageDir, root.pid, ErrNotSupported)
 	}
 	for _, ti := range imgs.tasks {
 		if err := imgs.preflight(ti); err != nil {
@@ -125,8 +128,25 @@ func restore(ctx context.Context, opts RestoreOptions, log *logrus.Entry) (*Rest
 			stdio[i] = f.Fd()
 		}
 	}
-	t, gadget, err := spawnTask(root.pid, stdio, rs.wait)
+	var t *ptrace.Task
+	var gadget uint64
+	if opts.NewPidNS {
+		// The husk itself is the new namespace's init: the root.
+		var regs unix.PtraceRegs
+		if t, regs, err = startHuskWith(stdio, true, syscall.CLONE_NEWPID); err == nil {
+			gadget = regs.Rip
+			err = t.Poke(gadget, ptrace.Gadget)
+		}
+		if t != nil {
+			rs.nsTarget = t.Tid
+		}
+	} else {
+		t, gadget, err = spawnTask(root.pid, stdio, rs.wait)
+	}
 	if err != nil {
+		if t != nil {
+			killAndReap(t)
+		}
 		return nil, fmt.Errorf("restore pid %d: %w", root.pid, err)
 	}
 	rt := &rtask{ti: root, hostPid: t.Tid, t: t}
@@ -138,7 +158,7 @@ func restore(ctx context.Context, opts RestoreOptions, log *logrus.Entry) (*Rest
 	rs.cl.release()
 	rs.st.TotalTime = time.Since(start)
 	log.WithFields(logrus.Fields{"pid": root.pid, "tasks": len(rs.tasks), "pages": rs.st.PagesRestored}).Info("restored")
-	return &Restored{Pid: root.pid, Stats: rs.st}, nil
+	return &Restored{Pid: rt.hostPid, Stats: rs.st}, nil
 }
 
 // run rebuilds the whole tree from its root, a task stopped with a
@@ -688,9 +708,15 @@ func startHusk(stdio [3]uintptr) (*ptrace.Task, unix.PtraceRegs, error) {
 // (getppid against our pid) would kill it, so it goes without
 // Pdeathsig and relies on PTRACE_O_EXITKILL alone.
 func startHuskIn(stdio [3]uintptr, sameNS bool) (*ptrace.Task, unix.PtraceRegs, error) {
+	return startHuskWith(stdio, sameNS, 0)
+}
+
+// startHuskWith is startHuskIn with extra clone flags (CLONE_NEWPID: the
+// husk is the init of a new pid namespace).
+func startHuskWith(stdio [3]uintptr, sameNS bool, cloneflags uintptr) (*ptrace.Task, unix.PtraceRegs, error) {
 	var regs unix.PtraceRegs
-	sys := &syscall.SysProcAttr{Ptrace: true}
-	if sameNS {
+	sys := &syscall.SysProcAttr{Ptrace: true, Cloneflags: cloneflags}
+	if sameNS && cloneflags&syscall.CLONE_NEWPID == 0 {
 		sys.Pdeathsig = syscall.SIGKILL
 	}
 	hpid, err := syscall.ForkExec("/proc/self/exe", []string{"crhook-husk"}, &syscall.ProcAttr{

@@ -55,6 +55,7 @@ func restoreCmd(g *globals) *cobra.Command {
 	var (
 		dir       string
 		detach    bool
+		pidns     string
 		pidfile   string
 		statsFile string
 		shellJob  bool
@@ -70,6 +71,9 @@ func restoreCmd(g *globals) *cobra.Command {
 			if dir == "" {
 				return usagef("restore: -D DIR is required")
 			}
+			if pidns != "" && pidns != "new" {
+				return usagef("restore: --pidns takes only \"new\"")
+			}
 			// A terminal at the dumped fds 0-2 always becomes crhook's
 			// own stdio; --shell-job (criu's name) checks that this is a
 			// terminal to put the job on.
@@ -78,6 +82,7 @@ func restoreCmd(g *globals) *cobra.Command {
 			}
 			res, err := crcore.Restore(cmd.Context(), crcore.RestoreOptions{
 				ImageDir: dir, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
+				NewPidNS: pidns == "new",
 				Log: logrus.NewEntry(g.log),
 			})
 			if err != nil {
@@ -100,6 +105,7 @@ func restoreCmd(g *globals) *cobra.Command {
 	}
 	c.Flags().StringVarP(&dir, "images-dir", "D", "", "directory holding the images")
 	c.Flags().BoolVarP(&detach, "restore-detached", "d", false, "exit once the restored tree runs")
+	c.Flags().StringVar(&pidns, "pidns", "", `"new": restore into a new pid namespace, the root as its init (the image's root must have been pid 1)`)
 	c.Flags().BoolVarP(&shellJob, "shell-job", "j", false, "restore a job dumped on a terminal onto this terminal (stdin must be one)")
 	c.Flags().StringVar(&pidfile, "pidfile", "", "write the restored root's pid to this file")
 	c.Flags().StringVar(&statsFile, "stats", "", "write timings and page counts as JSON to this file")
