@@ -83,7 +83,7 @@ func restoreCmd(g *globals) *cobra.Command {
 			res, err := crcore.Restore(cmd.Context(), crcore.RestoreOptions{
 				ImageDir: dir, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
 				NewPidNS: pidns == "new",
-				Log: logrus.NewEntry(g.log),
+				Log:      logrus.NewEntry(g.log),
 			})
 			if err != nil {
 				return err
