@@ -235,11 +235,12 @@ func (ft *fileTable) dumpFd(pid, fd int) (*pb.FdinfoEntry, error) {
 
 	// Shared open file? Same cheap identity, then kcmp.
 	gen := fmt.Sprintf("%d:%d:%d:%d:%o", drv.Type(), f.Stat.Dev, f.Stat.Ino, f.Info.Pos, f.Flags)
-	for _, ref := range ft.byGen[gen] {
-		same, err := kcmp(ref.pid, pid, kcmpFile, uintptr(ref.fd), uintptr(fd))
-		if err == nil && same == 0 {
-			return fdinfo(ref.id, fdFlags, drv.Type(), fd), nil
-		}
+	known, at, err := ft.find(gen, pid, fd)
+	if err != nil {
+		return nil, err
+	}
+	if at < 0 {
+		return fdinfo(known, fdFlags, drv.Type(), fd), nil
 	}
 	id := ft.newID()
 	e, err := drv.Dump(ft.ctx, f, id)
@@ -252,8 +253,44 @@ func (ft *fileTable) dumpFd(pid, fd int) (*pb.FdinfoEntry, error) {
 	e.Type = drv.Type().Enum()
 	e.Id = proto.Uint32(id)
 	ft.entries = append(ft.entries, e)
-	ft.byGen[gen] = append(ft.byGen[gen], fdRef{pid: pid, fd: fd, id: id})
+	ft.insert(gen, at, fdRef{pid: pid, fd: fd, id: id})
 	return fdinfo(id, fdFlags, drv.Type(), fd), nil
+}
+
+// find looks (pid, fd) up among the open files already seen with the same
+// genid. The files of one genid are kept in the order kcmp(KCMP_FILE)
+// gives them (the kernel's order of file objects), so a lookup is a binary
+// search of kcmp calls: equal gives the known file's id; otherwise find
+// returns where a new file goes (at >= 0).
+func (ft *fileTable) find(gen string, pid, fd int) (id uint32, at int, err error) {
+	refs := ft.byGen[gen]
+	lo, hi := 0, len(refs)
+	for lo < hi {
+		mid := (lo + hi) / 2
+		r, err := kcmp(refs[mid].pid, pid, kcmpFile, uintptr(refs[mid].fd), uintptr(fd))
+		if err != nil {
+			return 0, 0, fmt.Errorf("compare fd %d of pid %d with fd %d of pid %d: %w", refs[mid].fd, refs[mid].pid, fd, pid, err)
+		}
+		switch r {
+		case 0:
+			return refs[mid].id, -1, nil
+		case 1: // the known file orders before this one
+			lo = mid + 1
+		case 2:
+			hi = mid
+		default:
+			return 0, 0, fmt.Errorf("kcmp cannot order fd %d of pid %d", fd, pid)
+		}
+	}
+	return 0, lo, nil
+}
+
+func (ft *fileTable) insert(gen string, at int, ref fdRef) {
+	refs := ft.byGen[gen]
+	refs = append(refs, fdRef{})
+	copy(refs[at+1:], refs[at:])
+	refs[at] = ref
+	ft.byGen[gen] = refs
 }
 
 func fdinfo(id, fdFlags uint32, t pb.FdTypes, fd int) *pb.FdinfoEntry {
@@ -267,14 +304,15 @@ func (ft *fileTable) externalStdio(f *openFd, fdFlags uint32) (*pb.FdinfoEntry, 
 	// The same outside file at several fds or in several tasks (a
 	// shell's children share its terminal) is one external file.
 	gen := fmt.Sprintf("ext:%d:%d", f.Stat.Dev, f.Stat.Ino)
-	for _, ref := range ft.byGen[gen] {
-		same, err := kcmp(ref.pid, f.Pid, kcmpFile, uintptr(ref.fd), uintptr(f.Fd))
-		if err == nil && same == 0 {
-			return fdinfo(ref.id, fdFlags, pb.FdTypes_EXT, f.Fd), nil
-		}
+	known, at, err := ft.find(gen, f.Pid, f.Fd)
+	if err != nil {
+		return nil, err
+	}
+	if at < 0 {
+		return fdinfo(known, fdFlags, pb.FdTypes_EXT, f.Fd), nil
 	}
 	id := ft.newID()
-	ft.byGen[gen] = append(ft.byGen[gen], fdRef{pid: f.Pid, fd: f.Fd, id: id})
+	ft.insert(gen, at, fdRef{pid: f.Pid, fd: f.Fd, id: id})
 	ft.entries = append(ft.entries, &pb.FileEntry{
 		Type: pb.FdTypes_EXT.Enum(),
 		Id:   proto.Uint32(id),
