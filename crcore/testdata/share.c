@@ -35,7 +35,13 @@ int main(int argc, char **argv) {
 	int p[2];
 	if (pipe(p) < 0)
 		return 1;
+	// SIGUSR1 is blocked but inside sigsuspend, so that one sent at any
+	// moment (even right after a restore) is never lost.
 	signal(SIGUSR1, on_usr1);
+	sigset_t blk, old;
+	sigemptyset(&blk);
+	sigaddset(&blk, SIGUSR1);
+	sigprocmask(SIG_BLOCK, &blk, &old);
 	for (int i = 0; i < 9; i++) {
 		if (fork() == 0) {
 			int h = open(argv[2], O_RDONLY);
@@ -47,7 +53,7 @@ int main(int argc, char **argv) {
 	}
 	dprintf(log, "ready %d\n", getpid());
 	for (;;) {
-		pause();
+		sigsuspend(&old);
 		if (go) {
 			go = 0;
 			if (write(100, "P", 1) != 1)
