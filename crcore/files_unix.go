@@ -77,6 +77,20 @@ func sockTypeName(t uint32) string {
 	return "type " + strconv.Itoa(int(t))
 }
 
+// holdsSocket reports whether a task of the dumped tree (pid first) holds
+// socket inode ino.
+func (c *fdDumpCtx) holdsSocket(pid int, ino uint32) bool {
+	if fdOfSocket(pid, ino) >= 0 {
+		return true
+	}
+	for _, p := range c.pids {
+		if p != pid && fdOfSocket(p, ino) >= 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // fdOfSocket returns an fd of pid that holds socket inode ino, or -1.
 func fdOfSocket(pid int, ino uint32) int {
 	dir := procfs.Path(pid, "fd")
@@ -160,8 +174,8 @@ func (unixDriver) Dump(c *fdDumpCtx, f *openFd, id uint32) (*pb.FileEntry, error
 			}
 			break
 		}
-		if fdOfSocket(f.Pid, d.Peer) < 0 {
-			return nil, notSupportedf("%s is connected to socket %d, which pid %d does not hold", what, d.Peer, f.Pid)
+		if !c.holdsSocket(f.Pid, d.Peer) {
+			return nil, notSupportedf("%s is connected to socket %d, which no task of the dumped tree holds", what, d.Peer)
 		}
 		pd, err := sockdiag.Unix(d.Peer)
 		if err != nil {
