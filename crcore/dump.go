@@ -162,6 +162,7 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 	}
 	defer dir.Close()
 	d := &dumper{log: log, dir: dir, files: newFileTable(dir)}
+	d.files.log = log
 	defer d.files.ctx.closeExtra()
 
 	tasks, err := d.seizeTree(pid, opts.Thaw, &cl)

@@ -4,6 +4,7 @@ package crcore
 
 import (
 	"fmt"
+	"github.com/sirupsen/logrus"
 	"os"
 	"sort"
 	"strconv"
@@ -151,6 +152,7 @@ type fileTable struct {
 	byGen   map[string][]fdRef
 	stdio   []*pb.CrhookStdioEntry
 	ctx     *fdDumpCtx
+	log     *logrus.Entry // may be nil
 }
 
 type fdRef struct {
@@ -192,7 +194,15 @@ func (ft *fileTable) dumpFds(pid int) ([]*pb.FdinfoEntry, error) {
 	for _, fd := range fds {
 		e, err := ft.dumpFd(pid, fd)
 		if err != nil {
+			// Nothing of an fd we could not resolve is logged but its
+			// number and an explicit marker.
+			if ft.log != nil {
+				ft.log.WithFields(logrus.Fields{"pid": pid, "fd": fd, "file": "<invalid>"}).Debug("fd not dumped")
+			}
 			return nil, fmt.Errorf("fd %d: %w", fd, err)
+		}
+		if ft.log != nil {
+			ft.log.WithFields(logrus.Fields{"pid": pid, "fd": fd, "type": e.GetType().String(), "id": e.GetId()}).Debug("fd")
 		}
 		out = append(out, e)
 	}
