@@ -51,29 +51,5 @@ func TestRestoreNewPidns(t *testing.T) {
 	}
 	t.Cleanup(func() { crtest.KillAndReap(res.Pid) })
 	p.WaitLine(t, fmt.Sprintf(`^C got t%d$`, countTokens(p.Lines()[:n])+10), 10*time.Second)
-	for _, pid := range append([]int{res.Pid}, crtest.Descendants(res.Pid)...) {
-		syscall.Kill(pid, syscall.SIGUSR1)
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		got := 0
-		for _, l := range p.Lines()[n:] {
-			if strings.Contains(l, " pid ") {
-				got++
-			}
-		}
-		if got >= 4 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d processes reported ids after restore", got)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	after := treeIDs(p)
-	for name, ids := range before {
-		if after[name] != ids {
-			t.Errorf("%s: %q after restore, %q before", name, after[name], ids)
-		}
-	}
+	checkTreeIDs(t, p, n, append([]int{res.Pid}, crtest.Descendants(res.Pid)...), before)
 }

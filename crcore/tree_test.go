@@ -102,34 +102,42 @@ func TestTreeRoundTrip(t *testing.T) {
 	// Everyone goes on: the pipe from B to C carries new tokens, and
 	// the ids each process reports are those it had.
 	p.WaitLine(t, `^C got t`+fmt.Sprint(countTokens(p.Lines()[:gotBefore])+10)+`$`, 10*time.Second)
-	for _, pid := range after {
+	checkTreeIDs(t, p, gotBefore, after, before)
+	for _, l := range p.Lines()[gotBefore:] {
+		if strings.HasPrefix(l, "C read") {
+			t.Errorf("C lost its pipe: %s", l)
+		}
+	}
+}
+
+// checkTreeIDs asks every process of a restored tree program (pids) for
+// its ids and checks they are those of before; the log's first n lines
+// predate the restore.
+func checkTreeIDs(t *testing.T, p *crtest.Proc, n int, pids []int, before map[string]string) {
+	t.Helper()
+	for _, pid := range pids {
 		unix.Kill(pid, unix.SIGUSR1)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		got := treeIDs(&crtest.Proc{Log: p.Log})
-		n := 0
-		for _, l := range p.Lines()[gotBefore:] {
+		got := 0
+		for _, l := range p.Lines()[n:] {
 			if strings.Contains(l, " pid ") {
-				n++
+				got++
 			}
 		}
-		if n >= 4 {
-			for name, ids := range before {
-				if got[name] != ids {
-					t.Errorf("%s: %q after restore, %q before", name, got[name], ids)
-				}
-			}
+		if got >= 4 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("only %d processes reported their ids after restore", n)
+			t.Fatalf("only %d processes reported their ids after restore", got)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	for _, l := range p.Lines()[gotBefore:] {
-		if strings.HasPrefix(l, "C read") {
-			t.Errorf("C lost its pipe: %s", l)
+	after := treeIDs(p)
+	for name, ids := range before {
+		if after[name] != ids {
+			t.Errorf("%s: %q after restore, %q before", name, after[name], ids)
 		}
 	}
 }
