@@ -5,11 +5,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 crhook=$PWD/bin/crhook
 work=$(mktemp -d /tmp/crhook-demo.XXXXXX)
-trap 'kill -9 $(cat "$work/pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
+pid=
+trap 'kill -9 $pid $(cat "$work/pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 gcc -O2 -o "$work/counter" crcore/testdata/counter.c
 echo "== start a counter (it appends 'count N' to $work/log every 10 ms)"
-setsid "$work/counter" "$work/log" </dev/null >/dev/null 2>&1 &
+# Only stdio goes along: an fd inherited from whoever runs make (a CI
+# runner's pipe) would be dumped too, and crhook refuses pipes to the
+# outside that are not standard streams.
+(
+  for fd in $(ls /proc/$BASHPID/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done
+  exec setsid "$work/counter" "$work/log" </dev/null >/dev/null 2>&1
+) &
 pid=$!
 sleep 1
 tail -n 2 "$work/log"
