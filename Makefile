@@ -12,9 +12,10 @@ GOLANGCI_VERSION      := v2.6.2
 
 # Debian packages the build and the tests need, as "command-or-file:package".
 DEB_NEEDS := gcc:gcc /usr/lib/x86_64-linux-gnu/libc.a:libc6-dev protoc:protobuf-compiler \
-             runc:runc crun:crun /bin/busybox:busybox-static podman:podman
+             runc:runc crun:crun /bin/busybox:busybox-static podman:podman \
+             /usr/bin/redis-server:redis-server /usr/sbin/nginx:nginx-light /usr/bin/python3:python3
 
-.PHONY: all build deps test demo generate bench lint install fuzz clean
+.PHONY: all build deps test demo generate bench lint install fuzz soak clean
 
 all: build
 
@@ -51,8 +52,19 @@ bench: deps build
 	$(GO) run ./bench -crhook $(BIN) $(BENCHFLAGS)
 	$(GO) test -run '^$$' -bench . -benchtime 5x ./crcore/...
 
+# fuzz: every decoder's fuzz target for FUZZTIME each (image framing, the
+# whole loader over a real dump, the hook's state JSON and annotations).
+FUZZTIME ?= 20s
 fuzz: deps
-	$(GO) test -run '^$$' -fuzz FuzzReader -fuzztime 30s ./crcore/internal/image
+	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./crcore/internal/image
+	$(GO) test -run '^$$' -fuzz '^FuzzLoadImages$$' -fuzztime $(FUZZTIME) ./crcore
+	$(GO) test -run '^$$' -fuzz '^FuzzHookState$$' -fuzztime $(FUZZTIME) ./hook
+	$(GO) test -run '^$$' -fuzz '^FuzzAnnotation$$' -fuzztime $(FUZZTIME) ./hook
+
+# soak: 100 checkpoint/restore cycles of a busy process, state and leaks
+# checked every cycle (make test runs 10).
+soak: deps build
+	CRHOOK_SOAK_CYCLES=100 $(GO) test -count=1 -timeout 30m -run '^TestSoak' -v ./crcore
 
 lint: deps
 	@command -v golangci-lint >/dev/null || $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_VERSION)

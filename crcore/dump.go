@@ -82,7 +82,9 @@ type dumper struct {
 	dir   *image.Dir
 	files *fileTable
 	stats Stats
-	level int // index of the root's pid namespace in NSpid lists
+	level int       // index of the root's pid namespace in NSpid lists
+	shm   shmemDump // shared memory objects (shmem.go)
+	ipc   sysvDump  // SysV IPC of the tree's namespace (sysvipc.go)
 }
 
 // dthread is one thread of a dumped task.
@@ -98,6 +100,7 @@ type dthread struct {
 	tidAddr    uint64
 	altstack   kabi.StackT
 	comm       string
+	attrs      threadAttrs // signals, credentials, seccomp (attrs.go)
 }
 
 // dtask is one process of the dumped tree.
@@ -123,6 +126,7 @@ type dtask struct {
 	mm          *pb.MmEntry
 	runs        []mem.Run
 	fs          *pb.FsEntry
+	attrs       taskAttrs // signals, timers, rlimits, prctl (attrs.go)
 }
 
 func (t *dtask) state() uint32 {
@@ -170,7 +174,8 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
 	}
 	frozen := time.Now()
-	log.WithFields(logrus.Fields{"pid": pid, "tasks": len(tasks)}).Debug("seized")
+	faultPoint("dump:after-seize")
+	log.WithFields(logrus.Fields{"pid": pid, "tasks": len(tasks), "took": frozen.Sub(start)}).Debug("seized")
 	if err := d.checkSharing(tasks); err != nil {
 		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
 	}
@@ -190,6 +195,8 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 			return nil, fmt.Errorf("dump pid %d: %w", t.pid, err)
 		}
 	}
+	log.WithField("took", time.Since(frozen)).Debug("files dumped")
+	phase := time.Now()
 	for _, t := range tasks {
 		if t.zombie {
 			continue
@@ -202,6 +209,7 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 		}
 	}
 	memStart := time.Now()
+	log.WithField("took", memStart.Sub(phase)).Debug("task state dumped")
 	for _, t := range tasks {
 		if t.zombie {
 			continue
@@ -213,7 +221,13 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 			return nil, fmt.Errorf("dump pid %d: %w", t.pid, err)
 		}
 	}
+	if err := d.dumpSysv(pid); err != nil {
+		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
+	}
 	d.stats.MemoryTime = time.Since(memStart)
+	log.WithField("took", d.stats.MemoryTime).Debug("memory dumped")
+	phase = time.Now()
+	faultPoint("dump:after-memory")
 
 	if err := d.writeImages(tasks); err != nil {
 		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
@@ -221,9 +235,15 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 	if err := d.files.ctx.closeExtra(); err != nil {
 		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
 	}
+	faultPoint("dump:before-checksums")
+	if err := dir.WriteChecksums(); err != nil {
+		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
+	}
 	if err := syncDir(opts.ImageDir); err != nil {
 		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
 	}
+
+	log.WithField("took", time.Since(phase)).Debug("images written")
 
 	// Success: from here on the images stand.
 	cl.release()
@@ -534,6 +554,9 @@ func (d *dumper) dumpTask(t *dtask) error {
 			return fmt.Errorf("thread %d: %w", th.tid, err)
 		}
 	}
+	if err := dumpEarly(t); err != nil {
+		return err
+	}
 	um, err := t.status.Uint("Umask", 8)
 	if err != nil {
 		return err
@@ -580,8 +603,20 @@ func (d *dumper) dumpTask(t *dtask) error {
 	if err != nil {
 		return err
 	}
+	// Only a caught or ignored signal has an action worth a syscall;
+	// the rest are SIG_DFL. SIGCHLD is always asked: SA_NOCLDWAIT and
+	// SA_NOCLDSTOP matter even with SIG_DFL. The task is stopped now, so
+	// its status is current.
+	asked := ^uint64(0)
+	if st, err := procfs.ReadStatus(t.pid); err == nil {
+		cgt, err1 := st.Uint("SigCgt", 16)
+		ign, err2 := st.Uint("SigIgn", 16)
+		if err1 == nil && err2 == nil {
+			asked = cgt | ign | 1<<(unix.SIGCHLD-1)
+		}
+	}
 	for sig := 1; sig <= kabi.NSig; sig++ {
-		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
+		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) || asked&(1<<(sig-1)) == 0 {
 			continue
 		}
 		if _, err := r.call("rt_sigaction", unix.SYS_RT_SIGACTION, uint64(sig), 0, sa+uint64(sig-1)*kabi.SizeofKSigaction, 8); err != nil {
@@ -591,6 +626,11 @@ func (d *dumper) dumpTask(t *dtask) error {
 	sab := make([]byte, kabi.NSig*kabi.SizeofKSigaction)
 	if err := r.read(sa, sab); err != nil {
 		return err
+	}
+	for sig := 1; sig <= kabi.NSig; sig++ {
+		if asked&(1<<(sig-1)) == 0 {
+			clear(sab[(sig-1)*kabi.SizeofKSigaction : sig*kabi.SizeofKSigaction])
+		}
 	}
 	t.sigactions = make([]kabi.KSigaction, kabi.NSig)
 	for i := range t.sigactions {
@@ -625,7 +665,7 @@ func (d *dumper) dumpTask(t *dtask) error {
 		return err
 	}
 	for _, th := range t.threads {
-		tr := &remote{t: th.t, gadget: r.gadget, scratch: r.scratch, size: r.size, used: r.used}
+		tr := r.forThread(th.t)
 		if _, err := tr.call("prctl(PR_GET_TID_ADDRESS)", unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, out); err != nil {
 			return err
 		}
@@ -643,7 +683,7 @@ func (d *dumper) dumpTask(t *dtask) error {
 			Size:  binary.LittleEndian.Uint64(b[24:]),
 		}
 	}
-	return nil
+	return d.dumpAttrs(t, r)
 }
 
 func dumpThreadRegs(th *dthread) error {
@@ -707,8 +747,8 @@ func (d *dumper) dumpMM(t *dtask) error {
 		return err
 	}
 	defer pages.Close()
-	bw := newBufWriter(pages)
-	md, err := mem.NewDumper(pid, bw)
+	// The file itself: the dumper maps it and copies in parallel.
+	md, err := mem.NewDumper(pid, pages)
 	if err != nil {
 		return err
 	}
@@ -730,9 +770,6 @@ func (d *dumper) dumpMM(t *dtask) error {
 		t.runs = append(t.runs, r...)
 	}
 	if err := md.Flush(); err != nil {
-		return err
-	}
-	if err := bw.Flush(); err != nil {
 		return err
 	}
 	d.stats.PagesScanned += md.Stats.PagesScanned

@@ -100,6 +100,7 @@ func (d *dumper) writeTask(t *dtask) error {
 	}
 	for i, th := range t.threads {
 		core := coreEntry(t, th, i == 0)
+		attrsToCore(core, t, th)
 		if err := d.writeOne(coreName(th.nsTid), image.Core, core); err != nil {
 			return err
 		}
@@ -115,8 +116,10 @@ func (d *dumper) writeTask(t *dtask) error {
 		if th.rseq.RseqAbiPointer != 0 {
 			e.Rseq = &pb.CrhookRseqEntry{Ptr: proto.Uint64(th.rseq.RseqAbiPointer), Len: proto.Uint32(th.rseq.RseqAbiSize), Sig: proto.Uint32(th.rseq.Signature), Flags: proto.Uint32(th.rseq.Flags)}
 		}
+		attrsToThreadExt(e, th)
 		ext.Threads = append(ext.Threads, e)
 	}
+	attrsToTaskExt(ext, t)
 	if err := d.writeOne(extName(pid), image.CrhookTask, ext); err != nil {
 		return err
 	}

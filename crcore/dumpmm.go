@@ -16,9 +16,11 @@ import (
 )
 
 // prepareRemote makes t ready for injected syscalls on the dump side: the
-// gadget goes at codeAddr (an executable page of the task; its bytes are
-// saved) and a private scratch mapping holds arguments. undo removes both
-// and must run before the task's memory is read.
+// gadget goes at codeAddr (an executable page of the task) for the one
+// mmap of a private scratch area, whose bytes are put back at once; every
+// later syscall runs from the scratch area through the crash-safe
+// trampoline of safeinject.go. undo unmaps the scratch area and must run
+// before the task's memory is read.
 func prepareRemote(t *ptrace.Task, codeAddr uint64) (*remote, func(), error) {
 	saved := make([]byte, 8)
 	if err := t.Peek(codeAddr, saved); err != nil {
@@ -28,19 +30,36 @@ func prepareRemote(t *ptrace.Task, codeAddr uint64) (*remote, func(), error) {
 	if err := t.Poke(codeAddr, patched); err != nil {
 		return nil, nil, err
 	}
-	r := &remote{t: t, gadget: codeAddr}
-	restoreCode := func() { t.Poke(codeAddr, saved) }
-	addr, err := r.call("mmap", unix.SYS_MMAP, 0, scratchSize, unix.PROT_READ|unix.PROT_WRITE,
-		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	regs, err := t.GetRegs()
 	if err != nil {
-		restoreCode()
+		t.Poke(codeAddr, saved)
 		return nil, nil, err
 	}
-	r.scratch, r.size = addr, scratchSize
-	undo := func() {
-		r.call("munmap", unix.SYS_MUNMAP, addr, scratchSize)
-		restoreCode()
+	// Collected at its syscall-exit stop: the task never reaches the
+	// int3, and the code is whole again before anything else runs.
+	addr, err := t.SyscallToExit(codeAddr, unix.SYS_MMAP, 0, scratchSize, unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+	perr := t.Poke(codeAddr, saved)
+	if serr := t.SetRegs(&regs); err == nil {
+		err = serr
 	}
+	if err == nil {
+		err = perr
+	}
+	if err == nil {
+		err = ptrace.Errno("mmap", addr)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("inject mmap scratch: %w", err)
+	}
+	g := &safeGadget{scratch: addr, pid: t.Tid}
+	r := &remote{t: t, gadget: addr + plainGadgetOff, scratch: addr + safeArgsOff, size: scratchSize - safeArgsOff, safe: g}
+	undo := func() { r.call("munmap", unix.SYS_MUNMAP, addr, scratchSize) }
+	if err := g.install(); err != nil {
+		undo()
+		return nil, nil, err
+	}
+	faultPoint("dump:after-inject")
 	return r, undo, nil
 }
 
@@ -85,6 +104,10 @@ func (d *dumper) vmaEntry(pid int, v *procfs.VMA, st *procfs.Stat, brk uint64) (
 		flags |= unix.MAP_ANONYMOUS
 	case v.Special():
 		return nil, fmt.Errorf("mapping %s: %w", v.Line(), ErrNotSupported)
+	case shmemKind(v) != "":
+		if err := d.shmemVMA(pid, v, e, &status, &flags); err != nil {
+			return nil, fmt.Errorf("mapping %s: %w", v.Line(), err)
+		}
 	case v.Anon():
 		flags |= unix.MAP_ANONYMOUS
 		if v.Shared {

@@ -159,6 +159,8 @@ func (inetDriver) Dump(c *fdDumpCtx, f *openFd, id uint32) (*pb.FileEntry, error
 	what := fmt.Sprintf("%s socket %d", inetProtoName(uint32(family), uint32(protocol)), ino)
 	switch {
 	case typ == unix.SOCK_STREAM && protocol == unix.IPPROTO_TCP:
+	case typ == unix.SOCK_STREAM && protocol == unix.IPPROTO_MPTCP:
+		// Go's net.Listen makes MPTCP listeners since Go 1.24.
 	case typ == unix.SOCK_DGRAM && protocol == unix.IPPROTO_UDP:
 	default:
 		return nil, notSupportedf("inet socket %d of type %d, protocol %d", ino, typ, protocol)
@@ -181,7 +183,7 @@ func (inetDriver) Dump(c *fdDumpCtx, f *openFd, id uint32) (*pb.FileEntry, error
 		return nil, err
 	}
 	switch {
-	case state == tcpListen && protocol == unix.IPPROTO_TCP:
+	case state == tcpListen && (protocol == unix.IPPROTO_TCP || protocol == unix.IPPROTO_MPTCP):
 	case state == tcpClose:
 	case state == tcpEstablished && protocol == unix.IPPROTO_UDP:
 	case protocol == unix.IPPROTO_TCP && remote.IsValid():

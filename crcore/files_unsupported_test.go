@@ -58,7 +58,7 @@ func TestUnsupportedKindsFailCleanly(t *testing.T) {
 		{"netlink", "", "netlink socket"},
 		{"packet", "", "packet socket"},
 		{"tcp", "", "TCP connection 127.0.0.1:"},
-		{"unix-outside", outside, "does not hold"},
+		{"unix-outside", outside, "which no task of the dumped tree holds"},
 		{"scm-rights", "", "SCM_RIGHTS"},
 	} {
 		t.Run(c.kind, func(t *testing.T) {

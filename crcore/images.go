@@ -186,6 +186,9 @@ func loadImages(path string) (*imageSet, error) {
 			return nil, fmt.Errorf("pstree.img: pid %d has parent %d, which is not in the tree: %w", p.GetPid(), p.GetPpid(), ErrBadImage)
 		}
 	}
+	if err := s.validate(); err != nil {
+		return nil, err
+	}
 	ok = true
 	return s, nil
 }

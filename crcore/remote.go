@@ -21,12 +21,18 @@ type remote struct {
 	scratch uint64 // start of the argument area
 	size    uint64
 	used    uint64
+	// safe, when set, runs call through the crash-safe trampoline
+	// (safeinject.go).
+	safe *safeGadget
 }
 
 func (r *remote) pid() int { return r.t.Tid }
 
 // call runs a syscall and turns a negative result into an error.
 func (r *remote) call(name string, nr uintptr, args ...uint64) (uint64, error) {
+	if r.safe != nil {
+		return r.safe.call(r.t, name, nr, args...)
+	}
 	return r.t.Call(r.gadget, name, nr, args...)
 }
 

@@ -65,6 +65,7 @@ type restorer struct {
 	// pids if the tasks may not choose them themselves.
 	nsTarget int
 	pids     *pidSetter
+	shm      shmemRestore // shared memory objects made so far (shmem.go)
 }
 
 // rtask is a task being restored.
@@ -100,7 +101,7 @@ func newRestorer(ctx context.Context, s *imageSet, opts RestoreOptions, log *log
 
 func restore(ctx context.Context, opts RestoreOptions, log *logrus.Entry) (*Restored, error) {
 	start := time.Now()
-	imgs, err := loadImages(opts.ImageDir)
+	imgs, err := loadVerified(opts.ImageDir)
 	if err != nil {
 		return nil, fmt.Errorf("restore %s: %w", opts.ImageDir, err)
 	}
@@ -151,6 +152,7 @@ func restore(ctx context.Context, opts RestoreOptions, log *logrus.Entry) (*Rest
 	}
 	rt := &rtask{ti: root, hostPid: t.Tid, t: t}
 	rs.cl.add(func() { killAndReap(t) })
+	faultPoint("restore:after-husk")
 	log.WithField("pid", root.pid).Debug("husk ready")
 	if err := rs.run(rt, gadget); err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
@@ -199,6 +201,9 @@ func (rs *restorer) run(root *rtask, gadget0 uint64) error {
 		if e.GetFd() <= 2 && (e.GetType() == pb.FdTypes_EXT || rs.keepStdio) {
 			root.table[e.GetFd()] = e.GetId()
 		}
+	}
+	if err := rs.restoreSysv(root); err != nil {
+		return err
 	}
 	if err := rs.create(root); err != nil {
 		return err
@@ -261,6 +266,7 @@ func (rs *restorer) create(t *rtask) error {
 		if err != nil {
 			return fmt.Errorf("pid %d: create child %d: %w", pid, p.GetPid(), err)
 		}
+		faultPoint("restore:after-clone")
 		if err := rs.create(child); err != nil {
 			return err
 		}
@@ -268,6 +274,7 @@ func (rs *restorer) create(t *rtask) error {
 	if err := rs.buildMemory(t); err != nil {
 		return fmt.Errorf("pid %d: %w", pid, err)
 	}
+	faultPoint("restore:after-memory")
 	if err := rs.s.restoreTaskState(t.r, t.ti); err != nil {
 		return fmt.Errorf("pid %d: %w", pid, err)
 	}
@@ -548,6 +555,15 @@ func (rs *restorer) buildMemory(t *rtask) error {
 		default:
 			force[v.GetStart()] = true
 		}
+		if used, ok, err := rs.mapShared(t, v, mprot); ok || err != nil {
+			if err != nil {
+				return err
+			}
+			if used != prot {
+				fixes = append(fixes, fix{v.GetStart(), v.GetEnd() - v.GetStart(), prot})
+			}
+			continue
+		}
 		if status&(vmaFilePrivate|vmaFileShared) != 0 {
 			f := s.files[uint32(v.GetShmid())].GetReg()
 			var err error
@@ -618,12 +634,18 @@ func (rs *restorer) finish(t *rtask) error {
 	if err := closeExtraFds(t.r, t.ti); err != nil {
 		return err
 	}
+	if err := rs.restoreLast(t); err != nil {
+		return err
+	}
 	for _, th := range t.threads[1:] {
 		if err := setFinalRegs(th.t, th.img); err != nil {
 			return fmt.Errorf("thread %d: %w", th.img.tid, err)
 		}
 	}
 	if _, err := t.t.SyscallToExit(t.r.gadget, unix.SYS_MUNMAP, rs.scratch, scratchSize); err != nil {
+		return err
+	}
+	if err := finishMask(t); err != nil {
 		return err
 	}
 	if err := setFinalRegs(t.t, t.threads[0].img); err != nil {
@@ -790,7 +812,7 @@ func (s *imageSet) preflight(ti *taskImage) error {
 	}
 	need := []uint32{ti.mm.GetExeFileId(), ti.fs.GetCwdId()}
 	for _, v := range ti.mm.GetVmas() {
-		if v.GetStatus()&(vmaFilePrivate|vmaFileShared) != 0 {
+		if v.GetStatus()&(vmaFilePrivate|vmaFileShared) != 0 && v.GetStatus()&vmaAreaMemfd == 0 {
 			need = append(need, uint32(v.GetShmid()))
 		}
 	}

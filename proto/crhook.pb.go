@@ -465,10 +465,20 @@ type CrhookThreadEntry struct {
 	Xsave []byte           `protobuf:"bytes,2,opt,name=xsave" json:"xsave,omitempty"`
 	Rseq  *CrhookRseqEntry `protobuf:"bytes,3,opt,name=rseq" json:"rseq,omitempty"`
 	// PR_GET_TID_ADDRESS.
-	ClearTidAddr  *uint64                `protobuf:"varint,4,opt,name=clear_tid_addr,json=clearTidAddr" json:"clear_tid_addr,omitempty"`
-	RobustList    *CrhookRobustListEntry `protobuf:"bytes,5,opt,name=robust_list,json=robustList" json:"robust_list,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ClearTidAddr *uint64                `protobuf:"varint,4,opt,name=clear_tid_addr,json=clearTidAddr" json:"clear_tid_addr,omitempty"`
+	RobustList   *CrhookRobustListEntry `protobuf:"bytes,5,opt,name=robust_list,json=robustList" json:"robust_list,omitempty"`
+	// Process attributes (40-49: signals, timers, credentials).
+	// PR_GET_NO_NEW_PRIVS.
+	NoNewPrivs *bool `protobuf:"varint,40,opt,name=no_new_privs,json=noNewPrivs" json:"no_new_privs,omitempty"`
+	// The ambient capability set (CapAmb of /proc/PID/task/TID/status);
+	// the other sets are in thread_core_entry.creds.
+	CapAmbient *uint64 `protobuf:"varint,41,opt,name=cap_ambient,json=capAmbient" json:"cap_ambient,omitempty"`
+	// The thread's seccomp filters, the first installed first
+	// (PTRACE_SECCOMP_GET_FILTER), when thread_core_entry.seccomp_mode is
+	// filter.
+	SeccompFilters []*CrhookSeccompFilter `protobuf:"bytes,42,rep,name=seccomp_filters,json=seccompFilters" json:"seccomp_filters,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CrhookThreadEntry) Reset() {
@@ -536,6 +546,83 @@ func (x *CrhookThreadEntry) GetRobustList() *CrhookRobustListEntry {
 	return nil
 }
 
+func (x *CrhookThreadEntry) GetNoNewPrivs() bool {
+	if x != nil && x.NoNewPrivs != nil {
+		return *x.NoNewPrivs
+	}
+	return false
+}
+
+func (x *CrhookThreadEntry) GetCapAmbient() uint64 {
+	if x != nil && x.CapAmbient != nil {
+		return *x.CapAmbient
+	}
+	return 0
+}
+
+func (x *CrhookThreadEntry) GetSeccompFilters() []*CrhookSeccompFilter {
+	if x != nil {
+		return x.SeccompFilters
+	}
+	return nil
+}
+
+// One classic BPF seccomp filter.
+type CrhookSeccompFilter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// struct sock_filter instructions, 8 bytes each, as the kernel holds
+	// them.
+	Prog []byte `protobuf:"bytes,1,req,name=prog" json:"prog,omitempty"`
+	// SECCOMP_FILTER_FLAG_* the kernel reports (PTRACE_SECCOMP_GET_METADATA).
+	Flags         *uint64 `protobuf:"varint,2,opt,name=flags" json:"flags,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CrhookSeccompFilter) Reset() {
+	*x = CrhookSeccompFilter{}
+	mi := &file_proto_crhook_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CrhookSeccompFilter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CrhookSeccompFilter) ProtoMessage() {}
+
+func (x *CrhookSeccompFilter) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_crhook_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CrhookSeccompFilter.ProtoReflect.Descriptor instead.
+func (*CrhookSeccompFilter) Descriptor() ([]byte, []int) {
+	return file_proto_crhook_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CrhookSeccompFilter) GetProg() []byte {
+	if x != nil {
+		return x.Prog
+	}
+	return nil
+}
+
+func (x *CrhookSeccompFilter) GetFlags() uint64 {
+	if x != nil && x.Flags != nil {
+		return *x.Flags
+	}
+	return 0
+}
+
 // crhook-task-<pid>.img: one entry per task (thread group).
 type CrhookTaskEntry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -550,14 +637,17 @@ type CrhookTaskEntry struct {
 	Stdio       []*CrhookStdioEntry  `protobuf:"bytes,7,rep,name=stdio" json:"stdio,omitempty"`
 	Threads     []*CrhookThreadEntry `protobuf:"bytes,8,rep,name=threads" json:"threads,omitempty"`
 	// VMA details CRIU's vma_entry lacks, by start address.
-	Vmas          []*CrhookVmaEntry `protobuf:"bytes,9,rep,name=vmas" json:"vmas,omitempty"`
+	Vmas []*CrhookVmaEntry `protobuf:"bytes,9,rep,name=vmas" json:"vmas,omitempty"`
+	// Process attributes (40-49: signals, timers, credentials).
+	// PR_GET_DUMPABLE.
+	Dumpable      *uint32 `protobuf:"varint,40,opt,name=dumpable" json:"dumpable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CrhookTaskEntry) Reset() {
 	*x = CrhookTaskEntry{}
-	mi := &file_proto_crhook_proto_msgTypes[5]
+	mi := &file_proto_crhook_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -569,7 +659,7 @@ func (x *CrhookTaskEntry) String() string {
 func (*CrhookTaskEntry) ProtoMessage() {}
 
 func (x *CrhookTaskEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_crhook_proto_msgTypes[5]
+	mi := &file_proto_crhook_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -582,7 +672,7 @@ func (x *CrhookTaskEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CrhookTaskEntry.ProtoReflect.Descriptor instead.
 func (*CrhookTaskEntry) Descriptor() ([]byte, []int) {
-	return file_proto_crhook_proto_rawDescGZIP(), []int{5}
+	return file_proto_crhook_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CrhookTaskEntry) GetPid() uint32 {
@@ -648,6 +738,13 @@ func (x *CrhookTaskEntry) GetVmas() []*CrhookVmaEntry {
 	return nil
 }
 
+func (x *CrhookTaskEntry) GetDumpable() uint32 {
+	if x != nil && x.Dumpable != nil {
+		return *x.Dumpable
+	}
+	return 0
+}
+
 type CrhookVmaEntry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Start *uint64                `protobuf:"varint,1,req,name=start" json:"start,omitempty"`
@@ -661,7 +758,7 @@ type CrhookVmaEntry struct {
 
 func (x *CrhookVmaEntry) Reset() {
 	*x = CrhookVmaEntry{}
-	mi := &file_proto_crhook_proto_msgTypes[6]
+	mi := &file_proto_crhook_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -673,7 +770,7 @@ func (x *CrhookVmaEntry) String() string {
 func (*CrhookVmaEntry) ProtoMessage() {}
 
 func (x *CrhookVmaEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_crhook_proto_msgTypes[6]
+	mi := &file_proto_crhook_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -686,7 +783,7 @@ func (x *CrhookVmaEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CrhookVmaEntry.ProtoReflect.Descriptor instead.
 func (*CrhookVmaEntry) Descriptor() ([]byte, []int) {
-	return file_proto_crhook_proto_rawDescGZIP(), []int{6}
+	return file_proto_crhook_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CrhookVmaEntry) GetStart() uint64 {
@@ -729,14 +826,22 @@ const file_proto_crhook_proto_rawDesc = "" +
 	"\x05flags\x18\x04 \x01(\rR\x05flags\"@\n" +
 	"\x18crhook_robust_list_entry\x12\x12\n" +
 	"\x04head\x18\x01 \x02(\x04R\x04head\x12\x10\n" +
-	"\x03len\x18\x02 \x02(\x04R\x03len\"\xe3\x01\n" +
+	"\x03len\x18\x02 \x02(\x04R\x03len\"\xf5\x02\n" +
 	"\x13crhook_thread_entry\x12\x10\n" +
 	"\x03tid\x18\x01 \x02(\rR\x03tid\x12\x14\n" +
 	"\x05xsave\x18\x02 \x01(\fR\x05xsave\x124\n" +
 	"\x04rseq\x18\x03 \x01(\v2 .crhook.images.crhook_rseq_entryR\x04rseq\x12$\n" +
 	"\x0eclear_tid_addr\x18\x04 \x01(\x04R\fclearTidAddr\x12H\n" +
 	"\vrobust_list\x18\x05 \x01(\v2'.crhook.images.crhook_robust_list_entryR\n" +
-	"robustList\"\xe5\x02\n" +
+	"robustList\x12 \n" +
+	"\fno_new_privs\x18( \x01(\bR\n" +
+	"noNewPrivs\x12\x1f\n" +
+	"\vcap_ambient\x18) \x01(\x04R\n" +
+	"capAmbient\x12M\n" +
+	"\x0fseccomp_filters\x18* \x03(\v2$.crhook.images.crhook_seccomp_filterR\x0eseccompFilters\"A\n" +
+	"\x15crhook_seccomp_filter\x12\x12\n" +
+	"\x04prog\x18\x01 \x02(\fR\x04prog\x12\x14\n" +
+	"\x05flags\x18\x02 \x01(\x04R\x05flags\"\x81\x03\n" +
 	"\x11crhook_task_entry\x12\x10\n" +
 	"\x03pid\x18\x01 \x02(\rR\x03pid\x126\n" +
 	"\x05state\x18\x02 \x01(\x0e2 .crhook.images.crhook_task_stateR\x05state\x12\x10\n" +
@@ -746,7 +851,8 @@ const file_proto_crhook_proto_rawDesc = "" +
 	"\vpersonality\x18\x06 \x01(\rR\vpersonality\x127\n" +
 	"\x05stdio\x18\a \x03(\v2!.crhook.images.crhook_stdio_entryR\x05stdio\x12<\n" +
 	"\athreads\x18\b \x03(\v2\".crhook.images.crhook_thread_entryR\athreads\x123\n" +
-	"\x04vmas\x18\t \x03(\v2\x1f.crhook.images.crhook_vma_entryR\x04vmas\"C\n" +
+	"\x04vmas\x18\t \x03(\v2\x1f.crhook.images.crhook_vma_entryR\x04vmas\x12\x1a\n" +
+	"\bdumpable\x18( \x01(\rR\bdumpable\"C\n" +
 	"\x10crhook_vma_entry\x12\x14\n" +
 	"\x05start\x18\x01 \x02(\x04R\x05start\x12\x19\n" +
 	"\bvm_flags\x18\x02 \x01(\tR\avmFlags*g\n" +
@@ -780,7 +886,7 @@ func file_proto_crhook_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_crhook_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_proto_crhook_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_proto_crhook_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_proto_crhook_proto_goTypes = []any{
 	(CrhookTaskState)(0),          // 0: crhook.images.crhook_task_state
 	(CrhookStdioKind)(0),          // 1: crhook.images.crhook_stdio_kind
@@ -789,22 +895,24 @@ var file_proto_crhook_proto_goTypes = []any{
 	(*CrhookRseqEntry)(nil),       // 4: crhook.images.crhook_rseq_entry
 	(*CrhookRobustListEntry)(nil), // 5: crhook.images.crhook_robust_list_entry
 	(*CrhookThreadEntry)(nil),     // 6: crhook.images.crhook_thread_entry
-	(*CrhookTaskEntry)(nil),       // 7: crhook.images.crhook_task_entry
-	(*CrhookVmaEntry)(nil),        // 8: crhook.images.crhook_vma_entry
+	(*CrhookSeccompFilter)(nil),   // 7: crhook.images.crhook_seccomp_filter
+	(*CrhookTaskEntry)(nil),       // 8: crhook.images.crhook_task_entry
+	(*CrhookVmaEntry)(nil),        // 9: crhook.images.crhook_vma_entry
 }
 var file_proto_crhook_proto_depIdxs = []int32{
 	1, // 0: crhook.images.crhook_stdio_entry.kind:type_name -> crhook.images.crhook_stdio_kind
 	4, // 1: crhook.images.crhook_thread_entry.rseq:type_name -> crhook.images.crhook_rseq_entry
 	5, // 2: crhook.images.crhook_thread_entry.robust_list:type_name -> crhook.images.crhook_robust_list_entry
-	0, // 3: crhook.images.crhook_task_entry.state:type_name -> crhook.images.crhook_task_state
-	3, // 4: crhook.images.crhook_task_entry.stdio:type_name -> crhook.images.crhook_stdio_entry
-	6, // 5: crhook.images.crhook_task_entry.threads:type_name -> crhook.images.crhook_thread_entry
-	8, // 6: crhook.images.crhook_task_entry.vmas:type_name -> crhook.images.crhook_vma_entry
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	7, // 3: crhook.images.crhook_thread_entry.seccomp_filters:type_name -> crhook.images.crhook_seccomp_filter
+	0, // 4: crhook.images.crhook_task_entry.state:type_name -> crhook.images.crhook_task_state
+	3, // 5: crhook.images.crhook_task_entry.stdio:type_name -> crhook.images.crhook_stdio_entry
+	6, // 6: crhook.images.crhook_task_entry.threads:type_name -> crhook.images.crhook_thread_entry
+	9, // 7: crhook.images.crhook_task_entry.vmas:type_name -> crhook.images.crhook_vma_entry
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_proto_crhook_proto_init() }
@@ -818,7 +926,7 @@ func file_proto_crhook_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_crhook_proto_rawDesc), len(file_proto_crhook_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -47,7 +47,7 @@ func run(args []string) int {
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warning", "log level: error, warning, info, debug")
 	root.PersistentFlags().StringVar(&g.logFile, "log-file", "", "write the log to this file instead of stderr")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(dumpCmd(g), restoreCmd(g), showCmd(g), checkCmd(g))
+	root.AddCommand(dumpCmd(g), restoreCmd(g), showCmd(g), checkCmd(g), verifyCmd(g))
 	root.AddCommand(containerCmds(g)...)
 	root.SetArgs(args)
 	err := root.Execute()

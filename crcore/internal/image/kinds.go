@@ -59,6 +59,8 @@ var (
 	Itimers      = Kind{"ITIMERS", 0x57464056, MagicCommon}
 	PosixTimers  = Kind{"POSIX_TIMERS", 0x52603957, MagicCommon}
 	Signal       = Kind{"SIGNAL", 0x59255647, MagicCommon}
+	IpcnsShm     = Kind{"IPCNS_SHM", 0x46283044, MagicCommon}
+	IpcnsSem     = Kind{"IPCNS_SEM", 0x59573019, MagicCommon}
 )
 
 // crhook's own image kinds. Their magics are outside CRIU's list (a test
@@ -69,6 +71,7 @@ var (
 	CrhookTask      = Kind{"CRHOOK_TASK", 0x4b4f4802, MagicCommon}
 	CrhookRegFiles  = Kind{"CRHOOK_REG_FILES", 0x4b4f4810, MagicCommon}
 	CrhookSkOpts    = Kind{"CRHOOK_SK_OPTS", 0x4b4f4811, MagicCommon}
+	CrhookIpc       = Kind{"CRHOOK_IPC", 0x4b4f4812, MagicCommon}
 )
 
 // framing is how entries follow each other in a kind's image.
@@ -95,6 +98,11 @@ type kindInfo struct {
 
 func pipeDataBytes(m proto.Message) uint64 { return uint64(m.(*pb.PipeDataEntry).GetBytes()) }
 func skPacketBytes(m proto.Message) uint64 { return uint64(m.(*pb.SkPacketEntry).GetLength()) }
+
+// semValueBytes: a semaphore set's u16 values, padded to 8 bytes.
+func semValueBytes(m proto.Message) uint64 {
+	return (uint64(m.(*pb.IpcSemEntry).GetNsems())*2 + 7) &^ 7
+}
 
 func entry[T any, PT interface {
 	*T
@@ -145,6 +153,9 @@ var kinds = []kindInfo{
 	{kind: CrhookTask, newEntry: entry[pb.CrhookTaskEntry]()},
 	{kind: CrhookRegFiles, newEntry: entry[pb.CrhookRegFileEntry]()},
 	{kind: CrhookSkOpts, newEntry: entry[pb.CrhookSkOptsEntry]()},
+	{kind: IpcnsShm, newEntry: entry[pb.IpcShmEntry]()},
+	{kind: IpcnsSem, newEntry: entry[pb.IpcSemEntry](), extra: semValueBytes},
+	{kind: CrhookIpc, newEntry: entry[pb.CrhookIpcEntry]()},
 }
 
 var kindsByMagic = func() map[uint32]*kindInfo {

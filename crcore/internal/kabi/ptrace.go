@@ -30,3 +30,26 @@ const (
 	PTRACE_EVENT_EXIT  = 6
 	PTRACE_EVENT_STOP  = 128
 )
+
+// PtracePeeksiginfoArgs is struct ptrace_peeksiginfo_args from
+// include/uapi/linux/ptrace.h (PTRACE_PEEKSIGINFO): read Nr queued
+// siginfos from position Off of the thread's queue, or of the process's
+// shared queue with PTRACE_PEEKSIGINFO_SHARED in Flags.
+type PtracePeeksiginfoArgs struct {
+	Off   uint64
+	Flags uint32
+	Nr    int32
+}
+
+// SizeofPtracePeeksiginfoArgs is sizeof(struct ptrace_peeksiginfo_args).
+const SizeofPtracePeeksiginfoArgs = 16
+
+// SeccompMetadata is struct seccomp_metadata from
+// include/uapi/linux/ptrace.h (PTRACE_SECCOMP_GET_METADATA).
+type SeccompMetadata struct {
+	FilterOff uint64
+	Flags     uint64
+}
+
+// SizeofSeccompMetadata is sizeof(struct seccomp_metadata).
+const SizeofSeccompMetadata = 16

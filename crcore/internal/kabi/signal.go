@@ -44,3 +44,41 @@ const (
 	SS_ONSTACK = 1
 	SS_DISABLE = 2
 )
+
+// SizeofSiginfo is sizeof(siginfo_t) (include/uapi/asm-generic/siginfo.h).
+const SizeofSiginfo = 128
+
+// si_code values of include/uapi/asm-generic/siginfo.h that decide how a
+// queued signal may be queued again.
+const (
+	SI_USER    = 0
+	SI_KERNEL  = 0x80
+	SI_QUEUE   = -1
+	SI_TIMER   = -2
+	SI_MESGQ   = -3
+	SI_ASYNCIO = -4
+	SI_SIGIO   = -5
+	SI_TKILL   = -6
+)
+
+// Sigevent is struct sigevent of include/uapi/asm-generic/siginfo.h on
+// x86_64: the value, signal and notify method, then the union whose first
+// member is the target thread of SIGEV_THREAD_ID.
+type Sigevent struct {
+	Value    uint64
+	Signo    int32
+	Notify   int32
+	ThreadID int32
+	_        [44]byte
+}
+
+// SizeofSigevent is sizeof(struct sigevent) (SIGEV_MAX_SIZE).
+const SizeofSigevent = 64
+
+// sigev_notify values.
+const (
+	SIGEV_SIGNAL    = 0
+	SIGEV_NONE      = 1
+	SIGEV_THREAD    = 2
+	SIGEV_THREAD_ID = 4
+)

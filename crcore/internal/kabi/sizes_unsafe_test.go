@@ -18,6 +18,13 @@ func TestSizes(t *testing.T) {
 		{"clone_args", unsafe.Sizeof(CloneArgs{}), SizeofCloneArgs},
 		{"ptrace_rseq_configuration", unsafe.Sizeof(RseqConfiguration{}), SizeofRseqConfiguration},
 		{"kcmp_epoll_slot", unsafe.Sizeof(KcmpEpollSlot{}), SizeofKcmpEpollSlot},
+		{"ptrace_peeksiginfo_args", unsafe.Sizeof(PtracePeeksiginfoArgs{}), SizeofPtracePeeksiginfoArgs},
+		{"seccomp_metadata", unsafe.Sizeof(SeccompMetadata{}), SizeofSeccompMetadata},
+		{"sigevent", unsafe.Sizeof(Sigevent{}), SizeofSigevent},
+		{"sock_fprog", unsafe.Sizeof(SockFprog{}), SizeofSockFprog},
+		{"__user_cap_header_struct", unsafe.Sizeof(CapUserHeader{}), SizeofCapUserHeader},
+		{"__user_cap_data_struct", unsafe.Sizeof(CapUserData{}), SizeofCapUserData},
+		{"itimerspec", unsafe.Sizeof(Itimerspec{}), SizeofItimerspec},
 	} {
 		if c.got != c.want {
 			t.Errorf("sizeof(%s) = %d, kernel expects %d", c.name, c.got, c.want)

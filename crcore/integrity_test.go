@@ -1,0 +1,283 @@
+//go:build linux && amd64
+
+package crcore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/crhook/crhook/crcore"
+	"github.com/crhook/crhook/crcore/crtest"
+	"github.com/crhook/crhook/crcore/internal/image"
+	pb "github.com/crhook/crhook/proto"
+)
+
+// dumpCounter dumps a running counter (killing it) and returns the image
+// dir and its pid.
+func dumpCounter(t *testing.T, leaveRunning bool) (string, int) {
+	t.Helper()
+	bin := crtest.BuildC(t, "counter", false)
+	p := crtest.Start(t, bin)
+	p.WaitLine(t, `^count 3$`, 10*time.Second)
+	dir := filepath.Join(t.TempDir(), "img")
+	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir, LeaveRunning: leaveRunning}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	if !leaveRunning {
+		crtest.Reap(p.Pid)
+	}
+	return dir, p.Pid
+}
+
+func copyDir(t *testing.T, src string) string {
+	t.Helper()
+	dst := filepath.Join(t.TempDir(), "copy")
+	if out, err := exec.Command("cp", "-a", src, dst).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	return dst
+}
+
+// TestChecksumsRefuseEveryFlippedByte flips one byte in each image file in
+// turn: verification refuses it naming the file, and a restore of a
+// corrupt pages file fails the same way, before creating any process.
+func TestChecksumsRefuseEveryFlippedByte(t *testing.T) {
+	crtest.RequireRoot(t)
+	dir, pid := dumpCounter(t, false)
+	if err := crcore.Verify(dir); err != nil {
+		t.Fatalf("verify of a good dump: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, image.ChecksumsFile)); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if e.Name() == image.ChecksumsFile {
+			continue
+		}
+		cp := copyDir(t, dir)
+		path := filepath.Join(cp, e.Name())
+		b, err := os.ReadFile(path)
+		if err != nil || len(b) == 0 {
+			t.Fatalf("%s: %v (%d bytes)", e.Name(), err, len(b))
+		}
+		b[len(b)/2] ^= 0x40
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		err = crcore.Verify(cp)
+		if err == nil || !strings.Contains(err.Error(), e.Name()) || !errors.Is(err, crcore.ErrBadImage) {
+			t.Errorf("flipped byte in %s: verify says %v", e.Name(), err)
+		}
+		if strings.HasPrefix(e.Name(), "pages-") {
+			_, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: cp})
+			if err == nil || !strings.Contains(err.Error(), e.Name()) {
+				t.Errorf("restore of a corrupt %s: %v", e.Name(), err)
+			}
+			checkNoStray(t, []int{pid})
+		}
+	}
+}
+
+// TestVerifyRefuses covers a missing image, an image added after the
+// dump, a truncated checksum file, and a pid that is taken.
+func TestVerifyRefuses(t *testing.T) {
+	crtest.RequireRoot(t)
+	dir, pid := dumpCounter(t, true) // the dumped process runs on: its pid is taken
+	core := fmt.Sprintf("core-%d.img", pid)
+
+	cp := copyDir(t, dir)
+	os.Remove(filepath.Join(cp, core))
+	if err := crcore.Verify(cp); err == nil || !strings.Contains(err.Error(), core) || !strings.Contains(err.Error(), "missing") {
+		t.Errorf("missing %s: %v", core, err)
+	}
+	_, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: cp})
+	if err == nil || !strings.Contains(err.Error(), core) {
+		t.Errorf("restore without %s: %v", core, err)
+	}
+
+	cp = copyDir(t, dir)
+	os.WriteFile(filepath.Join(cp, "extra.img"), []byte("x"), 0o600)
+	if err := crcore.Verify(cp); err == nil || !strings.Contains(err.Error(), "extra.img") {
+		t.Errorf("added extra.img: %v", err)
+	}
+
+	cp = copyDir(t, dir)
+	os.Truncate(filepath.Join(cp, image.ChecksumsFile), 10)
+	if err := crcore.Verify(cp); err == nil || !strings.Contains(err.Error(), image.ChecksumsFile) {
+		t.Errorf("truncated checksums: %v", err)
+	}
+
+	// The images are fine; the pid is not free.
+	if err := crcore.Verify(dir); err != nil {
+		t.Fatal(err)
+	}
+	_, err = crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir, PidWait: 100 * time.Millisecond})
+	if !errors.Is(err, crcore.ErrPidTaken) || !strings.Contains(err.Error(), fmt.Sprint(pid)) {
+		t.Errorf("restore over a taken pid: %v", err)
+	}
+	if st, _ := crtest.State(pid); st == 'Z' || st == 0 {
+		t.Errorf("the running process %d was harmed: state %c", pid, st)
+	}
+	checkNoStray(t, nil)
+}
+
+// rewrite replaces image file name of dir by entries and re-signs the
+// directory, as a hostile image maker would.
+func rewrite(t *testing.T, dir, name string, k image.Kind, entries ...proto.Message) {
+	t.Helper()
+	os.Remove(filepath.Join(dir, name))
+	os.Remove(filepath.Join(dir, image.ChecksumsFile))
+	d, err := image.OpenDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	w, err := d.NewWriter(name, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range entries {
+		if err := w.Write(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.WriteChecksums(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readImage[T proto.Message](t *testing.T, dir, name string) []T {
+	t.Helper()
+	_, msgs, err := crcore.DecodeImage(filepath.Join(dir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []T
+	for _, m := range msgs {
+		out = append(out, m.(T))
+	}
+	return out
+}
+
+// TestHostileFields: images whose checksums are right but whose contents
+// would make a restore write outside the address space it builds, or
+// come from another machine, are refused before anything is created.
+func TestHostileFields(t *testing.T) {
+	crtest.RequireRoot(t)
+	dir, pid := dumpCounter(t, false)
+	mmName := fmt.Sprintf("mm-%d.img", pid)
+	pmName := fmt.Sprintf("pagemap-%d.img", pid)
+	cases := []struct {
+		name, want string
+		edit       func(dir string)
+	}{
+		{"arch", "aarch64", func(dir string) {
+			inv := readImage[*pb.CrhookInventoryEntry](t, dir, "crhook-inventory.img")[0]
+			inv.Arch = proto.String("aarch64")
+			rewrite(t, dir, "crhook-inventory.img", image.CrhookInventory, inv)
+		}},
+		{"version", "format version 99", func(dir string) {
+			inv := readImage[*pb.CrhookInventoryEntry](t, dir, "crhook-inventory.img")[0]
+			inv.FormatVersion = proto.Uint32(99)
+			rewrite(t, dir, "crhook-inventory.img", image.CrhookInventory, inv)
+		}},
+		{"page size", "65536-byte pages", func(dir string) {
+			inv := readImage[*pb.CrhookInventoryEntry](t, dir, "crhook-inventory.img")[0]
+			inv.PageSize = proto.Uint32(65536)
+			rewrite(t, dir, "crhook-inventory.img", image.CrhookInventory, inv)
+		}},
+		{"pages outside every vma", pmName, func(dir string) {
+			msgs := readImage[proto.Message](t, dir, pmName)
+			msgs = append(msgs, &pb.PagemapEntry{Vaddr: proto.Uint64(0x1000), NrPages: proto.Uint32(1), Flags: proto.Uint32(4)})
+			rewrite(t, dir, pmName, image.Pagemap, msgs...)
+		}},
+		{"pages beyond the pages file", "needs", func(dir string) {
+			msgs := readImage[proto.Message](t, dir, pmName)
+			mm := readImage[*pb.MmEntry](t, dir, mmName)[0]
+			v := mm.GetVmas()[0]
+			msgs = append(msgs, &pb.PagemapEntry{Vaddr: proto.Uint64(v.GetStart()), NrPages: proto.Uint32(uint32((v.GetEnd() - v.GetStart()) / 4096)), Flags: proto.Uint32(4)})
+			rewrite(t, dir, pmName, image.Pagemap, msgs...)
+		}},
+		{"vma over vsyscall", "outside the user address space", func(dir string) {
+			mm := readImage[*pb.MmEntry](t, dir, mmName)[0]
+			v := proto.Clone(mm.GetVmas()[0]).(*pb.VmaEntry)
+			v.Start, v.End = proto.Uint64(0xffffffffff600000), proto.Uint64(0xffffffffff601000)
+			mm.Vmas = append(mm.Vmas, v)
+			rewrite(t, dir, mmName, image.MM, mm)
+		}},
+		{"overlapping vmas", "overlaps", func(dir string) {
+			mm := readImage[*pb.MmEntry](t, dir, mmName)[0]
+			mm.Vmas = append(mm.Vmas, proto.Clone(mm.GetVmas()[0]).(*pb.VmaEntry))
+			rewrite(t, dir, mmName, image.MM, mm)
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cp := copyDir(t, dir)
+			c.edit(cp)
+			_, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: cp})
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("restore: %v, want an error saying %q", err, c.want)
+			}
+			if !errors.Is(err, crcore.ErrBadImage) && !errors.Is(err, crcore.ErrNotSupported) {
+				t.Errorf("%v matches neither ErrBadImage nor ErrNotSupported", err)
+			}
+			checkNoStray(t, []int{pid})
+		})
+	}
+}
+
+// TestImagePermsAndLogs: every file of a dump of a tree (with pipes and
+// shared files) is 0600 in a 0700 directory, and a debug log of a dump
+// holds none of the target's memory (a secret in its environment).
+func TestImagePermsAndLogs(t *testing.T) {
+	crtest.RequireRoot(t)
+	dir, _ := dumpTree(t)
+	checkPerms(t, dir)
+
+	const secret = "s3cr3t-d0-n0t-l0g-8d1f0c"
+	bin := crtest.BuildC(t, "counter", false)
+	logPath := filepath.Join(t.TempDir(), "log")
+	cmd := exec.Command(bin, logPath)
+	cmd.Env = []string{"CRHOOK_SECRET=" + secret}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	cmd.Process.Release()
+	t.Cleanup(func() { crtest.KillAndReap(pid) })
+	p := &crtest.Proc{Pid: pid, Log: logPath}
+	p.WaitLine(t, `^count 3$`, 10*time.Second)
+	var buf bytes.Buffer
+	lg := logrus.New()
+	lg.Out = &buf
+	lg.SetLevel(logrus.TraceLevel)
+	img := filepath.Join(t.TempDir(), "img")
+	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: pid, ImageDir: img, Log: logrus.NewEntry(lg)}); err != nil {
+		t.Fatal(err)
+	}
+	crtest.Reap(pid)
+	if buf.Len() == 0 {
+		t.Fatal("no log")
+	}
+	if bytes.Contains(buf.Bytes(), []byte(secret)) {
+		t.Errorf("the dump's log holds the target's memory:\n%s", buf.String())
+	}
+	// The secret is in the images (they are the memory): hence 0600.
+	checkPerms(t, img)
+}

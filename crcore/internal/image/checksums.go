@@ -1,0 +1,284 @@
+package image
+
+import (
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
+	"google.golang.org/protobuf/types/dynamicpb"
+)
+
+// ChecksumsFile is the image that lists every other image file of a
+// directory with its size and CRC32-Castagnoli. A dump writes it last; a
+// restore verifies it before it creates anything.
+const ChecksumsFile = "crhook-checksums.img"
+
+// CrhookChecksums is the kind of ChecksumsFile. Its entries are
+// crhook.ChecksumEntry {string name = 1; uint64 size = 2; fixed32 crc32c
+// = 3}, described here rather than in proto/ so that the checksum layer
+// depends on nothing the image schema may change.
+var CrhookChecksums = Kind{"CRHOOK_CHECKSUMS", 0x4b4f4820, MagicCommon}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// checksumDesc is the message descriptor of a checksum entry.
+var checksumDesc = func() protoreflect.MessageDescriptor {
+	fd := &descriptorpb.FileDescriptorProto{
+		Name:    proto.String("crhook-checksums.proto"),
+		Package: proto.String("crhook"),
+		Syntax:  proto.String("proto2"),
+		MessageType: []*descriptorpb.DescriptorProto{{
+			Name: proto.String("ChecksumEntry"),
+			Field: []*descriptorpb.FieldDescriptorProto{
+				{Name: proto.String("name"), Number: proto.Int32(1), Label: descriptorpb.FieldDescriptorProto_LABEL_REQUIRED.Enum(), Type: descriptorpb.FieldDescriptorProto_TYPE_STRING.Enum(), JsonName: proto.String("name")},
+				{Name: proto.String("size"), Number: proto.Int32(2), Label: descriptorpb.FieldDescriptorProto_LABEL_REQUIRED.Enum(), Type: descriptorpb.FieldDescriptorProto_TYPE_UINT64.Enum(), JsonName: proto.String("size")},
+				{Name: proto.String("crc32c"), Number: proto.Int32(3), Label: descriptorpb.FieldDescriptorProto_LABEL_REQUIRED.Enum(), Type: descriptorpb.FieldDescriptorProto_TYPE_FIXED32.Enum(), JsonName: proto.String("crc32c")},
+			},
+		}},
+	}
+	f, err := protodesc.NewFile(fd, nil)
+	if err != nil {
+		panic("image: checksum descriptor: " + err.Error())
+	}
+	return f.Messages().Get(0)
+}()
+
+func init() {
+	// Known to Decode (crhook show, the fuzzers) like every other kind.
+	ki := &kindInfo{kind: CrhookChecksums, newEntry: func() proto.Message { return dynamicpb.NewMessage(checksumDesc) }}
+	if _, dup := kindsByMagic[ki.kind.Magic]; dup {
+		panic("image: duplicate magic for " + ki.kind.Name)
+	}
+	kindsByMagic[ki.kind.Magic] = ki
+}
+
+// Checksum is one file's entry in ChecksumsFile.
+type Checksum struct {
+	Name   string
+	Size   uint64
+	CRC32C uint32
+}
+
+func (c Checksum) message() proto.Message {
+	m := dynamicpb.NewMessage(checksumDesc)
+	f := checksumDesc.Fields()
+	m.Set(f.ByNumber(1), protoreflect.ValueOfString(c.Name))
+	m.Set(f.ByNumber(2), protoreflect.ValueOfUint64(c.Size))
+	m.Set(f.ByNumber(3), protoreflect.ValueOfUint32(c.CRC32C))
+	return m
+}
+
+func checksumOf(m *dynamicpb.Message) Checksum {
+	f := checksumDesc.Fields()
+	return Checksum{
+		Name:   m.Get(f.ByNumber(1)).String(),
+		Size:   m.Get(f.ByNumber(2)).Uint(),
+		CRC32C: uint32(m.Get(f.ByNumber(3)).Uint()),
+	}
+}
+
+// MaxChecksumEntries caps the entries ReadChecksums accepts: far more
+// files than any dump writes.
+const MaxChecksumEntries = 1 << 20
+
+// sumFile reads the whole of f and returns its size and CRC32C.
+func sumFile(f *os.File) (uint64, uint32, error) {
+	h := crc32.New(castagnoli)
+	buf := make([]byte, 1<<20)
+	n, err := io.CopyBuffer(h, struct{ io.Reader }{f}, buf)
+	if err != nil {
+		return 0, 0, err
+	}
+	return uint64(n), h.Sum32(), nil
+}
+
+// imageNames lists the directory's regular *.img files but the checksum
+// file, sorted. Anything else in the directory (a runtime's metadata) is
+// not an image: no restore reads it.
+func (d *Dir) imageNames() ([]string, error) {
+	f, err := d.root.Open(".")
+	if err != nil {
+		return nil, fmt.Errorf("list image dir: %w", err)
+	}
+	defer f.Close()
+	ents, err := f.ReadDir(-1)
+	if err != nil {
+		return nil, fmt.Errorf("list image dir %s: %w", d.path, err)
+	}
+	var names []string
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".img") || e.Name() == ChecksumsFile {
+			continue
+		}
+		names = append(names, e.Name())
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// WriteChecksums sums every image file of the directory and writes
+// ChecksumsFile. Call it after every other image is closed.
+func (d *Dir) WriteChecksums() error {
+	names, err := d.imageNames()
+	if err != nil {
+		return err
+	}
+	sums := make([]Checksum, 0, len(names))
+	for _, n := range names {
+		f, err := d.open(n)
+		if err != nil {
+			return fmt.Errorf("checksum %s: %w", n, err)
+		}
+		size, crc, err := sumFile(f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("checksum %s: %w", n, err)
+		}
+		sums = append(sums, Checksum{Name: n, Size: size, CRC32C: crc})
+	}
+	w, err := d.NewWriter(ChecksumsFile, CrhookChecksums)
+	if err != nil {
+		return err
+	}
+	for _, c := range sums {
+		if err := w.Write(c.message()); err != nil {
+			w.Close()
+			return err
+		}
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	// Durable before the caller kills the dumped tree.
+	f, err := d.open(ChecksumsFile)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return &Error{File: ChecksumsFile, Offset: 0, Err: err}
+	}
+	return nil
+}
+
+// ReadChecksums reads ChecksumsFile.
+func (d *Dir) ReadChecksums() ([]Checksum, error) {
+	r, err := d.NewReader(ChecksumsFile, CrhookChecksums)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	var out []Checksum
+	seen := map[string]bool{}
+	for {
+		m := dynamicpb.NewMessage(checksumDesc)
+		err := r.Read(m)
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		c := checksumOf(m)
+		if err := checkName(c.Name); err != nil || !strings.HasSuffix(c.Name, ".img") || c.Name == ChecksumsFile {
+			return nil, r.errAt(r.start, badf("entry names %q, not an image file", c.Name))
+		}
+		if seen[c.Name] {
+			return nil, r.errAt(r.start, badf("%s listed twice", c.Name))
+		}
+		if len(out) >= MaxChecksumEntries {
+			return nil, r.errAt(r.start, badf("more than %d entries", MaxChecksumEntries))
+		}
+		seen[c.Name] = true
+		out = append(out, c)
+	}
+}
+
+// ChecksumError says which file of an image directory does not match its
+// checksum (or is missing, or is not listed).
+type ChecksumError struct {
+	File   string
+	Reason string
+}
+
+func (e *ChecksumError) Error() string {
+	return fmt.Sprintf("image %s: %s", e.File, e.Reason)
+}
+
+// Unwrap makes a ChecksumError match ErrBadImage.
+func (e *ChecksumError) Unwrap() error { return ErrBadImage }
+
+// VerifyChecksums checks every file ChecksumsFile lists, and that no image
+// file is missing from the list. The first failure names its file. A
+// directory without ChecksumsFile fails too: every dump writes one.
+func (d *Dir) VerifyChecksums() error {
+	sums, err := d.ReadChecksums()
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return &ChecksumError{File: ChecksumsFile, Reason: "missing: not a complete crhook dump (or one from before checksums)"}
+		}
+		return err
+	}
+	listed := map[string]bool{}
+	for _, c := range sums {
+		listed[c.Name] = true
+		f, err := d.root.OpenFile(c.Name, os.O_RDONLY|syscall.O_CLOEXEC|syscall.O_NOFOLLOW, 0)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return &ChecksumError{File: c.Name, Reason: "missing"}
+			}
+			return fmt.Errorf("verify image %s: %w", c.Name, err)
+		}
+		fi, err := f.Stat()
+		if err == nil && !fi.Mode().IsRegular() {
+			f.Close()
+			return &ChecksumError{File: c.Name, Reason: "not a regular file"}
+		}
+		if err == nil && uint64(fi.Size()) != c.Size {
+			f.Close()
+			return &ChecksumError{File: c.Name, Reason: fmt.Sprintf("size %d, the dump wrote %d", fi.Size(), c.Size)}
+		}
+		size, crc, err := sumFile(f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("verify image %s: %w", c.Name, err)
+		}
+		if size != c.Size {
+			return &ChecksumError{File: c.Name, Reason: fmt.Sprintf("size %d, the dump wrote %d", size, c.Size)}
+		}
+		if crc != c.CRC32C {
+			return &ChecksumError{File: c.Name, Reason: fmt.Sprintf("checksum mismatch (crc32c %08x, the dump wrote %08x): the file is corrupt", crc, c.CRC32C)}
+		}
+	}
+	names, err := d.imageNames()
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if !listed[n] {
+			return &ChecksumError{File: n, Reason: "not listed in " + ChecksumsFile + ": added after the dump"}
+		}
+	}
+	return nil
+}
+
+// SumPath returns the size and CRC32C of the file at path (for tests and
+// tools).
+func SumPath(path string) (uint64, uint32, error) {
+	f, err := os.Open(filepath.Clean(path))
+	if err != nil {
+		return 0, 0, err
+	}
+	defer f.Close()
+	return sumFile(f)
+}

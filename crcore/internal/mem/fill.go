@@ -1,0 +1,231 @@
+//go:build linux
+
+package mem
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/crhook/crhook/crcore/internal/procfs"
+)
+
+// fillMapped fills the task from windows of a read-only mapping of the
+// pages file, populated at mmap time (the tmpfs or page-cache pages are
+// mapped, not copied): process_vm_writev copies each page once, file ->
+// task, with no read into a buffer of ours first. Writable runs are split
+// by bytes into nw shares as in fillParallel; Force runs follow in order.
+func fillMapped(pid int, runs []Run, f *os.File, base uint64, nw int) (Stats, error) {
+	var total uint64
+	for _, r := range runs {
+		if !r.Force {
+			total += r.NrPages * pageSize
+		}
+	}
+	share := max(pageSize, (total/uint64(nw)+pageSize-1)/pageSize*pageSize)
+	shares := make([][]piece, nw)
+	var forced []piece
+	off, done := base, uint64(0)
+	for _, r := range runs {
+		addr, left := r.Addr, r.NrPages*pageSize
+		if r.Force {
+			forced = append(forced, piece{addr, off, left})
+			off += left
+			continue
+		}
+		for left > 0 {
+			w := min(int(done/share), nw-1)
+			n := left
+			if w < nw-1 {
+				n = min(left, uint64(w+1)*share-done)
+			}
+			shares[w] = append(shares[w], piece{addr, off, n})
+			addr, off, done, left = addr+n, off+n, done+n, left-n
+		}
+	}
+	end := off
+	fd := int(f.Fd())
+	var (
+		wg    sync.WaitGroup
+		stop  atomic.Bool
+		errs  = make([]error, nw)
+		stats = make([]Stats, nw)
+	)
+	work := func(w int, ps []piece, force bool) {
+		mr := &mapReader{pid: pid, fd: fd, end: end, stop: &stop, force: force}
+		defer mr.close()
+		for _, p := range ps {
+			if err := mr.add(p); err != nil {
+				errs[w] = err
+				stop.Store(true)
+				return
+			}
+		}
+		if err := mr.flush(); err != nil {
+			errs[w] = err
+			stop.Store(true)
+		}
+		stats[w] = mr.st
+	}
+	for w := 1; w < nw; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			work(w, shares[w], false)
+		}()
+	}
+	work(0, shares[0], false)
+	wg.Wait()
+	var st Stats
+	for w := range nw {
+		st.PagesWritten += stats[w].PagesWritten
+	}
+	for _, err := range errs {
+		if err != nil && !errors.Is(err, errStopped) {
+			return st, err
+		}
+	}
+	if len(forced) > 0 {
+		errs[0], stats[0] = nil, Stats{}
+		work(0, forced, true)
+		st.PagesWritten += stats[0].PagesWritten
+		if errs[0] != nil {
+			return st, errs[0]
+		}
+	}
+	if _, err := f.Seek(int64(end), io.SeekStart); err != nil {
+		return st, fmt.Errorf("read pages: %w", err)
+	}
+	return st, nil
+}
+
+// mapReader writes pieces, in file order, from windows of the pages
+// file into the task.
+type mapReader struct {
+	pid   int
+	fd    int
+	end   uint64 // file offset past the last page
+	stop  *atomic.Bool
+	force bool // through /proc/PID/mem
+
+	win    []byte
+	winOff uint64
+	local  []unix.Iovec
+	rem    []unix.RemoteIovec
+	memf   *os.File
+	st     Stats
+}
+
+func (m *mapReader) add(p piece) error {
+	for p.len > 0 {
+		if m.win == nil || p.off >= m.winOff+uint64(len(m.win)) || len(m.rem) == iovMax {
+			if err := m.flush(); err != nil {
+				return err
+			}
+			if m.stop.Load() {
+				return errStopped
+			}
+			n := min(uint64(window), m.end-p.off)
+			b, err := unix.Mmap(m.fd, int64(p.off), int(n), unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_POPULATE)
+			if err != nil {
+				return os.NewSyscallError("mmap pages file", err)
+			}
+			m.win, m.winOff = b, p.off
+		}
+		at := p.off - m.winOff
+		n := min(p.len, uint64(len(m.win))-at)
+		if m.force {
+			if err := m.writeMem(m.win[at:at+n], p.addr); err != nil {
+				return err
+			}
+		} else {
+			m.local = append(m.local, unix.Iovec{Base: &m.win[at]})
+			m.local[len(m.local)-1].SetLen(int(n))
+			m.rem = append(m.rem, unix.RemoteIovec{Base: uintptr(p.addr), Len: int(n)})
+		}
+		m.st.PagesWritten += n / pageSize
+		p.addr, p.off, p.len = p.addr+n, p.off+n, p.len-n
+	}
+	return nil
+}
+
+func (m *mapReader) flush() error {
+	if m.win == nil {
+		return nil
+	}
+	var err error
+	if len(m.rem) > 0 {
+		err = writev(m.pid, m.local, m.rem)
+	}
+	if uerr := unix.Munmap(m.win); err == nil && uerr != nil {
+		err = os.NewSyscallError("munmap pages file", uerr)
+	}
+	m.win, m.local, m.rem = nil, m.local[:0], m.rem[:0]
+	return err
+}
+
+func (m *mapReader) close() {
+	if m.win != nil {
+		unix.Munmap(m.win)
+		m.win = nil
+	}
+	if m.memf != nil {
+		m.memf.Close()
+	}
+}
+
+func (m *mapReader) writeMem(b []byte, addr uint64) error {
+	if m.memf == nil {
+		f, err := os.OpenFile(procfs.Path(m.pid, "mem"), os.O_WRONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		m.memf = f
+	}
+	if _, err := m.memf.WriteAt(b, int64(addr)); err != nil {
+		return fmt.Errorf("write memory of task %d at %#x: %w", m.pid, addr, err)
+	}
+	return nil
+}
+
+// writev writes local to rem in task pid, continuing after short writes.
+func writev(pid int, local []unix.Iovec, rem []unix.RemoteIovec) error {
+	want := 0
+	for _, r := range rem {
+		want += r.Len
+	}
+	done := 0
+	for done < want {
+		loc, rm, skip := local, rem, done
+		for len(rm) > 0 && skip >= rm[0].Len {
+			skip -= rm[0].Len
+			loc, rm = loc[1:], rm[1:]
+		}
+		if skip > 0 {
+			l0, r0 := loc[0], rm[0]
+			l0.Base = (*byte)(addBytes(l0.Base, skip))
+			l0.SetLen(rm[0].Len - skip)
+			r0.Base += uintptr(skip)
+			r0.Len -= skip
+			loc = append([]unix.Iovec{l0}, loc[1:]...)
+			rm = append([]unix.RemoteIovec{r0}, rm[1:]...)
+		}
+		n, err := unix.ProcessVMWritev(pid, loc, rm, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("write memory of task %d at %#x: %w", pid, rm[0].Base, os.NewSyscallError("process_vm_writev", err))
+		}
+		if n == 0 {
+			return fmt.Errorf("write memory of task %d at %#x: no progress", pid, rm[0].Base)
+		}
+		done += n
+	}
+	return nil
+}
