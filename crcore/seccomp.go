@@ -68,7 +68,7 @@ func dumpSeccomp(th *dthread) error {
 //
 // A thread already running under filters (a container's init restored in
 // place holds the container's) gets only what its image adds to them;
-// filters the image lacks are an error.
+// when the chains differ it keeps the container's.
 func restoreSeccomp(t *rtask, remotes []*remote) error {
 	any := false
 	for _, th := range t.threads {
@@ -93,15 +93,19 @@ func restoreSeccomp(t *rtask, remotes []*remote) error {
 				return fmt.Errorf("thread %d: %w", th.img.tid, err)
 			}
 			want := th.img.ext.GetSeccompFilters()
-			if len(have) > len(want) {
-				return fmt.Errorf("thread %d: runs under %d seccomp filters, its image has %d: %w", th.img.tid, len(have), len(want), ErrNotSupported)
+			// A thread already under filters is a container's init
+			// restored in place: the runtime installed the filters its
+			// config grants. Add what the image has beyond them; where
+			// the chains do not line up, keep the container's as they
+			// are (a restore never loosens them, and never adds to what
+			// the config asked for).
+			prefix := len(have) <= len(want)
+			for k := 0; prefix && k < len(have); k++ {
+				prefix = bytes.Equal(have[k], want[k].GetProg())
 			}
-			for k := range have {
-				if !bytes.Equal(have[k], want[k].GetProg()) {
-					return fmt.Errorf("thread %d: seccomp filter %d differs from the image's: %w", th.img.tid, k, ErrNotSupported)
-				}
+			if prefix {
+				chains[i] = want[len(have):]
 			}
-			chains[i] = want[len(have):]
 		}
 		if i > 0 && !sameChain(chains[i], chains[0]) {
 			synced = false
