@@ -295,6 +295,9 @@ func (d *dumper) dumpSysv(root int) error {
 			return err
 		}
 	}
+	if !ext.GetOwnNamespace() && len(shms) == 0 && len(sems) == 0 && len(ext.GetQueues()) == 0 {
+		return nil // nothing to restore: no image
+	}
 	return d.writeOne(ipcExtImg, image.CrhookIpc, ext)
 }
 
