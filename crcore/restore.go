@@ -89,7 +89,11 @@ type rtask struct {
 	// while the rest of the tree is built; memFixes are the protections
 	// and advice to apply once it is done (completeMemory).
 	filled   chan error
+	fillErr  error
 	memFixes *batch
+	// memReady: the task's pages are all in place; a child cloned now
+	// inherits them.
+	memReady bool
 }
 
 type rthread struct {
@@ -276,9 +280,21 @@ func (rs *restorer) create(t *rtask) error {
 	if err := rs.restoreFds(t); err != nil {
 		return fmt.Errorf("pid %d: %w", pid, err)
 	}
+	// Memory before children: they inherit it, copy-on-write
+	// (inherit.go).
+	if err := rs.buildMemory(t); err != nil {
+		return fmt.Errorf("pid %d: %w", pid, err)
+	}
+	faultPoint("restore:after-memory")
 	for _, p := range rs.s.tree {
 		if int(p.GetPpid()) != pid || int(p.GetPid()) == pid {
 			continue
+		}
+		if !t.memReady {
+			if err := rs.waitFill(t); err != nil {
+				return fmt.Errorf("pid %d: %w", pid, err)
+			}
+			t.memReady = true
 		}
 		child, err := rs.cloneChild(t, rs.s.tasks[int(p.GetPid())])
 		if err != nil {
@@ -289,10 +305,6 @@ func (rs *restorer) create(t *rtask) error {
 			return err
 		}
 	}
-	if err := rs.buildMemory(t); err != nil {
-		return fmt.Errorf("pid %d: %w", pid, err)
-	}
-	faultPoint("restore:after-memory")
 	if err := rs.s.restoreTaskState(t.r, t.ti); err != nil {
 		return fmt.Errorf("pid %d: %w", pid, err)
 	}
@@ -517,8 +529,26 @@ func (rs *restorer) die(t *rtask) error {
 func (rs *restorer) buildMemory(t *rtask) error {
 	s, ti, r := rs.s, t.ti, t.r
 	vmas := ti.mm.GetVmas()
-	if err := s.mapVdso(r, vmas); err != nil {
-		return err
+	var plan *inheritPlan
+	if t.parent != nil && t.parent.memReady {
+		plan = planInherit(t.parent.ti, ti)
+	}
+	if plan != nil {
+		pre := r.batch()
+		for _, u := range plan.unmap {
+			pre.add("munmap inherited", unix.SYS_MUNMAP, u[0], u[1])
+		}
+		for _, d := range plan.drop {
+			pre.add("madvise(MADV_DONTNEED) inherited", unix.SYS_MADVISE, d[0], d[1], unix.MADV_DONTNEED)
+		}
+		if _, err := pre.run(); err != nil {
+			return err
+		}
+	}
+	if plan == nil || !plan.keepVdso {
+		if err := s.mapVdso(r, vmas); err != nil {
+			return err
+		}
 	}
 	fileFds := map[uint32]uint64{}
 	closeAll := func() {
@@ -581,6 +611,12 @@ func (rs *restorer) buildMemory(t *rtask) error {
 			mprot |= unix.PROT_READ | unix.PROT_WRITE
 		default:
 			force[v.GetStart()] = true
+		}
+		if plan != nil && plan.kept[v.GetStart()] {
+			if mprot != prot {
+				fixes = append(fixes, fix{v.GetStart(), v.GetEnd() - v.GetStart(), prot})
+			}
+			continue
 		}
 		if used, ok, err := rs.mapShared(t, v, mprot); ok || err != nil {
 			if err != nil {
@@ -646,7 +682,14 @@ func (rs *restorer) buildMemory(t *rtask) error {
 	go func() {
 		defer rs.fills.Done()
 		defer func() { <-rs.fillSem }()
-		ms, err := mem.Fill(t.hostPid, runs, pages)
+		var err error
+		if plan != nil {
+			runs, err = rs.inheritedRuns(plan, ti, runs, pages)
+		}
+		var ms mem.Stats
+		if err == nil {
+			ms, err = mem.Fill(t.hostPid, runs, pages)
+		}
 		pages.Close()
 		if err == nil {
 			rs.fillMu.Lock()
@@ -658,19 +701,54 @@ func (rs *restorer) buildMemory(t *rtask) error {
 	return nil
 }
 
+// waitFill waits for the copy of the task's pages, once.
+func (rs *restorer) waitFill(t *rtask) error {
+	if t.filled != nil {
+		if err := <-t.filled; err != nil {
+			t.fillErr = fmt.Errorf("fill memory: %w", err)
+		}
+		t.filled = nil
+	}
+	return t.fillErr
+}
+
+// inheritedRuns marks the pages a child holds already (inherit.go).
+func (rs *restorer) inheritedRuns(plan *inheritPlan, ti *taskImage, runs []mem.Run, pages *os.File) ([]mem.Run, error) {
+	pp, err := rs.s.openPages(plan.parent)
+	if err != nil {
+		return nil, err
+	}
+	defer pp.Close()
+	out, err := plan.splitInherited(ti, runs, pages, pp)
+	if err == nil {
+		var skip, write uint64
+		for _, r := range out {
+			if r.Skip {
+				skip += r.NrPages
+			} else {
+				write += r.NrPages
+			}
+		}
+		rs.log.WithFields(logrus.Fields{"pid": ti.pid, "kept_vmas": len(plan.kept), "unmapped": len(plan.unmap),
+			"dropped": len(plan.drop), "pages_inherited": skip, "pages_written": write}).Debug("copy-on-write inheritance")
+	}
+	return out, err
+}
+
 // completeMemory waits for the task's pages, then protects and advises
 // its mappings as they were and sets its mm (exe link, brk, arg and env
 // areas, auxv).
 func (rs *restorer) completeMemory(t *rtask) error {
-	if t.filled == nil {
+	if err := rs.waitFill(t); err != nil {
+		return err
+	}
+	if t.memFixes == nil {
 		return nil
 	}
-	if err := <-t.filled; err != nil {
-		return fmt.Errorf("fill memory: %w", err)
-	}
-	t.filled = nil
 	r, s := t.r, rs.s
-	if _, err := t.memFixes.run(); err != nil {
+	fixes := t.memFixes
+	t.memFixes = nil
+	if _, err := fixes.run(); err != nil {
 		return err
 	}
 	exeFd := ^uint64(0)

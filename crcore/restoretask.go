@@ -122,15 +122,15 @@ func closeExtraFds(r *remote, ti *taskImage) error {
 	}
 	sort.Slice(keep, func(i, j int) bool { return keep[i] < keep[j] })
 	next := uint64(0)
+	b := r.batch()
 	for _, fd := range keep {
 		if uint64(fd) > next {
-			if _, err := r.call("close_range", unix.SYS_CLOSE_RANGE, next, uint64(fd)-1, 0); err != nil {
-				return err
-			}
+			b.add("close_range", unix.SYS_CLOSE_RANGE, next, uint64(fd)-1, 0)
 		}
 		next = uint64(fd) + 1
 	}
-	_, err := r.call("close_range", unix.SYS_CLOSE_RANGE, next, uint64(^uint32(0)), 0)
+	b.add("close_range", unix.SYS_CLOSE_RANGE, next, uint64(^uint32(0)), 0)
+	_, err := b.run()
 	return err
 }
 

@@ -23,7 +23,7 @@ import (
 func fillMapped(pid int, runs []Run, f *os.File, base uint64, nw int) (Stats, error) {
 	var total uint64
 	for _, r := range runs {
-		if !r.Force {
+		if !r.Force && !r.Skip {
 			total += r.NrPages * pageSize
 		}
 	}
@@ -33,6 +33,10 @@ func fillMapped(pid int, runs []Run, f *os.File, base uint64, nw int) (Stats, er
 	off, done := base, uint64(0)
 	for _, r := range runs {
 		addr, left := r.Addr, r.NrPages*pageSize
+		if r.Skip {
+			off += left
+			continue
+		}
 		if r.Force {
 			forced = append(forced, piece{addr, off, left})
 			off += left

@@ -40,6 +40,10 @@ type Run struct {
 	// Force: on restore the mapping is not writable, so the pages go in
 	// through /proc/PID/mem, which writes past the protection.
 	Force bool
+	// Skip: on restore the task holds these pages already (inherited
+	// from its parent, equal to the image's); Fill passes over their
+	// bytes in the pages file.
+	Skip bool
 }
 
 // Policy says which pages of a VMA are dumped.
@@ -142,6 +146,15 @@ func Fill(pid int, runs []Run, pages io.Reader) (Stats, error) {
 	f := &filler{pid: pid, pages: pages, buf: make([]byte, bufSize)}
 	defer f.close()
 	for _, r := range runs {
+		if r.Skip {
+			if err := f.flush(); err != nil {
+				return f.st, err
+			}
+			if _, err := io.CopyN(io.Discard, pages, int64(r.NrPages*pageSize)); err != nil {
+				return f.st, fmt.Errorf("read pages: %w", err)
+			}
+			continue
+		}
 		if r.Force {
 			if err := f.force(r); err != nil {
 				return f.st, err
@@ -168,7 +181,7 @@ type readerAtSeeker interface {
 func fillWorkers(runs []Run) int {
 	var total uint64
 	for _, r := range runs {
-		if !r.Force {
+		if !r.Force && !r.Skip {
 			total += r.NrPages * pageSize
 		}
 	}
@@ -192,7 +205,7 @@ func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int) (Stats, err
 	}
 	var total uint64
 	for _, r := range runs {
-		if !r.Force {
+		if !r.Force && !r.Skip {
 			total += r.NrPages * pageSize
 		}
 	}
@@ -203,6 +216,10 @@ func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int) (Stats, err
 	off, done := uint64(base), uint64(0) // file offset; writable bytes handed out
 	for _, r := range runs {
 		addr, left := r.Addr, r.NrPages*pageSize
+		if r.Skip {
+			off += left
+			continue
+		}
 		if r.Force {
 			forced = append(forced, piece{addr, off, left})
 			off += left
