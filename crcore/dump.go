@@ -87,6 +87,8 @@ type dumper struct {
 	level int       // index of the root's pid namespace in NSpid lists
 	shm   shmemDump // shared memory objects (shmem.go)
 	ipc   sysvDump  // SysV IPC of the tree's namespace (sysvipc.go)
+	// progress counts the bytes of memory written (nil: not counted).
+	progress *Progress
 }
 
 // dthread is one thread of a dumped task.
@@ -167,7 +169,7 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
 	}
 	defer dir.Close()
-	d := &dumper{log: log, dir: dir, files: newFileTable(dir)}
+	d := &dumper{log: log, dir: dir, files: newFileTable(dir), progress: opts.Progress}
 	d.files.log = log
 	defer d.files.ctx.closeExtra()
 
@@ -811,6 +813,7 @@ func (d *dumper) dumpMM(t *dtask, copies *copyGroup) error {
 		pages.Close()
 		return err
 	}
+	md.Progress = d.progress.counter()
 	handedOff := false
 	defer func() {
 		if !handedOff {

@@ -68,6 +68,7 @@ type restorer struct {
 	nsTarget int
 	pids     *pidSetter
 	shm      shmemRestore // shared memory objects made so far (shmem.go)
+	progress *Progress
 	// fills bounds and tracks the page copies running in the background.
 	fills   sync.WaitGroup
 	fillSem chan struct{}
@@ -111,7 +112,17 @@ func newRestorer(ctx context.Context, s *imageSet, opts RestoreOptions, log *log
 	if wait == 0 {
 		wait = 3 * time.Second
 	}
-	return &restorer{ctx: ctx, s: s, log: log, wait: wait, holders: map[uint32]fdHolder{}}
+	rs := &restorer{ctx: ctx, s: s, log: log, wait: wait, holders: map[uint32]fdHolder{}, progress: opts.Progress}
+	if p := opts.Progress; p != nil {
+		var total uint64
+		for _, ti := range s.tasks {
+			for _, r := range ti.runs {
+				total += r.NrPages * uint64(pageSize)
+			}
+		}
+		p.Total.Store(total)
+	}
+	return rs
 }
 
 func restore(ctx context.Context, opts RestoreOptions, log *logrus.Entry) (*Restored, error) {
@@ -688,7 +699,7 @@ func (rs *restorer) buildMemory(t *rtask) error {
 		}
 		var ms mem.Stats
 		if err == nil {
-			ms, err = mem.Fill(t.hostPid, runs, pages)
+			ms, err = mem.FillProgress(t.hostPid, runs, pages, rs.progress.counter())
 		}
 		pages.Close()
 		if err == nil {
@@ -728,6 +739,9 @@ func (rs *restorer) inheritedRuns(plan *inheritPlan, ti *taskImage, runs []mem.R
 			} else {
 				write += r.NrPages
 			}
+		}
+		if c := rs.progress.counter(); c != nil {
+			c.Add(skip * uint64(pageSize))
 		}
 		rs.log.WithFields(logrus.Fields{"pid": ti.pid, "kept_vmas": len(plan.kept), "unmapped": len(plan.unmap),
 			"dropped": len(plan.drop), "pages_inherited": skip, "pages_written": write}).Debug("copy-on-write inheritance")

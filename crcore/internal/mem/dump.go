@@ -42,6 +42,8 @@ type Dumper struct {
 	sumBad bool
 
 	Stats Stats
+	// Progress, if set, counts the bytes written.
+	Progress *atomic.Uint64
 }
 
 // job is a run to copy; mem: read it through /proc/PID/mem (the task
@@ -208,7 +210,7 @@ func (d *Dumper) copyToFile(f *os.File) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := &copier{pid: d.pid, stop: &stop, put: func(b []byte, off uint64) error {
+			c := &copier{pid: d.pid, stop: &stop, progress: d.Progress, put: func(b []byte, off uint64) error {
 				return pwriteAll(f, b, off)
 			}}
 			defer c.close()
@@ -256,7 +258,7 @@ func (d *Dumper) copyToFile(f *os.File) error {
 // out.
 func (d *Dumper) copyToWriter() error {
 	base := d.sumLen
-	c := &copier{pid: d.pid, put: func(b []byte, _ uint64) error {
+	c := &copier{pid: d.pid, progress: d.Progress, put: func(b []byte, _ uint64) error {
 		_, err := d.out.Write(b)
 		return err
 	}}
@@ -304,8 +306,9 @@ type copier struct {
 	rem    []unix.RemoteIovec
 	memf   *os.File
 
-	crc uint32
-	n   uint64
+	crc      uint32
+	n        uint64
+	progress *atomic.Uint64
 }
 
 // bufPool holds the copiers' buffers between flushes and between tasks:
@@ -367,6 +370,9 @@ func (c *copier) flush() error {
 	c.crc = crc.Update(c.crc, b)
 	c.n += uint64(len(b))
 	err := c.put(b, c.bufOff)
+	if err == nil && c.progress != nil {
+		c.progress.Add(uint64(len(b)))
+	}
 	c.used, c.local, c.rem = 0, c.local[:0], c.rem[:0]
 	return err
 }

@@ -20,7 +20,7 @@ import (
 // mapped, not copied): process_vm_writev copies each page once, file ->
 // task, with no read into a buffer of ours first. Writable runs are split
 // by bytes into nw shares as in fillParallel; Force runs follow in order.
-func fillMapped(pid int, runs []Run, f *os.File, base uint64, nw int) (Stats, error) {
+func fillMapped(pid int, runs []Run, f *os.File, base uint64, nw int, progress *atomic.Uint64) (Stats, error) {
 	var total uint64
 	for _, r := range runs {
 		if !r.Force && !r.Skip {
@@ -61,7 +61,7 @@ func fillMapped(pid int, runs []Run, f *os.File, base uint64, nw int) (Stats, er
 		stats = make([]Stats, nw)
 	)
 	work := func(w int, ps []piece, force bool) {
-		mr := &mapReader{pid: pid, fd: fd, end: end, stop: &stop, force: force}
+		mr := &mapReader{pid: pid, fd: fd, end: end, stop: &stop, force: force, progress: progress}
 		defer mr.close()
 		for _, p := range ps {
 			if err := mr.add(p); err != nil {
@@ -117,6 +117,8 @@ type mapReader struct {
 	stop  *atomic.Bool
 	force bool // through /proc/PID/mem
 
+	progress *atomic.Uint64
+
 	win    []byte
 	winOff uint64
 	local  []unix.Iovec
@@ -153,6 +155,9 @@ func (m *mapReader) add(p piece) error {
 			m.rem = append(m.rem, unix.RemoteIovec{Base: uintptr(p.addr), Len: int(n)})
 		}
 		m.st.PagesWritten += n / pageSize
+		if m.progress != nil {
+			m.progress.Add(n)
+		}
 		p.addr, p.off, p.len = p.addr+n, p.off+n, p.len-n
 	}
 	return nil

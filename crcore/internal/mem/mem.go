@@ -129,21 +129,27 @@ func want(e uint64, p Policy, zeroPFN uint64, st *Stats) bool {
 // task's fresh pages, which scales with cores. pages is left positioned
 // after the last run, as a sequential fill leaves it.
 func Fill(pid int, runs []Run, pages io.Reader) (Stats, error) {
+	return FillProgress(pid, runs, pages, nil)
+}
+
+// FillProgress is Fill that also adds the bytes written to progress (if
+// not nil) as it goes.
+func FillProgress(pid int, runs []Run, pages io.Reader, progress *atomic.Uint64) (Stats, error) {
 	// A small fill (one worker) copies from a mapping of the file: no
 	// buffer to allocate and clear per task, one copy. A large one
 	// preads into per-worker buffers: measured on tmpfs, populating
 	// mapped windows was no faster and costs RSS.
 	if f, ok := pages.(*os.File); ok && fillWorkers(runs) == 1 {
 		if base, err := f.Seek(0, io.SeekCurrent); err == nil && uint64(base)%pageSize == 0 {
-			return fillMapped(pid, runs, f, uint64(base), 1)
+			return fillMapped(pid, runs, f, uint64(base), 1, progress)
 		}
 	}
 	if ra, ok := pages.(readerAtSeeker); ok {
 		if w := fillWorkers(runs); w > 1 {
-			return fillParallel(pid, runs, ra, w)
+			return fillParallel(pid, runs, ra, w, progress)
 		}
 	}
-	f := &filler{pid: pid, pages: pages, buf: make([]byte, bufSize)}
+	f := &filler{pid: pid, pages: pages, buf: make([]byte, bufSize), progress: progress}
 	defer f.close()
 	for _, r := range runs {
 		if r.Skip {
@@ -198,7 +204,7 @@ type piece struct {
 
 // fillParallel fills the writable runs with nw goroutines, then the Force
 // runs in order. Every read is a pread at the run's offset in pages.
-func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int) (Stats, error) {
+func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int, progress *atomic.Uint64) (Stats, error) {
 	base, err := pages.Seek(0, io.SeekCurrent)
 	if err != nil {
 		return Stats{}, fmt.Errorf("read pages: %w", err)
@@ -246,7 +252,7 @@ func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int) (Stats, err
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			f := &filler{pid: pid, ra: pages, buf: make([]byte, bufSize), stop: &stop}
+			f := &filler{pid: pid, ra: pages, buf: make([]byte, bufSize), stop: &stop, progress: progress}
 			defer f.close()
 			for _, p := range shares[w] {
 				if err := f.add(p.addr, p.off, p.len); err != nil {
@@ -272,7 +278,7 @@ func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int) (Stats, err
 			return st, err
 		}
 	}
-	f := &filler{pid: pid, ra: pages, buf: make([]byte, bufSize)}
+	f := &filler{pid: pid, ra: pages, buf: make([]byte, bufSize), progress: progress}
 	defer f.close()
 	for _, p := range forced {
 		if err := f.forceAt(p); err != nil {
@@ -301,6 +307,15 @@ type filler struct {
 	memf  *os.File
 	st    Stats
 	stop  *atomic.Bool // another worker failed
+	// progress, if set, counts the bytes written.
+	progress *atomic.Uint64
+}
+
+func (f *filler) wrote(n uint64) {
+	f.st.PagesWritten += n / pageSize
+	if f.progress != nil {
+		f.progress.Add(n)
+	}
 }
 
 // add queues n bytes for addr, found at off in ra (ignored without ra).
@@ -378,7 +393,7 @@ func (f *filler) flush() error {
 		}
 		done += n
 	}
-	f.st.PagesWritten += uint64(f.used) / pageSize
+	f.wrote(uint64(f.used))
 	f.used, f.local, f.rem, f.spans = 0, f.local[:0], f.rem[:0], f.spans[:0]
 	return nil
 }
@@ -404,7 +419,7 @@ func (f *filler) forceAt(p piece) error {
 		if _, err := f.memf.WriteAt(f.buf[:n], int64(p.addr)); err != nil {
 			return fmt.Errorf("write memory of task %d at %#x: %w", f.pid, p.addr, err)
 		}
-		f.st.PagesWritten += n / pageSize
+		f.wrote(n)
 		p.addr, p.off, p.len = p.addr+n, p.off+n, p.len-n
 	}
 	return nil
@@ -431,7 +446,7 @@ func (f *filler) force(r Run) error {
 		if _, err := f.memf.WriteAt(f.buf[:n], int64(addr)); err != nil {
 			return fmt.Errorf("write memory of task %d at %#x: %w", f.pid, addr, err)
 		}
-		f.st.PagesWritten += n / pageSize
+		f.wrote(n)
 		addr += n
 		left -= n
 	}
