@@ -401,17 +401,24 @@ func (c *copier) readMem(b []byte, addr uint64) error {
 	return nil
 }
 
-// readv fills loc from rem in task pid, continuing after short reads.
+// readv fills local from rem in task pid, continuing after short reads.
 func readv(pid int, local []unix.Iovec, rem []unix.RemoteIovec) error {
+	return vecAll(pid, local, rem, unix.ProcessVMReadv, "read", "process_vm_readv")
+}
+
+// vecAll runs op (process_vm_readv or process_vm_writev) until every
+// byte of the iovecs moved: a call stops short at a page it cannot
+// reach or after a signal, and the rest is asked again from where it
+// stopped.
+func vecAll(pid int, local []unix.Iovec, rem []unix.RemoteIovec,
+	op func(int, []unix.Iovec, []unix.RemoteIovec, uint) (int, error), verb, name string) error {
 	want := 0
 	for _, r := range rem {
 		want += r.Len
 	}
-	got := 0
-	var l0 unix.Iovec
-	var r0 unix.RemoteIovec
-	for got < want {
-		loc, rm, skip := local, rem, got
+	done := 0
+	for done < want {
+		loc, rm, skip := local, rem, done
 		for len(rm) > 0 && skip >= rm[0].Len {
 			skip -= rm[0].Len
 			loc, rm = loc[1:], rm[1:]
@@ -419,7 +426,7 @@ func readv(pid int, local []unix.Iovec, rem []unix.RemoteIovec) error {
 		if skip > 0 {
 			// Resume inside the first iovec: patch copies of the
 			// first pair.
-			l0, r0 = loc[0], rm[0]
+			l0, r0 := loc[0], rm[0]
 			l0.Base = (*byte)(addBytes(l0.Base, skip))
 			l0.SetLen(rm[0].Len - skip)
 			r0.Base += uintptr(skip)
@@ -427,17 +434,17 @@ func readv(pid int, local []unix.Iovec, rem []unix.RemoteIovec) error {
 			loc = append([]unix.Iovec{l0}, loc[1:]...)
 			rm = append([]unix.RemoteIovec{r0}, rm[1:]...)
 		}
-		n, err := unix.ProcessVMReadv(pid, loc, rm, 0)
+		n, err := op(pid, loc, rm, 0)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("read memory of task %d at %#x: %w", pid, rm[0].Base, os.NewSyscallError("process_vm_readv", err))
+			return fmt.Errorf("%s memory of task %d at %#x: %w", verb, pid, rm[0].Base, os.NewSyscallError(name, err))
 		}
 		if n == 0 {
-			return fmt.Errorf("read memory of task %d at %#x: no progress", pid, rm[0].Base)
+			return fmt.Errorf("%s memory of task %d at %#x: no progress", verb, pid, rm[0].Base)
 		}
-		got += n
+		done += n
 	}
 	return nil
 }

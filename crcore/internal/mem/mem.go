@@ -202,13 +202,11 @@ type piece struct {
 	addr, off, len uint64
 }
 
-// fillParallel fills the writable runs with nw goroutines, then the Force
-// runs in order. Every read is a pread at the run's offset in pages.
-func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int, progress *atomic.Uint64) (Stats, error) {
-	base, err := pages.Seek(0, io.SeekCurrent)
-	if err != nil {
-		return Stats{}, fmt.Errorf("read pages: %w", err)
-	}
+// splitRuns cuts the writable runs, whose bytes lie in order in the
+// pages file from offset base, into nw shares of about the same size;
+// the Force runs come apart, in order; Skip runs only advance the
+// offset. end is the offset after the last run.
+func splitRuns(runs []Run, base uint64, nw int) (shares [][]piece, forced []piece, end uint64) {
 	var total uint64
 	for _, r := range runs {
 		if !r.Force && !r.Skip {
@@ -216,10 +214,9 @@ func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int, progress *a
 		}
 	}
 	// share: bytes per worker, in whole pages.
-	share := (total/uint64(nw) + pageSize - 1) / pageSize * pageSize
-	shares := make([][]piece, nw)
-	var forced []piece
-	off, done := uint64(base), uint64(0) // file offset; writable bytes handed out
+	share := max(pageSize, (total/uint64(nw)+pageSize-1)/pageSize*pageSize)
+	shares = make([][]piece, nw)
+	off, done := base, uint64(0) // file offset; writable bytes handed out
 	for _, r := range runs {
 		addr, left := r.Addr, r.NrPages*pageSize
 		if r.Skip {
@@ -241,7 +238,17 @@ func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int, progress *a
 			addr, off, done, left = addr+n, off+n, done+n, left-n
 		}
 	}
+	return shares, forced, off
+}
 
+// fillParallel fills the writable runs with nw goroutines, then the Force
+// runs in order. Every read is a pread at the run's offset in pages.
+func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int, progress *atomic.Uint64) (Stats, error) {
+	base, err := pages.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return Stats{}, fmt.Errorf("read pages: %w", err)
+	}
+	shares, forced, off := splitRuns(runs, uint64(base), nw)
 	var (
 		wg    sync.WaitGroup
 		stop  atomic.Bool
