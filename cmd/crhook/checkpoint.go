@@ -106,16 +106,32 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 		return fmt.Errorf("checkpoint container %s: %w", o.id, err)
 	default:
 		cgroupPath = fr.Path()
+		// The guard thaws the cgroup if crhook dies while it is frozen.
+		exe, err := self()
+		if err != nil {
+			return fmt.Errorf("checkpoint container %s: %w", o.id, err)
+		}
+		guard, err := ocirt.StartThawGuard(exe, []string{thawGuardCmdName}, fr)
+		if err != nil {
+			return fmt.Errorf("checkpoint container %s: %w", o.id, err)
+		}
+		// Without "done" the guard thaws once more: harmless after ours.
+		defer guard.Abort()
 		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := fr.Freeze(fctx)
+		err = fr.Freeze(fctx)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("checkpoint container %s: %w", o.id, err)
 		}
+		crcore.FaultPoint("checkpoint:after-freeze")
 		var once sync.Once
 		var thawErr error
 		thaw = func() error {
-			once.Do(func() { thawErr = fr.Thaw() })
+			once.Do(func() {
+				if thawErr = fr.Thaw(); thawErr == nil {
+					guard.Release()
+				}
+			})
 			return thawErr
 		}
 		defer func() {
@@ -224,5 +240,23 @@ func stopContainer(ctx context.Context, rt *ocirt.Runtime, id string) error {
 			return fmt.Errorf("container %s is still %s", id, st.Status)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// thawGuardCmdName is the hidden subcommand that runs the thaw guard of
+// a checkpoint (runtime.StartThawGuard).
+const thawGuardCmdName = "thaw-guard"
+
+func thawGuardCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    thawGuardCmdName + " v1|v2 CGROUP_DIR",
+		Short:  "Thaw CGROUP_DIR when the checkpoint that froze it dies (started by crhook checkpoint)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(2),
+		// No log set-up: stdin is the pipe, stdout the ready signal.
+		PersistentPreRunE: func(*cobra.Command, []string) error { return nil },
+		RunE: func(_ *cobra.Command, args []string) error {
+			return ocirt.RunThawGuard(os.Stdin, os.Stdout, args[0], args[1])
+		},
 	}
 }
