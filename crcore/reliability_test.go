@@ -5,10 +5,13 @@ package crcore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -101,4 +104,82 @@ func TestDumpFullDisk(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A tree whose tasks fork and exit all the time is dumped again and again
+// (LeaveRunning). Each dump either fails with an error, the target going
+// on untraced, or succeeds; then the original is killed, the images are
+// restored, and the restored tree, the next round's target, counts on.
+func TestDumpForkingTree(t *testing.T) {
+	crtest.RequireRoot(t)
+	bin := crtest.BuildC(t, "forker", false)
+	p := crtest.Start(t, bin)
+	waitCount(t, p, 3)
+	pid := p.Pid
+	const rounds = 8
+	ok := 0
+	for i := 0; i < rounds; i++ {
+		seen := p.Counts()
+		dir := filepath.Join(t.TempDir(), "img")
+		_, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: pid, ImageDir: dir, LeaveRunning: true})
+		waitUntraced(t, pid)
+		for _, c := range kids(pid) {
+			if tp, err := tracerPid(c); err == nil && tp != 0 {
+				t.Fatalf("round %d: child %d of the target still traced by %d", i, c, tp)
+			}
+		}
+		if err != nil {
+			// A failure must say what went wrong, and change nothing.
+			t.Logf("round %d: dump failed: %v", i, err)
+			// A task exiting or being born mid-seize is no failure
+			// (it is a zombie or not part of the dump); nor may it
+			// pass for missing privilege.
+			if errors.Is(err, unix.EPERM) || errors.Is(err, unix.ESRCH) || strings.Contains(err.Error(), "exited") {
+				t.Errorf("round %d: the dump lost a race with the tree: %v", i, err)
+			}
+			if _, serr := os.Stat(dir); serr == nil {
+				t.Errorf("round %d: the failed dump left %s", i, dir)
+			}
+			waitCount(t, p, seen[len(seen)-1]+5)
+			continue
+		}
+		ok++
+		// The original goes on...
+		waitCount(t, p, seen[len(seen)-1]+3)
+		// ...until it is killed; the restore counts on from the dump.
+		tree := append([]int{pid}, kids(pid)...)
+		crtest.KillAndReap(pid)
+		crtest.ReapGone(t, tree, 10*time.Second)
+		last := p.Counts()
+		res, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir, PidWait: 5 * time.Second})
+		if err != nil {
+			t.Fatalf("round %d: restore: %v", i, err)
+		}
+		pid = res.Pid
+		waitCount(t, p, last[len(last)-1]+5)
+		os.RemoveAll(dir)
+	}
+	for _, l := range p.Lines() {
+		if strings.HasPrefix(l, "bad child") || strings.Contains(l, "failed") {
+			t.Errorf("the forker logged %q", l)
+		}
+	}
+	t.Logf("%d of %d dumps succeeded", ok, rounds)
+	if ok < rounds/2 {
+		t.Errorf("only %d of %d dumps of the forking tree succeeded", ok, rounds)
+	}
+	crtest.KillAndReap(pid)
+}
+
+// kids lists the children of the single-threaded process pid (cheaper
+// than crtest.Descendants, which scans /proc).
+func kids(pid int) []int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		if n, err := strconv.Atoi(f); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
 }
