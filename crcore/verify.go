@@ -63,6 +63,9 @@ func asBadImage(err error) error {
 // the kernel's half), not overlapping; pages files as long as their
 // pagemaps say.
 func (s *imageSet) validate() error {
+	if err := s.checkPathShapes(); err != nil {
+		return err
+	}
 	if ps := s.ext.GetPageSize(); ps != 0 && int(ps) != pageSize {
 		return fmt.Errorf("crhook-inventory.img: images of a machine with %d-byte pages, this one has %d: %w", ps, pageSize, ErrNotSupported)
 	}
