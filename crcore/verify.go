@@ -73,6 +73,11 @@ func (s *imageSet) validate() error {
 		if ti.zombie() {
 			continue
 		}
+		for _, th := range ti.threads {
+			if err := checkXState(fmt.Sprintf("%s: thread %d", extName(ti.pid), th.tid), th.ext.GetXsave()); err != nil {
+				return err
+			}
+		}
 		name := mmName(ti.pid)
 		vmas := ti.mm.GetVmas()
 		idx := make([]int, len(vmas))
