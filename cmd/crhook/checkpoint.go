@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -150,6 +151,11 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 		Pid: pid, ImageDir: o.dir, LeaveRunning: o.leaveRunning, Thaw: thaw, Log: log,
 	})
 	if err != nil {
+		if initGone(pid) {
+			// Killed or deleted meanwhile: the dump's own error (a
+			// vanished /proc file, a zombie) would not say so.
+			return fmt.Errorf("checkpoint container %s: it stopped while being checkpointed (killed or deleted meanwhile?): %w", o.id, err)
+		}
 		return fmt.Errorf("checkpoint container %s: %w", o.id, err)
 	}
 	metaErr := ocirt.WriteCheckpoint(o.dir, &ocirt.Checkpoint{
@@ -169,6 +175,25 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 	}
 	log.WithFields(logrus.Fields{"dir": o.dir, "tasks": len(res.Pids), "frozen": res.Stats.FrozenTime}).Info("checkpointed")
 	return nil
+}
+
+// initGone reports whether the container's init pid has exited (gone,
+// or a zombie), waiting a little: a task killed under the dump may still
+// be on its way out when the dump fails.
+func initGone(pid int) bool {
+	for deadline := time.Now().Add(500 * time.Millisecond); ; {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return true
+		}
+		if i := bytes.LastIndexByte(b, ')'); i < 0 || i+2 >= len(b) || b[i+2] == 'Z' || b[i+2] == 'X' {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // ownPidNS refuses a container that shares crhook's pid namespace: its
