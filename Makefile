@@ -62,9 +62,12 @@ fuzz: deps
 	$(GO) test -run '^$$' -fuzz '^FuzzAnnotation$$' -fuzztime $(FUZZTIME) ./hook
 
 # soak: 100 checkpoint/restore cycles of a busy process, state and leaks
-# checked every cycle (make test runs 10).
+# checked every cycle (make test runs 10), then 30 of a runc container
+# (checkpoint, delete, restore into a new container of the bundle; make
+# test runs 3).
 soak: deps build
 	CRHOOK_SOAK_CYCLES=100 $(GO) test -count=1 -timeout 30m -run '^TestSoak' -v ./crcore
+	CRHOOK_SOAK_CONTAINER_CYCLES=30 $(GO) test -count=1 -timeout 30m -run '^TestSoakContainer$$' -v ./integration
 
 lint: deps
 	@command -v golangci-lint >/dev/null || $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_VERSION)

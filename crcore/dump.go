@@ -344,7 +344,18 @@ func (d *dumper) seizeTree(root int, thaw func() error, cl *cleanup) ([]*dtask, 
 		}
 		t.stopped = t.st.State == 'T'
 		if err := d.seizeThreads(t, thaw == nil); err != nil {
-			return nil, fmt.Errorf("pid %d: %w", t.pid, err)
+			if !errors.Is(err, errTaskExited) || t.parent == nil {
+				return nil, fmt.Errorf("pid %d: %w", t.pid, err)
+			}
+			// It exited after its (stopped) parent listed it: it is
+			// the parent's zombie now, dumped as such.
+			st, serr := procfs.ReadStat(t.pid)
+			if serr != nil || st.State != 'Z' {
+				return nil, fmt.Errorf("pid %d: %w (and it is not a zombie: %v)", t.pid, err, serr)
+			}
+			t.st, t.zombie, t.stopped = st, true, false
+			t.threads = []*dthread{{tid: t.pid, nsTid: t.nsPid, comm: st.Comm}}
+			continue
 		}
 		kids := map[int]bool{}
 		for _, th := range t.threads {
@@ -409,22 +420,28 @@ func (d *dumper) seizeThreads(t *dtask, wait bool) error {
 			}
 			pt, err := ptrace.Seize(tid, unix.PTRACE_O_TRACESYSGOOD)
 			if err != nil {
-				if errors.Is(err, unix.ESRCH) {
-					continue // exited meanwhile
+				if errors.Is(err, unix.ESRCH) || errors.Is(err, unix.EPERM) && threadEnded(t.pid, tid) {
+					continue // exited meanwhile (EPERM: a zombie already)
 				}
 				return err
 			}
 			seized[tid] = true
 			added = true
 			th := &dthread{tid: tid, t: pt}
-			t.threads = append(t.threads, th)
 			if wait {
 				if _, err := pt.Interrupt(); err != nil {
+					var ee *ptrace.ExitedError
+					if errors.As(err, &ee) {
+						continue // exited before it stopped; our wait took its exit
+					}
+					t.threads = append(t.threads, th)
 					return err
 				}
 			} else if err := pt.InterruptNoWait(); err != nil {
+				t.threads = append(t.threads, th)
 				return err
 			}
+			t.threads = append(t.threads, th)
 		}
 		if !added {
 			break
@@ -439,6 +456,13 @@ func (d *dumper) seizeThreads(t *dtask, wait bool) error {
 		return a < b
 	})
 	if len(t.threads) == 0 || t.threads[0].tid != t.pid {
+		if threadEnded(t.pid, t.pid) {
+			for _, th := range t.threads {
+				th.t.Detach(0)
+			}
+			t.threads = nil
+			return errTaskExited
+		}
 		return errors.New("thread group leader is gone")
 	}
 	for _, th := range t.threads {
@@ -456,6 +480,20 @@ func (d *dumper) seizeThreads(t *dtask, wait bool) error {
 		th.comm = strings.TrimSuffix(string(comm), "\n")
 	}
 	return nil
+}
+
+// errTaskExited: the task exited while it was being seized.
+var errTaskExited = errors.New("task exited while being seized")
+
+// threadEnded reports whether thread tid of pid has exited: a zombie, dead,
+// or gone from /proc.
+func threadEnded(pid, tid int) bool {
+	b, err := os.ReadFile(procfs.TaskPath(pid, tid, "stat"))
+	if err != nil {
+		return errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH)
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i >= 0 && i+2 < len(b) && (b[i+2] == 'Z' || b[i+2] == 'X')
 }
 
 // checkSharing refuses what processes of the tree share that crhook does

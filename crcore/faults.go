@@ -25,6 +25,7 @@ import (
 //	restore:after-clone  a child task was cloned
 //	restore:after-memory a task's memory is in place
 //	checkpoint:after-freeze  (crhook checkpoint) the container's cgroup is frozen
+//	                         (its thaw guard must thaw it)
 //
 // It is for tests only; production never sets it.
 const FaultEnv = "CRHOOK_FAULT"

@@ -11,6 +11,7 @@ import (
 	"maps"
 	"os"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -972,6 +973,14 @@ func (s *imageSet) preflight(ti *taskImage) error {
 	for _, v := range ti.mm.GetVmas() {
 		if v.GetStatus()&(vmaFilePrivate|vmaFileShared) != 0 && v.GetStatus()&vmaAreaMemfd == 0 {
 			need = append(need, uint32(v.GetShmid()))
+		}
+	}
+	// Every path the task will open, its fds' too, stays in its root.
+	for _, id := range append(slices.Clone(need), fdIDs(ti)...) {
+		if r := s.files[id].GetReg(); r != nil {
+			if err := s.checkInRoot(id, r.GetName()); err != nil {
+				return err
+			}
 		}
 	}
 	for _, id := range need {

@@ -40,3 +40,16 @@ func prctlMMMapSize(size *uint32) error {
 	}
 	return nil
 }
+
+// archGetXcompSupp asks the kernel which XSAVE features it supports for
+// user space (arch_prctl ARCH_GET_XCOMP_SUPP, arch/x86/include/uapi/asm/prctl.h).
+func archGetXcompSupp() (uint64, error) {
+	const archGetXcompSupp = 0x1021
+	var mask uint64
+	_, _, e := unix.Syscall(unix.SYS_ARCH_PRCTL, archGetXcompSupp, uintptr(unsafe.Pointer(&mask)), 0)
+	runtime.KeepAlive(&mask)
+	if e != 0 {
+		return 0, os.NewSyscallError("arch_prctl ARCH_GET_XCOMP_SUPP", e)
+	}
+	return mask, nil
+}

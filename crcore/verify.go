@@ -63,12 +63,20 @@ func asBadImage(err error) error {
 // the kernel's half), not overlapping; pages files as long as their
 // pagemaps say.
 func (s *imageSet) validate() error {
+	if err := s.checkPathShapes(); err != nil {
+		return err
+	}
 	if ps := s.ext.GetPageSize(); ps != 0 && int(ps) != pageSize {
 		return fmt.Errorf("crhook-inventory.img: images of a machine with %d-byte pages, this one has %d: %w", ps, pageSize, ErrNotSupported)
 	}
 	for _, ti := range s.tasks {
 		if ti.zombie() {
 			continue
+		}
+		for _, th := range ti.threads {
+			if err := checkXState(fmt.Sprintf("%s: thread %d", extName(ti.pid), th.tid), th.ext.GetXsave()); err != nil {
+				return err
+			}
 		}
 		name := mmName(ti.pid)
 		vmas := ti.mm.GetVmas()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -106,16 +107,32 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 		return fmt.Errorf("checkpoint container %s: %w", o.id, err)
 	default:
 		cgroupPath = fr.Path()
+		// The guard thaws the cgroup if crhook dies while it is frozen.
+		exe, err := self()
+		if err != nil {
+			return fmt.Errorf("checkpoint container %s: %w", o.id, err)
+		}
+		guard, err := ocirt.StartThawGuard(exe, []string{thawGuardCmdName}, fr)
+		if err != nil {
+			return fmt.Errorf("checkpoint container %s: %w", o.id, err)
+		}
+		// Without "done" the guard thaws once more: harmless after ours.
+		defer guard.Abort()
 		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := fr.Freeze(fctx)
+		err = fr.Freeze(fctx)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("checkpoint container %s: %w", o.id, err)
 		}
+		crcore.FaultPoint("checkpoint:after-freeze")
 		var once sync.Once
 		var thawErr error
 		thaw = func() error {
-			once.Do(func() { thawErr = fr.Thaw() })
+			once.Do(func() {
+				if thawErr = fr.Thaw(); thawErr == nil {
+					guard.Release()
+				}
+			})
 			return thawErr
 		}
 		defer func() {
@@ -134,6 +151,11 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 		Pid: pid, ImageDir: o.dir, LeaveRunning: o.leaveRunning, Thaw: thaw, Log: log,
 	})
 	if err != nil {
+		if initGone(pid) {
+			// Killed or deleted meanwhile: the dump's own error (a
+			// vanished /proc file, a zombie) would not say so.
+			return fmt.Errorf("checkpoint container %s: it stopped while being checkpointed (killed or deleted meanwhile?): %w", o.id, err)
+		}
 		return fmt.Errorf("checkpoint container %s: %w", o.id, err)
 	}
 	metaErr := ocirt.WriteCheckpoint(o.dir, &ocirt.Checkpoint{
@@ -153,6 +175,25 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 	}
 	log.WithFields(logrus.Fields{"dir": o.dir, "tasks": len(res.Pids), "frozen": res.Stats.FrozenTime}).Info("checkpointed")
 	return nil
+}
+
+// initGone reports whether the container's init pid has exited (gone,
+// or a zombie), waiting a little: a task killed under the dump may still
+// be on its way out when the dump fails.
+func initGone(pid int) bool {
+	for deadline := time.Now().Add(500 * time.Millisecond); ; {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return true
+		}
+		if i := bytes.LastIndexByte(b, ')'); i < 0 || i+2 >= len(b) || b[i+2] == 'Z' || b[i+2] == 'X' {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // ownPidNS refuses a container that shares crhook's pid namespace: its
@@ -224,5 +265,23 @@ func stopContainer(ctx context.Context, rt *ocirt.Runtime, id string) error {
 			return fmt.Errorf("container %s is still %s", id, st.Status)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// thawGuardCmdName is the hidden subcommand that runs the thaw guard of
+// a checkpoint (runtime.StartThawGuard).
+const thawGuardCmdName = "thaw-guard"
+
+func thawGuardCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    thawGuardCmdName + " v1|v2 CGROUP_DIR",
+		Short:  "Thaw CGROUP_DIR when the checkpoint that froze it dies (started by crhook checkpoint)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(2),
+		// No log set-up: stdin is the pipe, stdout the ready signal.
+		PersistentPreRunE: func(*cobra.Command, []string) error { return nil },
+		RunE: func(_ *cobra.Command, args []string) error {
+			return ocirt.RunThawGuard(os.Stdin, os.Stdout, args[0], args[1])
+		},
 	}
 }

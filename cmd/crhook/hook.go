@@ -11,7 +11,7 @@ import (
 
 // containerCmds are the subcommands for OCI containers.
 func containerCmds(g *globals) []*cobra.Command {
-	return []*cobra.Command{checkpointCmd(g), hookCmd(), hookShimCmd(), installHooksCmd()}
+	return []*cobra.Command{checkpointCmd(g), thawGuardCmd(), hookCmd(), hookShimCmd(), installHooksCmd()}
 }
 
 // self is the running crhook's absolute path, for hooks and the shim.
