@@ -128,6 +128,7 @@ func orphansRoundTrip(t *testing.T, pidns bool) {
 				unix.Kill(pid, unix.SIGKILL)
 			}
 		}
+		crtest.ReapGone(t, hosts, 5*time.Second) // the orphans are ours then
 	})
 	// The shape the test is about.
 	outside := os.Getpid()
