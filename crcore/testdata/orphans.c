@@ -9,7 +9,8 @@
 // tokens into the pipe, C reads and logs them. The root also forks D,
 // which leads a group of its own in the root's session and forks E
 // (E stays in D's group); D exits, and E, an orphan in group D, counts.
-// The root reaps A and D, logs "ready" and waits in sigsuspend.
+// The root reaps A and D, logs "ready" and waits in sigsuspend; it logs
+// "root sigchld" for each SIGCHLD it gets (none after a restore).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -23,6 +24,13 @@
 #include <unistd.h>
 
 static int logfd;
+
+static void on_chld(int sig) {
+	(void)sig;
+	static const char msg[] = "root sigchld\n";
+	if (write(logfd, msg, sizeof msg - 1) < 0)
+		_exit(3);
+}
 
 static void nap(void) {
 	struct timespec ts = {0, 20 * 1000 * 1000};
@@ -40,8 +48,11 @@ int main(int argc, char **argv) {
 		dprintf(logfd, "root setup errno %d\n", errno);
 		return 1;
 	}
+	struct sigaction sa = {.sa_handler = on_chld, .sa_flags = SA_RESTART};
+	sigaction(SIGCHLD, &sa, NULL);
 	pid_t a = fork();
 	if (a == 0) {
+		signal(SIGCHLD, SIG_DFL);
 		setsid();
 		int p[2];
 		if (pipe(p) < 0)
@@ -79,6 +90,7 @@ int main(int argc, char **argv) {
 	pid_t d = fork();
 	if (d == 0) {
 		setpgid(0, 0);
+		signal(SIGCHLD, SIG_DFL);
 		if (fork() == 0) {
 			dprintf(logfd, "E started %d\n", getpid());
 			for (unsigned long n = 1;; n++) {
