@@ -4,11 +4,11 @@ package crcore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -184,13 +184,6 @@ func orphansRoundTrip(t *testing.T, pidns bool) {
 	}
 }
 
-func sameSet(a, b []int) bool {
-	a, b = slices.Clone(a), slices.Clone(b)
-	slices.Sort(a)
-	slices.Sort(b)
-	return slices.Equal(a, b)
-}
-
 // kernelChildren lists the children of pid from /proc/PID/task/*/children
 // (cheaper than a walk of /proc on a busy machine).
 func kernelChildren(t *testing.T, pid int) []int {
@@ -212,4 +205,40 @@ func kernelChildren(t *testing.T, pid int) []int {
 		}
 	}
 	return out
+}
+
+// An orphan in a session whose leader lives on elsewhere in the tree
+// (not its sibling) is a shape the restore refuses, clearly and leaving
+// nothing behind.
+func TestOrphanOfLiveSessionRefused(t *testing.T) {
+	crtest.RequireRoot(t)
+	bin := crtest.BuildC(t, "orphans", false)
+	p := crtest.Start(t, bin, "alive-leader")
+	p.WaitLine(t, `^ready$`, 10*time.Second)
+	var m int
+	fmt.Sscan(p.WaitLine(t, `^M started (\d+)$`, time.Second)[1], &m)
+	all := append([]int{p.Pid}, crtest.Descendants(p.Pid)...)
+	t.Cleanup(func() {
+		for _, pid := range all {
+			unix.Kill(pid, unix.SIGKILL)
+		}
+		crtest.ReapGone(t, all, 5*time.Second)
+	})
+	if len(all) != 4 || !strings.Contains(nsIDs(t, p.Pid)[m], fmt.Sprintf("ppid %d ", p.Pid)) {
+		t.Fatalf("tree %v, M (%d) should be an orphan of the root: %v", all, m, nsIDs(t, p.Pid))
+	}
+	dir := filepath.Join(t.TempDir(), "img")
+	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	crtest.ReapGone(t, all, 5*time.Second)
+	_, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
+	if err == nil {
+		t.Fatal("restore succeeded")
+	}
+	if !errors.Is(err, crcore.ErrNotSupported) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d is in session", m)) {
+		t.Errorf("restore error %q: want ErrNotSupported naming pid %d's session", err, m)
+	}
+	// What the failed restore killed may be our orphans: reap them.
+	crtest.ReapGone(t, all, 5*time.Second)
 }

@@ -35,9 +35,6 @@ import (
 // runtime left it otherwise keeps it, with a warning. Without
 // CONFIG_AUDIT there is no loginuid file and nothing is recorded.
 
-// unsetLoginuid is AUDIT_UID_UNSET.
-const unsetLoginuid = 4294967295
-
 // readProcInt reads a decimal procfs file; ok is false when the file
 // does not exist.
 func readProcInt(path string) (v int64, ok bool, err error) {

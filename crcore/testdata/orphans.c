@@ -1,6 +1,6 @@
 // orphans: sessions and process groups whose leaders have exited.
 //
-// usage: orphans LOGFILE
+// usage: orphans LOGFILE [alive-leader]
 //
 // The root starts a session of its own and becomes a child subreaper.
 // It forks A, which starts a session, makes a pipe and forks B (B leads
@@ -11,6 +11,11 @@
 // (E stays in D's group); D exits, and E, an orphan in group D, counts.
 // The root reaps A and D, logs "ready" and waits in sigsuspend; it logs
 // "root sigchld" for each SIGCHLD it gets (none after a restore).
+//
+// alive-leader: a shape crhook refuses to restore. The root forks X, X
+// forks L, which starts a session and forks K, which forks M and exits:
+// M, an orphan of the root, is in session L, whose leader lives on
+// elsewhere in the tree. Logs "M started PID" and "ready".
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -50,6 +55,30 @@ int main(int argc, char **argv) {
 	}
 	struct sigaction sa = {.sa_handler = on_chld, .sa_flags = SA_RESTART};
 	sigaction(SIGCHLD, &sa, NULL);
+	if (argc > 2 && !strcmp(argv[2], "alive-leader")) {
+		if (fork() == 0) { // X
+			if (fork() == 0) { // L
+				setsid();
+				pid_t k = fork();
+				if (k == 0) {
+					if (fork() == 0) { // M
+						dprintf(logfd, "M started %d\n", getpid());
+						for (;;)
+							nap();
+					}
+					_exit(0);
+				}
+				waitpid(k, NULL, 0);
+				dprintf(logfd, "ready\n");
+				for (;;)
+					nap();
+			}
+			for (;;)
+				nap();
+		}
+		for (;;)
+			nap();
+	}
 	pid_t a = fork();
 	if (a == 0) {
 		signal(SIGCHLD, SIG_DFL);
