@@ -153,7 +153,7 @@ func (rs *restorer) sessionSource(p *rtask, c *taskImage, inSession map[int]*rta
 			c.pid, sid, p.ti.pid, what, ErrNotSupported)
 	}
 	if h := rs.sess.byPid[sid]; h != nil {
-		return nil, fmt.Errorf("pid %d is in session %d, whose leader has exited, like tasks of parent %d, and its parent is %d: one session's orphans under several parents cannot be rebuilt: %w",
+		return nil, fmt.Errorf("pid %d is in session %d, whose leader has exited and which children of %d are in too, but its parent is %d: one session's orphans under several parents cannot be rebuilt: %w",
 			c.pid, sid, h.parent.ti.pid, p.ti.pid, ErrNotSupported)
 	}
 	h, err := rs.newHelper(p, p, sid)
@@ -167,7 +167,7 @@ func (rs *restorer) sessionSource(p *rtask, c *taskImage, inSession map[int]*rta
 	return h, nil
 }
 
-// groupHelper creates, when t's process group has exited leader, a
+// groupHelper creates, when t's process group's leader has exited, a
 // helper with the group's pid in t's session that starts the group.
 func (rs *restorer) groupHelper(t *rtask) error {
 	pgid := int(t.ti.ps.GetPgid())
