@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -86,27 +88,13 @@ func dumpEarly(t *dtask) error {
 }
 
 // dumpAttrs reads with injected syscalls what only the task can tell.
-func (d *dumper) dumpAttrs(t *dtask, r *remote) error {
-	out, err := r.alloc(16 * rlimNLimits)
+func (d *dumper) dumpAttrs(t *dtask, r *remote) (err error) {
+	if t.attrs.rlimits, err = readRlimits(t.pid, r); err != nil {
+		return err
+	}
+	out, err := r.alloc(8)
 	if err != nil {
 		return err
-	}
-	// prlimit64 from outside is refused for a task of another uid
-	// without CAP_SYS_RESOURCE; from inside it always works.
-	for res := 0; res < rlimNLimits; res++ {
-		if _, err := r.call("prlimit64", unix.SYS_PRLIMIT64, 0, uint64(res), 0, out+uint64(16*res)); err != nil {
-			return err
-		}
-	}
-	b := make([]byte, 16*rlimNLimits)
-	if err := r.read(out, b); err != nil {
-		return err
-	}
-	for res := 0; res < rlimNLimits; res++ {
-		t.attrs.rlimits = append(t.attrs.rlimits, &pb.RlimitEntry{
-			Cur: proto.Uint64(binary.LittleEndian.Uint64(b[16*res:])),
-			Max: proto.Uint64(binary.LittleEndian.Uint64(b[16*res+8:])),
-		})
 	}
 	if _, err := r.call("prctl(PR_GET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, out); err != nil {
 		return err
@@ -266,4 +254,59 @@ func (rs *restorer) restoreLast(t *rtask) error {
 // more is injected into it.
 func finishMask(t *rtask) error {
 	return t.t.SetSigmask(t.threads[0].img.core.GetThreadCore().GetBlkSigset())
+}
+
+// readRlimits returns pid's resource limits. prlimit64 from crhook costs
+// a syscall each, where an injected one costs two ptrace stops; it is
+// refused (EPERM) for a task of another uid when crhook lacks
+// CAP_SYS_RESOURCE in its user namespace, and then the task is asked.
+func readRlimits(pid int, r *remote) ([]*pb.RlimitEntry, error) {
+	out := make([]*pb.RlimitEntry, 0, rlimNLimits)
+	for res := 0; res < rlimNLimits; res++ {
+		var old unix.Rlimit
+		if err := unix.Prlimit(pid, res, nil, &old); err != nil {
+			if errors.Is(err, unix.EPERM) {
+				return readRlimitsInside(r)
+			}
+			return nil, os.NewSyscallError("prlimit64", err)
+		}
+		out = append(out, &pb.RlimitEntry{Cur: proto.Uint64(old.Cur), Max: proto.Uint64(old.Max)})
+	}
+	return out, nil
+}
+
+func readRlimitsInside(r *remote) ([]*pb.RlimitEntry, error) {
+	out, err := r.alloc(16 * rlimNLimits)
+	if err != nil {
+		return nil, err
+	}
+	for res := 0; res < rlimNLimits; res++ {
+		if _, err := r.call("prlimit64", unix.SYS_PRLIMIT64, 0, uint64(res), 0, out+uint64(16*res)); err != nil {
+			return nil, err
+		}
+	}
+	b := make([]byte, 16*rlimNLimits)
+	if err := r.read(out, b); err != nil {
+		return nil, err
+	}
+	var lims []*pb.RlimitEntry
+	for res := 0; res < rlimNLimits; res++ {
+		lims = append(lims, &pb.RlimitEntry{
+			Cur: proto.Uint64(binary.LittleEndian.Uint64(b[16*res:])),
+			Max: proto.Uint64(binary.LittleEndian.Uint64(b[16*res+8:])),
+		})
+	}
+	return lims, nil
+}
+
+// readPersonality reads /proc/PID/personality (hex), or asks the task
+// when procfs refuses.
+func readPersonality(pid int, r *remote) (uint64, error) {
+	b, err := os.ReadFile(procfs.Path(pid, "personality"))
+	if err == nil {
+		if v, perr := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 32); perr == nil {
+			return v, nil
+		}
+	}
+	return r.call("personality", unix.SYS_PERSONALITY, 0xffffffff)
 }

@@ -19,6 +19,7 @@ package crcore
 import (
 	"errors"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -50,8 +51,26 @@ type DumpOptions struct {
 	// is being collected. Dump seizes every task while frozen, then calls
 	// Thaw; the tasks stop in ptrace at once. Thaw is called at most once.
 	Thaw func() error
+	// Progress, when set, counts the bytes of memory written so far, for
+	// a progress display.
+	Progress *Progress
 	// Log receives progress; nil logs nothing.
 	Log *logrus.Entry
+}
+
+// Progress counts the memory bytes a dump or restore has moved. Total is
+// what a restore will move (0 while unknown, as during a dump). Both are
+// safe to read while the operation runs.
+type Progress struct {
+	Done  atomic.Uint64
+	Total atomic.Uint64
+}
+
+func (p *Progress) counter() *atomic.Uint64 {
+	if p == nil {
+		return nil
+	}
+	return &p.Done
 }
 
 // DumpResult describes a finished dump.
@@ -87,7 +106,9 @@ type RestoreOptions struct {
 	// PidWait bounds how long a restore waits for a pid it needs to be
 	// released (a just-killed process not yet reaped). Default 3s.
 	PidWait time.Duration
-	Log     *logrus.Entry
+	// Progress, when set, counts the bytes of memory restored so far.
+	Progress *Progress
+	Log      *logrus.Entry
 }
 
 // Restored is a running restored tree. Its root is a child of the

@@ -34,42 +34,54 @@ func restoreRlimits(r *remote, lims []*pb.RlimitEntry) error {
 	if len(lims) > rlimNLimits {
 		return fmt.Errorf("%d rlimits, at most %d: %w", len(lims), rlimNLimits, ErrBadImage)
 	}
-	cur, err := r.alloc(16)
-	if err != nil {
-		return err
-	}
 	for res, l := range lims {
 		if l.GetCur() > l.GetMax() {
 			return fmt.Errorf("%s: soft limit %d above hard limit %d: %w", rlimitNames[res], l.GetCur(), l.GetMax(), ErrBadImage)
 		}
-		if _, err := r.call("prlimit64", unix.SYS_PRLIMIT64, 0, uint64(res), 0, cur); err != nil {
-			return err
-		}
-		var b [16]byte
-		if err := r.read(cur, b[:]); err != nil {
-			return err
-		}
-		have := [2]uint64{binary.LittleEndian.Uint64(b[:]), binary.LittleEndian.Uint64(b[8:])}
-		if have[0] == l.GetCur() && have[1] == l.GetMax() {
+	}
+	// Two batches (batch.go): read every limit, then set those that
+	// differ.
+	mark := r.used
+	defer func() { r.used = mark }()
+	cur, err := r.alloc(16 * len(lims))
+	if err != nil {
+		return err
+	}
+	get := r.batch()
+	for res := range lims {
+		get.add("prlimit64", unix.SYS_PRLIMIT64, 0, uint64(res), 0, cur+uint64(16*res))
+	}
+	if _, err := get.run(); err != nil {
+		return err
+	}
+	have := make([]byte, 16*len(lims))
+	if err := r.read(cur, have); err != nil {
+		return err
+	}
+	set := r.batch()
+	var setRes []int
+	for res, l := range lims {
+		b := have[16*res : 16*res+16]
+		if binary.LittleEndian.Uint64(b) == l.GetCur() && binary.LittleEndian.Uint64(b[8:]) == l.GetMax() {
 			continue
 		}
-		binary.LittleEndian.PutUint64(b[:], l.GetCur())
-		binary.LittleEndian.PutUint64(b[8:], l.GetMax())
-		p, err := r.put(b[:])
+		var w [16]byte
+		binary.LittleEndian.PutUint64(w[:], l.GetCur())
+		binary.LittleEndian.PutUint64(w[8:], l.GetMax())
+		p, err := r.put(w[:])
 		if err != nil {
 			return err
 		}
-		_, err = r.call("prlimit64 "+rlimitNames[res], unix.SYS_PRLIMIT64, 0, uint64(res), p, 0)
-		r.used -= 16
-		if errors.Is(err, unix.EPERM) {
-			return fmt.Errorf("%s: the image's hard limit %s is above the restorer's %s; raising it needs CAP_SYS_RESOURCE: %w",
-				rlimitNames[res], rlimString(l.GetMax()), rlimString(have[1]), err)
-		}
-		if err != nil {
-			return err
-		}
+		set.add("prlimit64 "+rlimitNames[res], unix.SYS_PRLIMIT64, 0, uint64(res), p, 0)
+		setRes = append(setRes, res)
 	}
-	return nil
+	done, err := set.run()
+	if errors.Is(err, unix.EPERM) && len(done) < len(setRes) {
+		res := setRes[len(done)]
+		return fmt.Errorf("%s: the image's hard limit %s is above the restorer's %s; raising it needs CAP_SYS_RESOURCE: %w",
+			rlimitNames[res], rlimString(lims[res].GetMax()), rlimString(binary.LittleEndian.Uint64(have[16*res+8:])), err)
+	}
+	return err
 }
 
 func rlimString(v uint64) string {

@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -85,6 +87,8 @@ type dumper struct {
 	level int       // index of the root's pid namespace in NSpid lists
 	shm   shmemDump // shared memory objects (shmem.go)
 	ipc   sysvDump  // SysV IPC of the tree's namespace (sysvipc.go)
+	// progress counts the bytes of memory written (nil: not counted).
+	progress *Progress
 }
 
 // dthread is one thread of a dumped task.
@@ -165,7 +169,7 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
 	}
 	defer dir.Close()
-	d := &dumper{log: log, dir: dir, files: newFileTable(dir)}
+	d := &dumper{log: log, dir: dir, files: newFileTable(dir), progress: opts.Progress}
 	d.files.log = log
 	defer d.files.ctx.closeExtra()
 
@@ -210,16 +214,25 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 	}
 	memStart := time.Now()
 	log.WithField("took", memStart.Sub(phase)).Debug("task state dumped")
+	// Each task's pages are copied by a worker while the next task's
+	// address space is scanned: the copies need no ptrace, and in a tree
+	// of small tasks they are most of the memory phase.
+	copies := newCopyGroup(ctx)
 	for _, t := range tasks {
 		if t.zombie {
 			continue
 		}
-		if err := d.dumpMM(t); err != nil {
+		if err := d.dumpMM(t, copies); err != nil {
+			copies.wait()
 			return nil, fmt.Errorf("dump pid %d: %w", t.pid, err)
 		}
 		if t.fs, err = d.dumpFs(t.pid, t.umask); err != nil {
+			copies.wait()
 			return nil, fmt.Errorf("dump pid %d: %w", t.pid, err)
 		}
+	}
+	if err := copies.wait(); err != nil {
+		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
 	}
 	if err := d.dumpSysv(pid); err != nil {
 		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
@@ -599,7 +612,7 @@ func (d *dumper) dumpTask(t *dtask) error {
 	if t.brk, err = r.call("brk", unix.SYS_BRK, 0); err != nil {
 		return err
 	}
-	if t.personality, err = r.call("personality", unix.SYS_PERSONALITY, 0xffffffff); err != nil {
+	if t.personality, err = readPersonality(t.pid, r); err != nil {
 		return err
 	}
 	sa, err := r.alloc(kabi.NSig * kabi.SizeofKSigaction)
@@ -707,8 +720,57 @@ func dumpThreadRegs(th *dthread) error {
 	return err
 }
 
-// dumpMM writes the memory of t and describes its address space.
-func (d *dumper) dumpMM(t *dtask) error {
+// copyGroup runs the page copies of several tasks at once, at most one
+// per CPU (each copy of a large task splits itself across CPUs too).
+type copyGroup struct {
+	ctx context.Context
+	sem chan struct{}
+	wg  sync.WaitGroup
+	mu  sync.Mutex
+	err error
+}
+
+func newCopyGroup(ctx context.Context) *copyGroup {
+	return &copyGroup{ctx: ctx, sem: make(chan struct{}, max(1, min(runtime.GOMAXPROCS(0), 4)))}
+}
+
+// do runs f on a worker; after the first failure nothing more runs.
+func (g *copyGroup) do(f func() error) {
+	g.sem <- struct{}{}
+	g.wg.Add(1)
+	go func() {
+		defer func() { <-g.sem; g.wg.Done() }()
+		g.mu.Lock()
+		failed := g.err != nil
+		g.mu.Unlock()
+		var err error
+		if failed {
+			return
+		}
+		if err = g.ctx.Err(); err == nil {
+			err = f()
+		}
+		if err != nil {
+			g.mu.Lock()
+			if g.err == nil {
+				g.err = err
+			}
+			g.mu.Unlock()
+		}
+	}()
+}
+
+// wait waits for every copy and returns the first error.
+func (g *copyGroup) wait() error {
+	g.wg.Wait()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.err
+}
+
+// dumpMM describes the address space of t and scans its pages; the copy
+// of the pages into the image runs on copies.
+func (d *dumper) dumpMM(t *dtask, copies *copyGroup) error {
 	pid, st := t.pid, t.st
 	vmas, err := procfs.ReadMaps(pid)
 	if err != nil {
@@ -749,13 +811,19 @@ func (d *dumper) dumpMM(t *dtask) error {
 	if err != nil {
 		return err
 	}
-	defer pages.Close()
-	// The file itself: the dumper maps it and copies in parallel.
 	md, err := mem.NewDumper(pid, pages)
 	if err != nil {
+		pages.Close()
 		return err
 	}
-	defer md.Close()
+	md.Progress = d.progress.counter()
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			md.Close()
+			pages.Close()
+		}
+	}()
 	for _, v := range vmas {
 		e, err := d.vmaEntry(pid, v, st, t.brk)
 		if err != nil {
@@ -772,11 +840,25 @@ func (d *dumper) dumpMM(t *dtask) error {
 		}
 		t.runs = append(t.runs, r...)
 	}
-	if err := md.Flush(); err != nil {
-		return err
-	}
-	d.stats.PagesScanned += md.Stats.PagesScanned
-	d.stats.PagesSkipped += md.Stats.PagesZero
-	d.stats.PagesWritten += md.Stats.PagesWritten
+	handedOff = true
+	copies.do(func() error {
+		defer pages.Close()
+		defer md.Close()
+		if err := md.Flush(); err != nil {
+			return fmt.Errorf("dump pid %d: %w", pid, err)
+		}
+		if err := pages.Close(); err != nil {
+			return fmt.Errorf("dump pid %d: %w", pid, err)
+		}
+		if n, c, ok := md.Sum(); ok {
+			d.dir.RecordChecksum(pagesName(t.nsPid), n, c)
+		}
+		copies.mu.Lock()
+		d.stats.PagesScanned += md.Stats.PagesScanned
+		d.stats.PagesSkipped += md.Stats.PagesZero
+		d.stats.PagesWritten += md.Stats.PagesWritten
+		copies.mu.Unlock()
+		return nil
+	})
 	return nil
 }

@@ -502,14 +502,19 @@ func (rs *restorer) restoreFds(t *rtask) error {
 	}
 
 	c := &fdRestoreCtx{s: s, ti: ti, provided: map[uint32]uint64{}}
+	inPlace := r.batch()
 	for _, e := range fds {
 		fd := uint64(e.GetFd())
 		id := e.GetId()
 		cloexec := e.GetFlags()&unix.FD_CLOEXEC != 0
 		if inherited[e.GetFd()] == id {
-			if err := setCloexec(r, fd, cloexec); err != nil {
-				return err
+			// In place already and never touched again: its flag
+			// goes in one batch with the others (batch.go).
+			v := uint64(0)
+			if cloexec {
+				v = unix.FD_CLOEXEC
 			}
+			inPlace.add("fcntl(F_SETFD)", unix.SYS_FCNTL, fd, unix.F_SETFD, v)
 			continue
 		}
 		src, ok := open[id]
@@ -564,6 +569,9 @@ func (rs *restorer) restoreFds(t *rtask) error {
 		}
 	}
 
+	if _, err := inPlace.run(); err != nil {
+		return err
+	}
 	for _, f := range c.deferred {
 		if err := f(); err != nil {
 			return err

@@ -75,28 +75,18 @@ func (r *remote) cstring(s string) (uint64, error) {
 func (r *remote) read(addr uint64, b []byte) error { return readMem(r.pid(), addr, b) }
 
 func writeMem(pid int, addr uint64, b []byte) error {
-	if len(b) == 0 {
-		return nil
-	}
-	local := []unix.Iovec{{Base: &b[0]}}
-	local[0].SetLen(len(b))
-	rem := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(b)}}
-	for {
-		n, err := unix.ProcessVMWritev(pid, local, rem, 0)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("write %d bytes at %#x in task %d: %w", len(b), addr, pid, os.NewSyscallError("process_vm_writev", err))
-		}
-		if n != len(b) {
-			return fmt.Errorf("write %d bytes at %#x in task %d: short write %d", len(b), addr, pid, n)
-		}
-		return nil
-	}
+	return vmCopy(pid, addr, b, unix.ProcessVMWritev, "write", "process_vm_writev")
 }
 
 func readMem(pid int, addr uint64, b []byte) error {
+	return vmCopy(pid, addr, b, unix.ProcessVMReadv, "read", "process_vm_readv")
+}
+
+// vmCopy moves b to or from addr in task pid with one vectored call; a
+// short transfer is an error (the ranges crhook moves this way are
+// small and mapped).
+func vmCopy(pid int, addr uint64, b []byte,
+	op func(int, []unix.Iovec, []unix.RemoteIovec, uint) (int, error), verb, name string) error {
 	if len(b) == 0 {
 		return nil
 	}
@@ -104,15 +94,15 @@ func readMem(pid int, addr uint64, b []byte) error {
 	local[0].SetLen(len(b))
 	rem := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(b)}}
 	for {
-		n, err := unix.ProcessVMReadv(pid, local, rem, 0)
+		n, err := op(pid, local, rem, 0)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("read %d bytes at %#x in task %d: %w", len(b), addr, pid, os.NewSyscallError("process_vm_readv", err))
+			return fmt.Errorf("%s %d bytes at %#x in task %d: %w", verb, len(b), addr, pid, os.NewSyscallError(name, err))
 		}
 		if n != len(b) {
-			return fmt.Errorf("read %d bytes at %#x in task %d: short read %d", len(b), addr, pid, n)
+			return fmt.Errorf("%s %d bytes at %#x in task %d: short %s %d", verb, len(b), addr, pid, verb, n)
 		}
 		return nil
 	}

@@ -10,8 +10,10 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -65,8 +67,13 @@ type restorer struct {
 	// pids if the tasks may not choose them themselves.
 	nsTarget int
 	pids     *pidSetter
-	shm      shmemRestore   // shared memory objects made so far (shmem.go)
-	sess     sessionRestore // helper tasks for sessions and groups (sessions.go)
+	shm      shmemRestore // shared memory objects made so far (shmem.go)
+	progress *Progress
+	// fills bounds and tracks the page copies running in the background.
+	fills   sync.WaitGroup
+	fillSem chan struct{}
+	fillMu  sync.Mutex
+	sess    sessionRestore // helper tasks for sessions and groups (sessions.go)
 }
 
 // rtask is a task being restored.
@@ -80,6 +87,15 @@ type rtask struct {
 	// table is the fd table the task holds once its fds are in place,
 	// leftovers included: what a child cloned from it inherits.
 	table map[uint32]uint32
+	// filled reports the end of the copy of the task's pages, which runs
+	// while the rest of the tree is built; memFixes are the protections
+	// and advice to apply once it is done (completeMemory).
+	filled   chan error
+	fillErr  error
+	memFixes *batch
+	// memReady: the task's pages are all in place; a child cloned now
+	// inherits them.
+	memReady bool
 }
 
 type rthread struct {
@@ -97,7 +113,17 @@ func newRestorer(ctx context.Context, s *imageSet, opts RestoreOptions, log *log
 	if wait == 0 {
 		wait = 3 * time.Second
 	}
-	return &restorer{ctx: ctx, s: s, log: log, wait: wait, holders: map[uint32]fdHolder{}}
+	rs := &restorer{ctx: ctx, s: s, log: log, wait: wait, holders: map[uint32]fdHolder{}, progress: opts.Progress}
+	if p := opts.Progress; p != nil {
+		var total uint64
+		for _, ti := range s.tasks {
+			for _, r := range ti.runs {
+				total += r.NrPages * uint64(pageSize)
+			}
+		}
+		p.Total.Store(total)
+	}
+	return rs
 }
 
 func restore(ctx context.Context, opts RestoreOptions, log *logrus.Entry) (*Restored, error) {
@@ -107,6 +133,7 @@ func restore(ctx context.Context, opts RestoreOptions, log *logrus.Entry) (*Rest
 		return nil, fmt.Errorf("restore %s: %w", opts.ImageDir, err)
 	}
 	defer imgs.dir.Close()
+	log.WithFields(logrus.Fields{"tasks": len(imgs.tasks), "took": time.Since(start)}).Debug("images verified and loaded")
 	root := imgs.tasks[int(imgs.tree[0].GetPid())]
 	if root.zombie() {
 		return nil, fmt.Errorf("restore %s: the root is a zombie: %w", opts.ImageDir, ErrBadImage)
@@ -167,6 +194,8 @@ func restore(ctx context.Context, opts RestoreOptions, log *logrus.Entry) (*Rest
 // run rebuilds the whole tree from its root, a task stopped with a
 // syscall gadget at gadget0 (a fresh husk or a just-exec'd process).
 func (rs *restorer) run(root *rtask, gadget0 uint64) error {
+	// A failed restore must not return with copies still writing.
+	defer rs.fills.Wait()
 	var all []*pb.VmaEntry
 	for _, ti := range rs.s.tasks {
 		all = append(all, ti.mm.GetVmas()...)
@@ -206,9 +235,11 @@ func (rs *restorer) run(root *rtask, gadget0 uint64) error {
 	if err := rs.restoreSysv(root); err != nil {
 		return err
 	}
+	start := time.Now()
 	if err := rs.create(root); err != nil {
 		return err
 	}
+	rs.log.WithFields(logrus.Fields{"tasks": len(rs.tasks), "took": time.Since(start)}).Debug("tree created")
 	if err := rs.groups(); err != nil {
 		return err
 	}
@@ -223,6 +254,7 @@ func (rs *restorer) run(root *rtask, gadget0 uint64) error {
 			}
 		}
 	}
+	start = time.Now()
 	for i := len(rs.tasks) - 1; i >= 0; i-- {
 		t := rs.tasks[i]
 		if t.ti.zombie() {
@@ -232,6 +264,7 @@ func (rs *restorer) run(root *rtask, gadget0 uint64) error {
 			return fmt.Errorf("pid %d: %w", t.ti.pid, err)
 		}
 	}
+	rs.log.WithField("took", time.Since(start)).Debug("tree finished")
 	return nil
 }
 
@@ -256,6 +289,12 @@ func (rs *restorer) create(t *rtask) error {
 	if err := rs.restoreFds(t); err != nil {
 		return fmt.Errorf("pid %d: %w", pid, err)
 	}
+	// Memory before children: they inherit it, copy-on-write
+	// (inherit.go).
+	if err := rs.buildMemory(t); err != nil {
+		return fmt.Errorf("pid %d: %w", pid, err)
+	}
+	faultPoint("restore:after-memory")
 	// Every child is cloned, in its session (sessions.go), before any
 	// is built.
 	children, err := rs.cloneChildren(t)
@@ -267,10 +306,6 @@ func (rs *restorer) create(t *rtask) error {
 			return err
 		}
 	}
-	if err := rs.buildMemory(t); err != nil {
-		return fmt.Errorf("pid %d: %w", pid, err)
-	}
-	faultPoint("restore:after-memory")
 	if err := rs.s.restoreTaskState(t.r, t.ti); err != nil {
 		return fmt.Errorf("pid %d: %w", pid, err)
 	}
@@ -488,18 +523,41 @@ func (rs *restorer) die(t *rtask) error {
 	return nil
 }
 
-// buildMemory maps every VMA of the task, fills its pages and sets its mm.
+// buildMemory maps every VMA of the task and starts the copy of its pages
+// in the background: a copy needs no ptrace, and copies of a tree's tasks
+// overlap each other and the injected syscalls of the next tasks.
+// completeMemory waits for it and finishes the address space.
 func (rs *restorer) buildMemory(t *rtask) error {
 	s, ti, r := rs.s, t.ti, t.r
 	vmas := ti.mm.GetVmas()
-	if err := s.mapVdso(r, vmas); err != nil {
-		return err
+	var plan *inheritPlan
+	if t.parent != nil && t.parent.memReady {
+		plan = planInherit(t.parent.ti, ti)
+	}
+	if plan != nil {
+		pre := r.batch()
+		for _, u := range plan.unmap {
+			pre.add("munmap inherited", unix.SYS_MUNMAP, u[0], u[1])
+		}
+		for _, d := range plan.drop {
+			pre.add("madvise(MADV_DONTNEED) inherited", unix.SYS_MADVISE, d[0], d[1], unix.MADV_DONTNEED)
+		}
+		if _, err := pre.run(); err != nil {
+			return err
+		}
+	}
+	if plan == nil || !plan.keepVdso {
+		if err := s.mapVdso(r, vmas); err != nil {
+			return err
+		}
 	}
 	fileFds := map[uint32]uint64{}
 	closeAll := func() {
+		b := r.batch()
 		for _, fd := range fileFds {
-			r.call("close", unix.SYS_CLOSE, fd)
+			b.add("close", unix.SYS_CLOSE, fd)
 		}
+		b.run()
 		clear(fileFds)
 	}
 	defer closeAll()
@@ -532,6 +590,10 @@ func (rs *restorer) buildMemory(t *rtask) error {
 	type fix struct{ start, len, prot uint64 }
 	var fixes []fix
 	force := map[uint64]bool{}
+	// The plain mappings go in one batch; a mapping of shared memory and
+	// the opening of a mapped file run at once, which is safe as every
+	// mapping is MAP_FIXED over its own range.
+	maps := r.batch()
 	for _, v := range vmas {
 		status := v.GetStatus()
 		if status&(vmaAreaVdso|vmaAreaVvar) != 0 {
@@ -551,6 +613,12 @@ func (rs *restorer) buildMemory(t *rtask) error {
 		default:
 			force[v.GetStart()] = true
 		}
+		if plan != nil && plan.kept[v.GetStart()] {
+			if mprot != prot {
+				fixes = append(fixes, fix{v.GetStart(), v.GetEnd() - v.GetStart(), prot})
+			}
+			continue
+		}
 		if used, ok, err := rs.mapShared(t, v, mprot); ok || err != nil {
 			if err != nil {
 				return err
@@ -567,13 +635,14 @@ func (rs *restorer) buildMemory(t *rtask) error {
 				return err
 			}
 		}
-		if _, err := r.call(fmt.Sprintf("mmap %#x-%#x", v.GetStart(), v.GetEnd()), unix.SYS_MMAP,
-			v.GetStart(), v.GetEnd()-v.GetStart(), mprot, flags, fd, v.GetPgoff()); err != nil {
-			return err
-		}
+		maps.add(fmt.Sprintf("mmap %#x-%#x", v.GetStart(), v.GetEnd()), unix.SYS_MMAP,
+			v.GetStart(), v.GetEnd()-v.GetStart(), mprot, flags, fd, v.GetPgoff())
 		if mprot != prot {
 			fixes = append(fixes, fix{v.GetStart(), v.GetEnd() - v.GetStart(), prot})
 		}
+	}
+	if _, err := maps.run(); err != nil {
+		return err
 	}
 	if err := rs.ctx.Err(); err != nil {
 		return err
@@ -593,33 +662,113 @@ func (rs *restorer) buildMemory(t *rtask) error {
 			}
 		}
 	}
-	ms, err := mem.Fill(t.hostPid, runs, pages)
-	pages.Close()
-	if err != nil {
-		return fmt.Errorf("fill memory: %w", err)
-	}
-	rs.st.PagesRestored += ms.PagesWritten
+	fin := r.batch()
 	for _, f := range fixes {
-		if _, err := r.call("mprotect", unix.SYS_MPROTECT, f.start, f.len, f.prot); err != nil {
-			return err
-		}
+		fin.add("mprotect", unix.SYS_MPROTECT, f.start, f.len, f.prot)
 	}
 	for _, v := range vmas {
 		for adv := 0; adv < 64; adv++ {
 			if v.GetMadv()&(1<<adv) != 0 {
-				if _, err := r.call("madvise", unix.SYS_MADVISE, v.GetStart(), v.GetEnd()-v.GetStart(), uint64(adv)); err != nil {
-					return err
-				}
+				fin.add("madvise", unix.SYS_MADVISE, v.GetStart(), v.GetEnd()-v.GetStart(), uint64(adv))
 			}
 		}
 	}
+	t.memFixes = fin
+	t.filled = make(chan error, 1)
+	if rs.fillSem == nil {
+		rs.fillSem = make(chan struct{}, max(1, min(runtime.GOMAXPROCS(0), 4)))
+	}
+	rs.fillSem <- struct{}{}
+	rs.fills.Add(1)
+	go func() {
+		defer rs.fills.Done()
+		defer func() { <-rs.fillSem }()
+		var err error
+		if plan != nil {
+			runs, err = rs.inheritedRuns(plan, ti, runs, pages)
+		}
+		var ms mem.Stats
+		if err == nil {
+			ms, err = mem.FillProgress(t.hostPid, runs, pages, rs.progress.counter())
+		}
+		pages.Close()
+		if err == nil {
+			rs.fillMu.Lock()
+			rs.st.PagesRestored += ms.PagesWritten
+			rs.fillMu.Unlock()
+		}
+		t.filled <- err
+	}()
+	return nil
+}
+
+// waitFill waits for the copy of the task's pages, once.
+func (rs *restorer) waitFill(t *rtask) error {
+	if t.filled != nil {
+		if err := <-t.filled; err != nil {
+			t.fillErr = fmt.Errorf("fill memory: %w", err)
+		}
+		t.filled = nil
+	}
+	return t.fillErr
+}
+
+// inheritedRuns marks the pages a child holds already (inherit.go).
+func (rs *restorer) inheritedRuns(plan *inheritPlan, ti *taskImage, runs []mem.Run, pages *os.File) ([]mem.Run, error) {
+	pp, err := rs.s.openPages(plan.parent)
+	if err != nil {
+		return nil, err
+	}
+	defer pp.Close()
+	out, err := plan.splitInherited(ti, runs, pages, pp)
+	if err == nil {
+		var skip, write uint64
+		for _, r := range out {
+			if r.Skip {
+				skip += r.NrPages
+			} else {
+				write += r.NrPages
+			}
+		}
+		if c := rs.progress.counter(); c != nil {
+			c.Add(skip * uint64(pageSize))
+		}
+		rs.log.WithFields(logrus.Fields{"pid": ti.pid, "kept_vmas": len(plan.kept), "unmapped": len(plan.unmap),
+			"dropped": len(plan.drop), "pages_inherited": skip, "pages_written": write}).Debug("copy-on-write inheritance")
+	}
+	return out, err
+}
+
+// completeMemory waits for the task's pages, then protects and advises
+// its mappings as they were and sets its mm (exe link, brk, arg and env
+// areas, auxv).
+func (rs *restorer) completeMemory(t *rtask) error {
+	if err := rs.waitFill(t); err != nil {
+		return err
+	}
+	if t.memFixes == nil {
+		return nil
+	}
+	r, s := t.r, rs.s
+	fixes := t.memFixes
+	t.memFixes = nil
+	if _, err := fixes.run(); err != nil {
+		return err
+	}
 	exeFd := ^uint64(0)
 	if !s.keepExe {
-		if exeFd, err = openFile(ti.mm.GetExeFileId(), unix.O_RDONLY); err != nil {
+		f := s.files[t.ti.mm.GetExeFileId()].GetReg()
+		r.reset()
+		p, err := r.cstring(f.GetName())
+		if err != nil {
 			return err
 		}
+		if exeFd, err = r.call("open "+f.GetName(), unix.SYS_OPENAT, atFdcwd, p, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			return err
+		}
+		defer r.call("close", unix.SYS_CLOSE, exeFd)
 	}
-	return setMM(r, ti.mm, exeFd)
+	return setMM(r, t.ti.mm, exeFd)
 }
 
 // finish closes what the task holds beyond its image's fds, sets every
@@ -627,6 +776,9 @@ func (rs *restorer) buildMemory(t *rtask) error {
 // syscall unmaps the scratch area (the gadget with it); at its exit stop
 // the leader gets its own registers back.
 func (rs *restorer) finish(t *rtask) error {
+	if err := rs.completeMemory(t); err != nil {
+		return err
+	}
 	if err := closeExtraFds(t.r, t.ti); err != nil {
 		return err
 	}

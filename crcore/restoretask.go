@@ -5,6 +5,7 @@ package crcore
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"sort"
 
 	"golang.org/x/sys/unix"
@@ -19,21 +20,18 @@ import (
 func (s *imageSet) restoreTaskState(r *remote, ti *taskImage) error {
 	tc := ti.core.GetTc()
 	r.reset()
+	// One batch (batch.go): what its calls point to stays in scratch
+	// until it has run.
+	bt := r.batch()
 	if cwd := s.files[ti.fs.GetCwdId()].GetReg().GetName(); cwd != "" {
 		p, err := r.cstring(cwd)
 		if err != nil {
 			return err
 		}
-		if _, err := r.call("chdir "+cwd, unix.SYS_CHDIR, p); err != nil {
-			return err
-		}
+		bt.add("chdir "+cwd, unix.SYS_CHDIR, p)
 	}
-	if _, err := r.call("umask", unix.SYS_UMASK, uint64(ti.fs.GetUmask())); err != nil {
-		return err
-	}
-	if _, err := r.call("personality", unix.SYS_PERSONALITY, uint64(tc.GetPersonality())); err != nil {
-		return err
-	}
+	bt.add("umask", unix.SYS_UMASK, uint64(ti.fs.GetUmask()))
+	bt.add("personality", unix.SYS_PERSONALITY, uint64(tc.GetPersonality()))
 
 	// Signal handlers, in CRIU's order: every signal but SIGKILL and
 	// SIGSTOP.
@@ -50,14 +48,11 @@ func (s *imageSet) restoreTaskState(r *remote, ti *taskImage) error {
 		}
 		var b bytes.Buffer
 		binary.Write(&b, binary.LittleEndian, kabi.KSigaction{Handler: a.GetSigaction(), Flags: a.GetFlags(), Restorer: a.GetRestorer(), Mask: a.GetMask()})
-		r.reset()
 		p, err := r.put(b.Bytes())
 		if err != nil {
 			return err
 		}
-		if _, err := r.call("rt_sigaction", unix.SYS_RT_SIGACTION, uint64(sig), p, 0, 8); err != nil {
-			return err
-		}
+		bt.add(fmt.Sprintf("rt_sigaction(%d)", sig), unix.SYS_RT_SIGACTION, uint64(sig), p, 0, 8)
 	}
 	if tm := tc.GetTimers(); tm != nil {
 		for which, it := range []*pb.ItimerEntry{tm.GetReal(), tm.GetVirt(), tm.GetProf()} {
@@ -68,17 +63,15 @@ func (s *imageSet) restoreTaskState(r *remote, ti *taskImage) error {
 			for k, v := range []uint64{it.GetIsec(), it.GetIusec(), it.GetVsec(), it.GetVusec()} {
 				binary.LittleEndian.PutUint64(b[8*k:], v)
 			}
-			r.reset()
 			p, err := r.put(b[:])
 			if err != nil {
 				return err
 			}
-			if _, err := r.call("setitimer", unix.SYS_SETITIMER, uint64(which), p, 0); err != nil {
-				return err
-			}
+			bt.add("setitimer", unix.SYS_SETITIMER, uint64(which), p, 0)
 		}
 	}
-	return nil
+	_, err := bt.run()
+	return err
 }
 
 // restoreThreadState sets what belongs to one thread: its name, signal
@@ -87,39 +80,34 @@ func (s *imageSet) restoreTaskState(r *remote, ti *taskImage) error {
 func restoreThreadState(r *remote, th *threadImage) error {
 	thc := th.core.GetThreadCore()
 	r.reset()
+	// One batch (batch.go): the strings and structs it points to stay
+	// in scratch until it has run.
+	b := r.batch()
 	if comm := thc.GetComm(); comm != "" {
 		p, err := r.cstring(comm)
 		if err != nil {
 			return err
 		}
-		if _, err := r.call("prctl(PR_SET_NAME)", unix.SYS_PRCTL, unix.PR_SET_NAME, p); err != nil {
-			return err
-		}
+		b.add("prctl(PR_SET_NAME)", unix.SYS_PRCTL, unix.PR_SET_NAME, p)
 	}
 	if sas := thc.GetSas(); sas != nil && sas.GetSsFlags()&kabi.SS_DISABLE == 0 {
-		var b bytes.Buffer
-		binary.Write(&b, binary.LittleEndian, kabi.StackT{SP: sas.GetSsSp(), Size: sas.GetSsSize(), Flags: int32(sas.GetSsFlags() &^ kabi.SS_ONSTACK)})
-		r.reset()
-		p, err := r.put(b.Bytes())
+		var buf bytes.Buffer
+		binary.Write(&buf, binary.LittleEndian, kabi.StackT{SP: sas.GetSsSp(), Size: sas.GetSsSize(), Flags: int32(sas.GetSsFlags() &^ kabi.SS_ONSTACK)})
+		p, err := r.put(buf.Bytes())
 		if err != nil {
 			return err
 		}
-		if _, err := r.call("sigaltstack", unix.SYS_SIGALTSTACK, p, 0); err != nil {
-			return err
-		}
+		b.add("sigaltstack", unix.SYS_SIGALTSTACK, p, 0)
 	}
-	if _, err := r.call("set_tid_address", unix.SYS_SET_TID_ADDRESS, th.core.GetThreadInfo().GetClearTidAddr()); err != nil {
-		return err
-	}
+	b.add("set_tid_address", unix.SYS_SET_TID_ADDRESS, th.core.GetThreadInfo().GetClearTidAddr())
 	if h := thc.GetFutexRla(); h != 0 {
-		if _, err := r.call("set_robust_list", unix.SYS_SET_ROBUST_LIST, h, uint64(thc.GetFutexRlaLen())); err != nil {
-			return err
-		}
+		b.add("set_robust_list", unix.SYS_SET_ROBUST_LIST, h, uint64(thc.GetFutexRlaLen()))
 	}
 	if rs := thc.GetRseqEntry(); rs != nil && rs.GetRseqAbiPointer() != 0 {
-		if _, err := r.call("rseq", unix.SYS_RSEQ, rs.GetRseqAbiPointer(), uint64(rs.GetRseqAbiSize()), 0, uint64(rs.GetSignature())); err != nil {
-			return err
-		}
+		b.add("rseq", unix.SYS_RSEQ, rs.GetRseqAbiPointer(), uint64(rs.GetRseqAbiSize()), 0, uint64(rs.GetSignature()))
+	}
+	if _, err := b.run(); err != nil {
+		return err
 	}
 	return r.t.SetSigmask(thc.GetBlkSigset())
 }
@@ -134,15 +122,15 @@ func closeExtraFds(r *remote, ti *taskImage) error {
 	}
 	sort.Slice(keep, func(i, j int) bool { return keep[i] < keep[j] })
 	next := uint64(0)
+	b := r.batch()
 	for _, fd := range keep {
 		if uint64(fd) > next {
-			if _, err := r.call("close_range", unix.SYS_CLOSE_RANGE, next, uint64(fd)-1, 0); err != nil {
-				return err
-			}
+			b.add("close_range", unix.SYS_CLOSE_RANGE, next, uint64(fd)-1, 0)
 		}
 		next = uint64(fd) + 1
 	}
-	_, err := r.call("close_range", unix.SYS_CLOSE_RANGE, next, uint64(^uint32(0)), 0)
+	b.add("close_range", unix.SYS_CLOSE_RANGE, next, uint64(^uint32(0)), 0)
+	_, err := b.run()
 	return err
 }
 

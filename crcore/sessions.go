@@ -76,14 +76,24 @@ func (rs *restorer) needsHelper(id int) bool {
 
 // cloneChildren creates the children of p, each in its session, with the
 // helpers they need, and returns them in the order they are to be built.
-// Each child is cloned before any is built (a child cloned from a sibling
-// must get the sibling's empty address space).
+// Each child is cloned before any is built: a child cloned from a
+// sibling gets the sibling's address space, which is then still the
+// parent's, as its copy-on-write inheritance expects.
 func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 	var kids []*taskImage
 	for _, e := range rs.s.tree {
 		if int(e.GetPpid()) == p.ti.pid && int(e.GetPid()) != p.ti.pid {
 			kids = append(kids, rs.s.tasks[int(e.GetPid())])
 		}
+	}
+	if len(kids) > 0 && !p.memReady {
+		// The children inherit p's memory (inherit.go): all of it,
+		// whoever they are cloned from, since the sibling or helper
+		// they may be cloned from holds p's memory unchanged.
+		if err := rs.waitFill(p); err != nil {
+			return nil, fmt.Errorf("pid %d: %w", p.ti.pid, err)
+		}
+		p.memReady = true
 	}
 	// Session leaders first: the members of their sessions among their
 	// siblings are cloned from them.

@@ -34,10 +34,12 @@ func dumpCmd(g *globals) *cobra.Command {
 			if dir == "" {
 				return usagef("dump: -D DIR is required")
 			}
+			prog, stop := startProgress("dump", os.Stderr, g.progressAfter)
 			res, err := crcore.Dump(cmd.Context(), crcore.DumpOptions{
 				Pid: pid, ImageDir: dir, LeaveRunning: leaveRunning,
-				Log: logrus.NewEntry(g.log),
+				Progress: prog, Log: logrus.NewEntry(g.log),
 			})
+			stop()
 			if err != nil {
 				return err
 			}
@@ -80,11 +82,14 @@ func restoreCmd(g *globals) *cobra.Command {
 			if _, err := unix.IoctlGetTermios(int(os.Stdin.Fd()), unix.TCGETS); shellJob && err != nil {
 				return usagef("restore --shell-job: standard input is not a terminal")
 			}
+			prog, stop := startProgress("restore", os.Stderr, g.progressAfter)
 			res, err := crcore.Restore(cmd.Context(), crcore.RestoreOptions{
 				ImageDir: dir, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
 				NewPidNS: pidns == "new",
+				Progress: prog,
 				Log:      logrus.NewEntry(g.log),
 			})
+			stop()
 			if err != nil {
 				return err
 			}

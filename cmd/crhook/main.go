@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
@@ -23,6 +24,9 @@ type globals struct {
 	logLevel string
 	logFile  string
 	log      *logrus.Logger
+	// progressAfter: a dump or restore that runs this long shows its
+	// progress on stderr when that is a terminal.
+	progressAfter time.Duration
 }
 
 func main() {
@@ -46,6 +50,8 @@ func run(args []string) int {
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warning", "log level: error, warning, info, debug")
 	root.PersistentFlags().StringVar(&g.logFile, "log-file", "", "write the log to this file instead of stderr")
+	root.PersistentFlags().DurationVar(&g.progressAfter, "progress-after", time.Second, "show progress on a terminal after this long (negative: never)")
+	root.PersistentFlags().MarkHidden("progress-after")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(dumpCmd(g), restoreCmd(g), showCmd(g), checkCmd(g), verifyCmd(g))
 	root.AddCommand(containerCmds(g)...)

@@ -3,12 +3,14 @@ package image
 import (
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"google.golang.org/protobuf/proto"
@@ -16,6 +18,8 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
+
+	"github.com/crhook/crhook/crcore/internal/crc"
 )
 
 // ChecksumsFile is the image that lists every other image file of a
@@ -28,8 +32,6 @@ const ChecksumsFile = "crhook-checksums.img"
 // = 3}, described here rather than in proto/ so that the checksum layer
 // depends on nothing the image schema may change.
 var CrhookChecksums = Kind{"CRHOOK_CHECKSUMS", 0x4b4f4820, MagicCommon}
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // checksumDesc is the message descriptor of a checksum entry.
 var checksumDesc = func() protoreflect.MessageDescriptor {
@@ -91,15 +93,103 @@ func checksumOf(m *dynamicpb.Message) Checksum {
 // files than any dump writes.
 const MaxChecksumEntries = 1 << 20
 
+// sumChunk is the most of a file one worker sums at a time.
+const sumChunk = 16 << 20
+
+// sumFiles returns the CRC32C of each file, whose sizes sums give. The
+// files are cut into chunks summed by one worker per CPU (at most 4),
+// and each file's chunks combined in order: a restore of a 2 GiB image
+// verified it at the speed of one core before.
+func sumFiles(files []*os.File, sums []Checksum) ([]uint32, error) {
+	type chunk struct {
+		file     int
+		off, len uint64
+	}
+	var chunks []chunk
+	first := make([]int, len(files)) // index of each file's first chunk
+	for i, c := range sums {
+		first[i] = len(chunks)
+		for off := uint64(0); off < c.Size; off += sumChunk {
+			chunks = append(chunks, chunk{i, off, min(sumChunk, c.Size-off)})
+		}
+	}
+	out := make([]uint32, len(chunks))
+	errs := make([]error, len(chunks))
+	next := atomic.Int64{}
+	var wg sync.WaitGroup
+	for range max(1, min(runtime.GOMAXPROCS(0), 4)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			bp := sumBufs.Get().(*[]byte)
+			defer sumBufs.Put(bp)
+			buf := *bp
+			for {
+				k := int(next.Add(1) - 1)
+				if k >= len(chunks) {
+					return
+				}
+				ch := chunks[k]
+				var c uint32
+				for done := uint64(0); done < ch.len; {
+					n := min(uint64(len(buf)), ch.len-done)
+					if _, err := files[ch.file].ReadAt(buf[:n], int64(ch.off+done)); err != nil {
+						errs[k] = fmt.Errorf("verify image %s: %w", sums[ch.file].Name, err)
+						break
+					}
+					c = crc.Update(c, buf[:n])
+					done += n
+				}
+				out[k] = c
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	crcs := make([]uint32, len(files))
+	for i := range files {
+		end := len(chunks)
+		if i+1 < len(files) {
+			end = first[i+1]
+		}
+		var c uint32
+		for k := first[i]; k < end; k++ {
+			c = crc.Combine(c, out[k], chunks[k].len)
+		}
+		crcs[i] = c
+	}
+	return crcs, nil
+}
+
+var sumBufs = sync.Pool{New: func() any {
+	b := make([]byte, 1<<20)
+	return &b
+}}
+
 // sumFile reads the whole of f and returns its size and CRC32C.
 func sumFile(f *os.File) (uint64, uint32, error) {
-	h := crc32.New(castagnoli)
-	buf := make([]byte, 1<<20)
-	n, err := io.CopyBuffer(h, struct{ io.Reader }{f}, buf)
-	if err != nil {
-		return 0, 0, err
+	// One buffer for every file: a directory holds thousands of small
+	// images, and a fresh megabyte each was most of a verify's time.
+	bp := sumBufs.Get().(*[]byte)
+	defer sumBufs.Put(bp)
+	buf := *bp
+	var n uint64
+	var c uint32
+	for {
+		k, err := f.Read(buf)
+		c = crc.Update(c, buf[:k])
+		n += uint64(k)
+		if err == io.EOF {
+			return n, c, nil
+		}
+		if err != nil {
+			return 0, 0, err
+		}
 	}
-	return uint64(n), h.Sum32(), nil
 }
 
 // imageNames lists the directory's regular *.img files but the checksum
@@ -135,6 +225,14 @@ func (d *Dir) WriteChecksums() error {
 	}
 	sums := make([]Checksum, 0, len(names))
 	for _, n := range names {
+		if c, ok := d.recorded(n); ok {
+			// Summed as it was written; a size that changed since
+			// means something else wrote it: read it after all.
+			if st, err := d.root.Stat(n); err == nil && uint64(st.Size()) == c.Size {
+				sums = append(sums, c)
+				continue
+			}
+		}
 		f, err := d.open(n)
 		if err != nil {
 			return fmt.Errorf("checksum %s: %w", n, err)
@@ -230,6 +328,12 @@ func (d *Dir) VerifyChecksums() error {
 		return err
 	}
 	listed := map[string]bool{}
+	files := make([]*os.File, 0, len(sums))
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
 	for _, c := range sums {
 		listed[c.Name] = true
 		f, err := d.root.OpenFile(c.Name, os.O_RDONLY|syscall.O_CLOEXEC|syscall.O_NOFOLLOW, 0)
@@ -239,25 +343,25 @@ func (d *Dir) VerifyChecksums() error {
 			}
 			return fmt.Errorf("verify image %s: %w", c.Name, err)
 		}
+		files = append(files, f)
 		fi, err := f.Stat()
-		if err == nil && !fi.Mode().IsRegular() {
-			f.Close()
-			return &ChecksumError{File: c.Name, Reason: "not a regular file"}
-		}
-		if err == nil && uint64(fi.Size()) != c.Size {
-			f.Close()
-			return &ChecksumError{File: c.Name, Reason: fmt.Sprintf("size %d, the dump wrote %d", fi.Size(), c.Size)}
-		}
-		size, crc, err := sumFile(f)
-		f.Close()
 		if err != nil {
 			return fmt.Errorf("verify image %s: %w", c.Name, err)
 		}
-		if size != c.Size {
-			return &ChecksumError{File: c.Name, Reason: fmt.Sprintf("size %d, the dump wrote %d", size, c.Size)}
+		if !fi.Mode().IsRegular() {
+			return &ChecksumError{File: c.Name, Reason: "not a regular file"}
 		}
-		if crc != c.CRC32C {
-			return &ChecksumError{File: c.Name, Reason: fmt.Sprintf("checksum mismatch (crc32c %08x, the dump wrote %08x): the file is corrupt", crc, c.CRC32C)}
+		if uint64(fi.Size()) != c.Size {
+			return &ChecksumError{File: c.Name, Reason: fmt.Sprintf("size %d, the dump wrote %d", fi.Size(), c.Size)}
+		}
+	}
+	crcs, err := sumFiles(files, sums)
+	if err != nil {
+		return err
+	}
+	for i, c := range sums {
+		if crcs[i] != c.CRC32C {
+			return &ChecksumError{File: c.Name, Reason: fmt.Sprintf("checksum mismatch (crc32c %08x, the dump wrote %08x): the file is corrupt", crcs[i], c.CRC32C)}
 		}
 	}
 	names, err := d.imageNames()

@@ -25,9 +25,12 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 
 	"google.golang.org/protobuf/proto"
+
+	"github.com/crhook/crhook/crcore/internal/crc"
 )
 
 // MaxEntrySize caps one entry's length prefix, and any raw blob, so that a
@@ -66,6 +69,31 @@ func badf(format string, args ...any) error {
 type Dir struct {
 	path string
 	root *os.Root
+
+	mu sync.Mutex
+	// sums holds the checksums of files written through this Dir, taken
+	// as their bytes went out, so that WriteChecksums need not read them
+	// back.
+	sums map[string]Checksum
+}
+
+// RecordChecksum notes the size and CRC32C of file name as its writer
+// computed them. WriteChecksums uses it when the file still has that
+// size, and reads the file otherwise.
+func (d *Dir) RecordChecksum(name string, size uint64, crc uint32) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.sums == nil {
+		d.sums = map[string]Checksum{}
+	}
+	d.sums[name] = Checksum{Name: name, Size: size, CRC32C: crc}
+}
+
+func (d *Dir) recorded(name string) (Checksum, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c, ok := d.sums[name]
+	return c, ok
 }
 
 // Create makes path (and its parents) an image directory with mode 0700
@@ -131,10 +159,12 @@ func (d *Dir) OpenPages(name string) (*os.File, error) { return d.open(name) }
 // on disk only after Close returns nil.
 type Writer struct {
 	name string
+	dir  *Dir
 	f    *os.File
 	bw   *bufio.Writer
 	off  int64
-	err  error // sticky: the first failure
+	crc  uint32 // of the bytes written so far
+	err  error  // sticky: the first failure
 }
 
 // NewWriter creates image file name of kind k (O_EXCL, mode 0600) and
@@ -144,7 +174,7 @@ func (d *Dir) NewWriter(name string, k Kind) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create image: %w", err)
 	}
-	w := &Writer{name: name, f: f, bw: bufio.NewWriterSize(f, 64<<10)}
+	w := &Writer{name: name, dir: d, f: f, bw: bufio.NewWriterSize(f, 64<<10)}
 	var hdr []byte
 	if k.Prefix != 0 {
 		hdr = binary.LittleEndian.AppendUint32(hdr, k.Prefix)
@@ -192,6 +222,7 @@ func (w *Writer) WriteRaw(b []byte) error {
 	if err != nil {
 		return w.fail(err)
 	}
+	w.crc = crc.Update(w.crc, b)
 	w.off += int64(n)
 	return nil
 }
@@ -211,6 +242,9 @@ func (w *Writer) Close() error {
 		w.fail(err)
 	}
 	w.f = nil
+	if w.err == nil {
+		w.dir.RecordChecksum(w.name, uint64(w.off), w.crc)
+	}
 	return w.err
 }
 
@@ -230,7 +264,7 @@ func (d *Dir) NewReader(name string, k Kind) (*Reader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open image: %w", err)
 	}
-	r := newReader(f, name, f)
+	r := newReaderSize(f, name, f, readerBufSize(f))
 	if err := r.expect(k); err != nil {
 		f.Close()
 		return nil, err
@@ -239,7 +273,20 @@ func (d *Dir) NewReader(name string, k Kind) (*Reader, error) {
 }
 
 func newReader(rd io.Reader, name string, c io.Closer) *Reader {
-	return &Reader{name: name, c: c, br: bufio.NewReaderSize(rd, 64<<10)}
+	return newReaderSize(rd, name, c, 64<<10)
+}
+
+func newReaderSize(rd io.Reader, name string, c io.Closer, size int) *Reader {
+	return &Reader{name: name, c: c, br: bufio.NewReaderSize(rd, size)}
+}
+
+// readerBufSize is 64 KiB, or less for a smaller file: a tree's dump is
+// thousands of images of a few hundred bytes.
+func readerBufSize(f *os.File) int {
+	if st, err := f.Stat(); err == nil && st.Size() < 64<<10 {
+		return max(int(st.Size())+16, 256)
+	}
+	return 64 << 10
 }
 
 // Close closes the file.

@@ -20,35 +20,8 @@ import (
 // mapped, not copied): process_vm_writev copies each page once, file ->
 // task, with no read into a buffer of ours first. Writable runs are split
 // by bytes into nw shares as in fillParallel; Force runs follow in order.
-func fillMapped(pid int, runs []Run, f *os.File, base uint64, nw int) (Stats, error) {
-	var total uint64
-	for _, r := range runs {
-		if !r.Force {
-			total += r.NrPages * pageSize
-		}
-	}
-	share := max(pageSize, (total/uint64(nw)+pageSize-1)/pageSize*pageSize)
-	shares := make([][]piece, nw)
-	var forced []piece
-	off, done := base, uint64(0)
-	for _, r := range runs {
-		addr, left := r.Addr, r.NrPages*pageSize
-		if r.Force {
-			forced = append(forced, piece{addr, off, left})
-			off += left
-			continue
-		}
-		for left > 0 {
-			w := min(int(done/share), nw-1)
-			n := left
-			if w < nw-1 {
-				n = min(left, uint64(w+1)*share-done)
-			}
-			shares[w] = append(shares[w], piece{addr, off, n})
-			addr, off, done, left = addr+n, off+n, done+n, left-n
-		}
-	}
-	end := off
+func fillMapped(pid int, runs []Run, f *os.File, base uint64, nw int, progress *atomic.Uint64) (Stats, error) {
+	shares, forced, end := splitRuns(runs, base, nw)
 	fd := int(f.Fd())
 	var (
 		wg    sync.WaitGroup
@@ -57,7 +30,7 @@ func fillMapped(pid int, runs []Run, f *os.File, base uint64, nw int) (Stats, er
 		stats = make([]Stats, nw)
 	)
 	work := func(w int, ps []piece, force bool) {
-		mr := &mapReader{pid: pid, fd: fd, end: end, stop: &stop, force: force}
+		mr := &mapReader{pid: pid, fd: fd, end: end, stop: &stop, force: force, progress: progress}
 		defer mr.close()
 		for _, p := range ps {
 			if err := mr.add(p); err != nil {
@@ -113,6 +86,8 @@ type mapReader struct {
 	stop  *atomic.Bool
 	force bool // through /proc/PID/mem
 
+	progress *atomic.Uint64
+
 	win    []byte
 	winOff uint64
 	local  []unix.Iovec
@@ -149,6 +124,9 @@ func (m *mapReader) add(p piece) error {
 			m.rem = append(m.rem, unix.RemoteIovec{Base: uintptr(p.addr), Len: int(n)})
 		}
 		m.st.PagesWritten += n / pageSize
+		if m.progress != nil {
+			m.progress.Add(n)
+		}
 		p.addr, p.off, p.len = p.addr+n, p.off+n, p.len-n
 	}
 	return nil
@@ -195,37 +173,5 @@ func (m *mapReader) writeMem(b []byte, addr uint64) error {
 
 // writev writes local to rem in task pid, continuing after short writes.
 func writev(pid int, local []unix.Iovec, rem []unix.RemoteIovec) error {
-	want := 0
-	for _, r := range rem {
-		want += r.Len
-	}
-	done := 0
-	for done < want {
-		loc, rm, skip := local, rem, done
-		for len(rm) > 0 && skip >= rm[0].Len {
-			skip -= rm[0].Len
-			loc, rm = loc[1:], rm[1:]
-		}
-		if skip > 0 {
-			l0, r0 := loc[0], rm[0]
-			l0.Base = (*byte)(addBytes(l0.Base, skip))
-			l0.SetLen(rm[0].Len - skip)
-			r0.Base += uintptr(skip)
-			r0.Len -= skip
-			loc = append([]unix.Iovec{l0}, loc[1:]...)
-			rm = append([]unix.RemoteIovec{r0}, rm[1:]...)
-		}
-		n, err := unix.ProcessVMWritev(pid, loc, rm, 0)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("write memory of task %d at %#x: %w", pid, rm[0].Base, os.NewSyscallError("process_vm_writev", err))
-		}
-		if n == 0 {
-			return fmt.Errorf("write memory of task %d at %#x: no progress", pid, rm[0].Base)
-		}
-		done += n
-	}
-	return nil
+	return vecAll(pid, local, rem, unix.ProcessVMWritev, "write", "process_vm_writev")
 }

@@ -40,6 +40,10 @@ type Run struct {
 	// Force: on restore the mapping is not writable, so the pages go in
 	// through /proc/PID/mem, which writes past the protection.
 	Force bool
+	// Skip: on restore the task holds these pages already (inherited
+	// from its parent, equal to the image's); Fill passes over their
+	// bytes in the pages file.
+	Skip bool
 }
 
 // Policy says which pages of a VMA are dumped.
@@ -125,23 +129,38 @@ func want(e uint64, p Policy, zeroPFN uint64, st *Stats) bool {
 // task's fresh pages, which scales with cores. pages is left positioned
 // after the last run, as a sequential fill leaves it.
 func Fill(pid int, runs []Run, pages io.Reader) (Stats, error) {
+	return FillProgress(pid, runs, pages, nil)
+}
+
+// FillProgress is Fill that also adds the bytes written to progress (if
+// not nil) as it goes.
+func FillProgress(pid int, runs []Run, pages io.Reader, progress *atomic.Uint64) (Stats, error) {
 	// A small fill (one worker) copies from a mapping of the file: no
 	// buffer to allocate and clear per task, one copy. A large one
 	// preads into per-worker buffers: measured on tmpfs, populating
 	// mapped windows was no faster and costs RSS.
 	if f, ok := pages.(*os.File); ok && fillWorkers(runs) == 1 {
 		if base, err := f.Seek(0, io.SeekCurrent); err == nil && uint64(base)%pageSize == 0 {
-			return fillMapped(pid, runs, f, uint64(base), 1)
+			return fillMapped(pid, runs, f, uint64(base), 1, progress)
 		}
 	}
 	if ra, ok := pages.(readerAtSeeker); ok {
 		if w := fillWorkers(runs); w > 1 {
-			return fillParallel(pid, runs, ra, w)
+			return fillParallel(pid, runs, ra, w, progress)
 		}
 	}
-	f := &filler{pid: pid, pages: pages, buf: make([]byte, bufSize)}
+	f := &filler{pid: pid, pages: pages, buf: make([]byte, bufSize), progress: progress}
 	defer f.close()
 	for _, r := range runs {
+		if r.Skip {
+			if err := f.flush(); err != nil {
+				return f.st, err
+			}
+			if _, err := io.CopyN(io.Discard, pages, int64(r.NrPages*pageSize)); err != nil {
+				return f.st, fmt.Errorf("read pages: %w", err)
+			}
+			continue
+		}
 		if r.Force {
 			if err := f.force(r); err != nil {
 				return f.st, err
@@ -168,7 +187,7 @@ type readerAtSeeker interface {
 func fillWorkers(runs []Run) int {
 	var total uint64
 	for _, r := range runs {
-		if !r.Force {
+		if !r.Force && !r.Skip {
 			total += r.NrPages * pageSize
 		}
 	}
@@ -183,26 +202,27 @@ type piece struct {
 	addr, off, len uint64
 }
 
-// fillParallel fills the writable runs with nw goroutines, then the Force
-// runs in order. Every read is a pread at the run's offset in pages.
-func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int) (Stats, error) {
-	base, err := pages.Seek(0, io.SeekCurrent)
-	if err != nil {
-		return Stats{}, fmt.Errorf("read pages: %w", err)
-	}
+// splitRuns cuts the writable runs, whose bytes lie in order in the
+// pages file from offset base, into nw shares of about the same size;
+// the Force runs come apart, in order; Skip runs only advance the
+// offset. end is the offset after the last run.
+func splitRuns(runs []Run, base uint64, nw int) (shares [][]piece, forced []piece, end uint64) {
 	var total uint64
 	for _, r := range runs {
-		if !r.Force {
+		if !r.Force && !r.Skip {
 			total += r.NrPages * pageSize
 		}
 	}
 	// share: bytes per worker, in whole pages.
-	share := (total/uint64(nw) + pageSize - 1) / pageSize * pageSize
-	shares := make([][]piece, nw)
-	var forced []piece
-	off, done := uint64(base), uint64(0) // file offset; writable bytes handed out
+	share := max(pageSize, (total/uint64(nw)+pageSize-1)/pageSize*pageSize)
+	shares = make([][]piece, nw)
+	off, done := base, uint64(0) // file offset; writable bytes handed out
 	for _, r := range runs {
 		addr, left := r.Addr, r.NrPages*pageSize
+		if r.Skip {
+			off += left
+			continue
+		}
 		if r.Force {
 			forced = append(forced, piece{addr, off, left})
 			off += left
@@ -218,7 +238,17 @@ func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int) (Stats, err
 			addr, off, done, left = addr+n, off+n, done+n, left-n
 		}
 	}
+	return shares, forced, off
+}
 
+// fillParallel fills the writable runs with nw goroutines, then the Force
+// runs in order. Every read is a pread at the run's offset in pages.
+func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int, progress *atomic.Uint64) (Stats, error) {
+	base, err := pages.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return Stats{}, fmt.Errorf("read pages: %w", err)
+	}
+	shares, forced, off := splitRuns(runs, uint64(base), nw)
 	var (
 		wg    sync.WaitGroup
 		stop  atomic.Bool
@@ -229,7 +259,7 @@ func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int) (Stats, err
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			f := &filler{pid: pid, ra: pages, buf: make([]byte, bufSize), stop: &stop}
+			f := &filler{pid: pid, ra: pages, buf: make([]byte, bufSize), stop: &stop, progress: progress}
 			defer f.close()
 			for _, p := range shares[w] {
 				if err := f.add(p.addr, p.off, p.len); err != nil {
@@ -255,7 +285,7 @@ func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int) (Stats, err
 			return st, err
 		}
 	}
-	f := &filler{pid: pid, ra: pages, buf: make([]byte, bufSize)}
+	f := &filler{pid: pid, ra: pages, buf: make([]byte, bufSize), progress: progress}
 	defer f.close()
 	for _, p := range forced {
 		if err := f.forceAt(p); err != nil {
@@ -284,6 +314,15 @@ type filler struct {
 	memf  *os.File
 	st    Stats
 	stop  *atomic.Bool // another worker failed
+	// progress, if set, counts the bytes written.
+	progress *atomic.Uint64
+}
+
+func (f *filler) wrote(n uint64) {
+	f.st.PagesWritten += n / pageSize
+	if f.progress != nil {
+		f.progress.Add(n)
+	}
 }
 
 // add queues n bytes for addr, found at off in ra (ignored without ra).
@@ -361,7 +400,7 @@ func (f *filler) flush() error {
 		}
 		done += n
 	}
-	f.st.PagesWritten += uint64(f.used) / pageSize
+	f.wrote(uint64(f.used))
 	f.used, f.local, f.rem, f.spans = 0, f.local[:0], f.rem[:0], f.spans[:0]
 	return nil
 }
@@ -387,7 +426,7 @@ func (f *filler) forceAt(p piece) error {
 		if _, err := f.memf.WriteAt(f.buf[:n], int64(p.addr)); err != nil {
 			return fmt.Errorf("write memory of task %d at %#x: %w", f.pid, p.addr, err)
 		}
-		f.st.PagesWritten += n / pageSize
+		f.wrote(n)
 		p.addr, p.off, p.len = p.addr+n, p.off+n, p.len-n
 	}
 	return nil
@@ -414,7 +453,7 @@ func (f *filler) force(r Run) error {
 		if _, err := f.memf.WriteAt(f.buf[:n], int64(addr)); err != nil {
 			return fmt.Errorf("write memory of task %d at %#x: %w", f.pid, addr, err)
 		}
-		f.st.PagesWritten += n / pageSize
+		f.wrote(n)
 		addr += n
 		left -= n
 	}

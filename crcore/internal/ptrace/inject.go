@@ -73,7 +73,7 @@ func (t *Task) Syscall(gadget uint64, nr uintptr, args ...uint64) (uint64, error
 		if err != nil {
 			return 0, err
 		}
-		done, err := t.classify(ws, gadget)
+		done, err := t.classify(ws, gadget+uint64(len(Gadget)))
 		if err != nil {
 			return 0, err
 		}
@@ -92,8 +92,8 @@ func (t *Task) Syscall(gadget uint64, nr uintptr, args ...uint64) (uint64, error
 }
 
 // classify handles one stop during an injection. It returns true at the
-// int3 that ends it.
-func (t *Task) classify(ws unix.WaitStatus, gadget uint64) (bool, error) {
+// int3 that ends it: a SIGTRAP with rip at trapEnd (just past the int3).
+func (t *Task) classify(ws unix.WaitStatus, trapEnd uint64) (bool, error) {
 	if !ws.Stopped() {
 		return false, fmt.Errorf("injected syscall in task %d: unexpected wait status %#x", t.Tid, uint32(ws))
 	}
@@ -104,10 +104,10 @@ func (t *Task) classify(ws unix.WaitStatus, gadget uint64) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		if r.Rip == gadget+uint64(len(Gadget)) {
+		if r.Rip == trapEnd {
 			return true, nil
 		}
-		return false, fmt.Errorf("injected syscall in task %d: SIGTRAP at %#x, not at the gadget %#x", t.Tid, r.Rip, gadget)
+		return false, fmt.Errorf("injected syscall in task %d: SIGTRAP at %#x, not at the gadget's end %#x", t.Tid, r.Rip, trapEnd)
 	case ev == kabi.PTRACE_EVENT_FORK || ev == kabi.PTRACE_EVENT_CLONE || ev == kabi.PTRACE_EVENT_VFORK:
 		msg, err := unix.PtraceGetEventMsg(t.Tid)
 		if err != nil {
@@ -122,7 +122,7 @@ func (t *Task) classify(ws unix.WaitStatus, gadget uint64) (bool, error) {
 		return false, nil
 	case sig == unix.SIGSEGV || sig == unix.SIGBUS || sig == unix.SIGILL:
 		r, _ := t.GetRegs()
-		return false, fmt.Errorf("injected syscall in task %d: %v at rip %#x (gadget %#x)", t.Tid, sig, r.Rip, gadget)
+		return false, fmt.Errorf("injected syscall in task %d: %v at rip %#x (gadget ends at %#x)", t.Tid, sig, r.Rip, trapEnd)
 	case sig == unix.SIGTRAP|0x80:
 		// A syscall stop left over from PTRACE_SYSCALL; go on.
 		return false, nil
@@ -130,6 +130,40 @@ func (t *Task) classify(ws unix.WaitStatus, gadget uint64) (bool, error) {
 		t.deferred = append(t.deferred, sig)
 		return false, nil
 	}
+}
+
+// RunCode runs the code at entry in the stopped task until the int3 at
+// trap, then puts the task's registers back. The code is crhook's own,
+// placed in the task's scratch area (a batch of syscalls, see crcore's
+// remote.batch).
+func (t *Task) RunCode(entry, trap uint64) error {
+	saved, err := t.GetRegs()
+	if err != nil {
+		return err
+	}
+	r := saved
+	r.Rip = entry
+	r.Orig_rax = ^uint64(0)
+	if err := t.SetRegs(&r); err != nil {
+		return err
+	}
+	for {
+		if err := unix.PtraceCont(t.Tid, 0); err != nil {
+			return wrap("cont", t.Tid, err)
+		}
+		ws, err := t.wait()
+		if err != nil {
+			return err
+		}
+		done, err := t.classify(ws, trap+1)
+		if err != nil {
+			return err
+		}
+		if done {
+			break
+		}
+	}
+	return t.SetRegs(&saved)
 }
 
 // SyscallToExit runs syscall nr under PTRACE_SYSCALL and leaves the task
@@ -161,7 +195,7 @@ func (t *Task) SyscallToExit(gadget uint64, nr uintptr, args ...uint64) (uint64,
 			stops++
 			continue
 		}
-		if _, err := t.classify(ws, gadget); err != nil {
+		if _, err := t.classify(ws, gadget+uint64(len(Gadget))); err != nil {
 			return 0, err
 		}
 	}

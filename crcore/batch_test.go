@@ -1,0 +1,128 @@
+//go:build linux && amd64
+
+package crcore
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/crhook/crhook/crcore/internal/procfs"
+	"github.com/crhook/crhook/crcore/internal/ptrace"
+)
+
+// withInjectable runs f on a locked thread with a stopped sleep(1) and a
+// dump-side remote into it (crash-safe gadget plus plain gadget in a
+// scratch area).
+func withInjectable(tb testing.TB, f func(r *remote, pid int) error) {
+	tb.Helper()
+	if unix.Geteuid() != 0 {
+		tb.Skip("needs root (ptrace)")
+	}
+	cmd := exec.Command("sleep", "1000")
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	pid := cmd.Process.Pid
+	err := onLockedThread(func() error {
+		t, err := ptrace.Seize(pid, unix.PTRACE_O_TRACESYSGOOD)
+		if err != nil {
+			return err
+		}
+		defer t.Detach(0)
+		if _, err := t.Interrupt(); err != nil {
+			return err
+		}
+		vmas, err := procfs.ReadMapsFast(pid)
+		if err != nil {
+			return err
+		}
+		var code uint64
+		for _, v := range vmas {
+			if v.Exec && v.Path != "[vsyscall]" {
+				code = v.Start
+				break
+			}
+		}
+		r, undo, err := prepareRemote(t, code)
+		if err != nil {
+			return err
+		}
+		defer undo()
+		return f(r, pid)
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// TestBatch runs batches of real syscalls in a stopped task: results in
+// order, the first failure named with its errno, nothing after it run,
+// the task's registers untouched.
+func TestBatch(t *testing.T) {
+	withInjectable(t, func(safe *remote, pid int) error {
+		// The restore side's kind of remote: plain gadget, no
+		// trampoline.
+		r := &remote{t: safe.t, gadget: safe.gadget, scratch: safe.scratch, size: safe.size}
+		before, err := r.t.GetRegs()
+		if err != nil {
+			return err
+		}
+		b := r.batch()
+		b.add("getpid", unix.SYS_GETPID)
+		b.add("getppid", unix.SYS_GETPPID)
+		b.add("getpid", unix.SYS_GETPID)
+		got, err := b.run()
+		if err != nil {
+			return err
+		}
+		if len(got) != 3 || got[0] != uint64(pid) || got[1] != uint64(os.Getpid()) || got[2] != uint64(pid) {
+			t.Errorf("results %v, want [%d %d %d]", got, pid, os.Getpid(), pid)
+		}
+
+		// A failure in the middle: the umask after it must not run.
+		b.add("umask", unix.SYS_UMASK, 0o022)
+		b.add("close(-1)", unix.SYS_CLOSE, ^uint64(0))
+		b.add("umask", unix.SYS_UMASK, 0o077)
+		got, err = b.run()
+		var se *ptrace.SyscallError
+		if !errors.As(err, &se) || se.Name != "close(-1)" || se.Err != unix.EBADF {
+			t.Errorf("error %v, want close(-1) EBADF", err)
+		}
+		if len(got) != 1 {
+			t.Errorf("%d results before the failure, want 1", len(got))
+		}
+		st, err := procfs.ReadStatus(pid)
+		if err != nil {
+			return err
+		}
+		if m, _ := st.Uint("Umask", 8); m != 0o022 {
+			t.Errorf("umask %#o after the batch, want 022: a call after the failure ran", m)
+		}
+
+		// More calls than one program holds in the scratch area.
+		n := int(r.size/(batchCallCode+8)) + 10
+		for range n {
+			b.add("getpid", unix.SYS_GETPID)
+		}
+		got, err = b.run()
+		if err != nil {
+			return err
+		}
+		if len(got) != n {
+			t.Errorf("%d results, want %d", len(got), n)
+		}
+		after, err := r.t.GetRegs()
+		if err != nil {
+			return err
+		}
+		if after != before {
+			t.Errorf("registers changed by the batches")
+		}
+		return nil
+	})
+}

@@ -1,0 +1,237 @@
+//go:build linux && amd64
+
+package crcore
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/crhook/crhook/crcore/internal/mem"
+	pb "github.com/crhook/crhook/proto"
+)
+
+// Copy-on-write inheritance on restore.
+//
+// A forked child shares its pages with its parent until either writes
+// them; a dump writes each task's pages in full, so restoring each task
+// into an empty address space turns every shared page into a private copy
+// (a fresh page to allocate and fill, which is this machine kind's
+// slowest memory operation) and multiplies the tree's memory by its
+// fan-out. Instead a child is cloned after its parent's memory is in
+// place and keeps what it can of it: a private mapping identical in both
+// images stays as inherited; of its pages, those whose bytes are equal in
+// both images are left shared, those that differ are written, and those
+// the parent has but the child does not are dropped (MADV_DONTNEED: back
+// to zero or to the file). Every other inherited mapping is unmapped and
+// the child's own are mapped as for any task.
+
+var pgSize = uint64(pageSize)
+
+// vmaKey is what must be equal for a child to keep a parent's mapping.
+type vmaKey struct {
+	start, end, pgoff, shmid uint64
+	prot, flags, status      uint32
+	vmFlags                  string
+}
+
+func keyOf(v *pb.VmaEntry, vmFlags string) vmaKey {
+	return vmaKey{v.GetStart(), v.GetEnd(), v.GetPgoff(), v.GetShmid(), v.GetProt(), v.GetFlags(), v.GetStatus(), vmFlags}
+}
+
+// inheritable: a private mapping whose pages a fork shares.
+func inheritable(v *pb.VmaEntry) bool {
+	st := v.GetStatus()
+	if st&(vmaAnonPrivate|vmaFilePrivate) == 0 {
+		return false
+	}
+	if st&(vmaAreaVdso|vmaAreaVvar|vmaAreaSysvipc|vmaAreaMemfd|vmaAnonShared|vmaFileShared) != 0 {
+		return false
+	}
+	// mlock does not survive fork.
+	return v.GetFlags()&unix.MAP_LOCKED == 0
+}
+
+func vmFlagsOf(ti *taskImage) map[uint64]string {
+	m := map[uint64]string{}
+	for _, e := range ti.ext.GetVmas() {
+		m[e.GetStart()] = e.GetVmFlags()
+	}
+	return m
+}
+
+// inheritPlan is what a child does with the address space it inherited.
+type inheritPlan struct {
+	parent   *taskImage
+	kept     map[uint64]bool // child VMA starts kept as inherited
+	unmap    [][2]uint64     // inherited mappings to remove (start, length)
+	drop     [][2]uint64     // inherited pages the child lacks (start, length)
+	keepVdso bool
+}
+
+// planInherit compares the images of parent and child. With runs out of
+// order (which a dump never writes) the child keeps nothing: every
+// inherited mapping is unmapped.
+func planInherit(parent, child *taskImage) *inheritPlan {
+	if !sortedRuns(parent.runs) || !sortedRuns(child.runs) {
+		return unmapAll(parent)
+	}
+	pf, cf := vmFlagsOf(parent), vmFlagsOf(child)
+	pl := &inheritPlan{parent: parent, kept: map[uint64]bool{}}
+	parentKeys := map[vmaKey]bool{}
+	var pSpecial, cSpecial []string
+	for _, v := range parent.mm.GetVmas() {
+		if v.GetStatus()&(vmaAreaVdso|vmaAreaVvar) != 0 {
+			pSpecial = append(pSpecial, fmt.Sprint(v.GetStart(), v.GetEnd(), v.GetStatus()))
+			continue
+		}
+		if inheritable(v) {
+			parentKeys[keyOf(v, pf[v.GetStart()])] = true
+		}
+	}
+	for _, v := range child.mm.GetVmas() {
+		if v.GetStatus()&(vmaAreaVdso|vmaAreaVvar) != 0 {
+			cSpecial = append(cSpecial, fmt.Sprint(v.GetStart(), v.GetEnd(), v.GetStatus()))
+			continue
+		}
+		if inheritable(v) && parentKeys[keyOf(v, cf[v.GetStart()])] {
+			pl.kept[v.GetStart()] = true
+		}
+	}
+	pl.keepVdso = len(pSpecial) > 0 && strings.Join(pSpecial, ",") == strings.Join(cSpecial, ",")
+	for _, v := range parent.mm.GetVmas() {
+		special := v.GetStatus()&(vmaAreaVdso|vmaAreaVvar) != 0
+		if special && pl.keepVdso || !special && pl.kept[v.GetStart()] && inheritable(v) {
+			continue
+		}
+		pl.unmap = append(pl.unmap, [2]uint64{v.GetStart(), v.GetEnd() - v.GetStart()})
+	}
+	// Pages the parent has in a kept mapping and the child does not.
+	ci := 0
+	for _, pr := range parent.runs {
+		if !pl.kept[vmaStartOf(child, pr.Addr)] {
+			continue
+		}
+		a, end := pr.Addr, pr.Addr+pr.NrPages*pgSize
+		for a < end {
+			for ci < len(child.runs) && child.runs[ci].Addr+child.runs[ci].NrPages*pgSize <= a {
+				ci++
+			}
+			if ci < len(child.runs) && child.runs[ci].Addr <= a {
+				a = min(end, child.runs[ci].Addr+child.runs[ci].NrPages*pgSize)
+				continue
+			}
+			next := end
+			if ci < len(child.runs) {
+				next = min(end, child.runs[ci].Addr)
+			}
+			if k := len(pl.drop) - 1; k >= 0 && pl.drop[k][0]+pl.drop[k][1] == a {
+				pl.drop[k][1] += next - a
+			} else {
+				pl.drop = append(pl.drop, [2]uint64{a, next - a})
+			}
+			a = next
+		}
+	}
+	return pl
+}
+
+// unmapAll is the plan of a child that keeps nothing of its parent's.
+func unmapAll(parent *taskImage) *inheritPlan {
+	pl := &inheritPlan{parent: parent, kept: map[uint64]bool{}}
+	for _, v := range parent.mm.GetVmas() {
+		pl.unmap = append(pl.unmap, [2]uint64{v.GetStart(), v.GetEnd() - v.GetStart()})
+	}
+	return pl
+}
+
+func sortedRuns(runs []mem.Run) bool {
+	for i := 1; i < len(runs); i++ {
+		if runs[i].Addr < runs[i-1].Addr+runs[i-1].NrPages*pgSize {
+			return false
+		}
+	}
+	return true
+}
+
+// vmaStartOf returns the start of ti's VMA holding addr (0 if none).
+func vmaStartOf(ti *taskImage, addr uint64) uint64 {
+	for _, v := range ti.mm.GetVmas() {
+		if v.GetStart() <= addr && addr < v.GetEnd() {
+			return v.GetStart()
+		}
+	}
+	return 0
+}
+
+// splitInherited marks Skip the pages of runs (the child's, in file order
+// in cpages) that lie in kept mappings and hold the same bytes as the
+// parent's image (parent runs in ppages): the child has them already.
+func (pl *inheritPlan) splitInherited(child *taskImage, runs []mem.Run, cpages, ppages io.ReaderAt) ([]mem.Run, error) {
+	parent := pl.parent
+	poff := make([]uint64, len(parent.runs))
+	var o uint64
+	for i, r := range parent.runs {
+		poff[i] = o
+		o += r.NrPages * pgSize
+	}
+	var out []mem.Run
+	emit := func(addr, n uint64, skip, force bool) {
+		if k := len(out) - 1; k >= 0 && out[k].Skip == skip && out[k].Force == force && out[k].Addr+out[k].NrPages*pgSize == addr {
+			out[k].NrPages += n
+			return
+		}
+		out = append(out, mem.Run{Addr: addr, NrPages: n, Skip: skip, Force: force})
+	}
+	const chunk = 256 // pages compared per read
+	cb, pbuf := make([]byte, chunk*pgSize), make([]byte, chunk*pgSize)
+	var coff uint64
+	for _, r := range runs {
+		size := r.NrPages * pgSize
+		if !pl.kept[vmaStartOf(child, r.Addr)] {
+			emit(r.Addr, r.NrPages, false, r.Force)
+			coff += size
+			continue
+		}
+		for a, end := r.Addr, r.Addr+size; a < end; {
+			// The parent's run holding a, or the next one.
+			i := sort.Search(len(parent.runs), func(i int) bool {
+				return parent.runs[i].Addr+parent.runs[i].NrPages*pgSize > a
+			})
+			if i == len(parent.runs) || parent.runs[i].Addr > a {
+				next := end
+				if i < len(parent.runs) {
+					next = min(end, parent.runs[i].Addr)
+				}
+				emit(a, (next-a)/pgSize, false, r.Force)
+				a = next
+				continue
+			}
+			pr := parent.runs[i]
+			n := min(end, pr.Addr+pr.NrPages*pgSize, a+chunk*pgSize) - a
+			c, p := cb[:n], pbuf[:n]
+			if _, err := cpages.ReadAt(c, int64(coff+(a-r.Addr))); err != nil {
+				return nil, fmt.Errorf("read pages: %w", err)
+			}
+			if _, err := ppages.ReadAt(p, int64(poff[i]+(a-pr.Addr))); err != nil {
+				return nil, fmt.Errorf("read parent's pages: %w", err)
+			}
+			for k := uint64(0); k < n; k += pgSize {
+				emit(a+k, 1, bytes.Equal(c[k:k+pgSize], p[k:k+pgSize]), r.Force)
+			}
+			a += n
+		}
+		coff += size
+	}
+	return out, nil
+}
+
+// openParentPages opens the parent's pages file for splitInherited.
+func (s *imageSet) openPages(ti *taskImage) (*os.File, error) {
+	return s.dir.OpenPages(pagesName(int(ti.pages)))
+}
