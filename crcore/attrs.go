@@ -29,10 +29,12 @@ import (
 //
 //  1. every thread blocks every signal (PTRACE_SETSIGMASK), so that what
 //     is queued next stays queued through the injections that follow;
-//  2. the leader: rlimits, child subreaper, POSIX timers (all threads
-//     exist: a SIGEV_THREAD_ID target must);
+//  2. the leader: rlimits, oom_score_adj (procattrs.go), child
+//     subreaper, POSIX timers (all threads exist: a SIGEV_THREAD_ID
+//     target must);
 //  3. pending signals, the process's queue then each thread's;
-//  4. each thread: no_new_privs, credentials (they reset pdeath_signal
+//  4. each thread: login uid (procattrs.go: CAP_AUDIT_CONTROL may be
+//     needed, so before the credentials), no_new_privs, credentials (they reset pdeath_signal
 //     and dumpable), then parent-death signal; the leader: dumpable;
 //  5. each thread: seccomp, its last injected syscall. The tracees carry
 //     PTRACE_O_SUSPEND_SECCOMP from then on, so the scratch area's munmap
@@ -49,6 +51,8 @@ type taskAttrs struct {
 	subreaper bool
 	dumpable  uint32
 	timers    []*pb.PosixTimerEntry
+	// oomLogin holds oom_score_adj and loginuid (procattrs.go).
+	oomLogin pb.TaskCoreEntry
 }
 
 // threadAttrs is what dumpEarly/dumpAttrs find out about a thread.
@@ -108,6 +112,9 @@ func (d *dumper) dumpAttrs(t *dtask, r *remote) (err error) {
 	if err := dumpTimers(t, r); err != nil {
 		return err
 	}
+	if err := dumpOOMLoginuid(&t.attrs.oomLogin, t.pid); err != nil {
+		return err
+	}
 	for _, th := range t.threads {
 		tr := &remote{t: th.t, gadget: r.gadget, scratch: r.scratch, size: r.size, used: r.used}
 		if _, err := tr.call("prctl(PR_GET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG, out); err != nil {
@@ -144,6 +151,8 @@ func attrsToCore(c *pb.CoreEntry, t *dtask, th *dthread) {
 	c.Tc.SignalsS = signalQueue(t.attrs.pending)
 	c.Tc.Rlimits = &pb.TaskRlimitsEntry{Rlimits: t.attrs.rlimits}
 	c.Tc.ChildSubreaper = proto.Bool(t.attrs.subreaper)
+	c.Tc.OomScoreAdj = t.attrs.oomLogin.OomScoreAdj
+	c.Tc.Loginuid = t.attrs.oomLogin.Loginuid
 	if c.Tc.Timers != nil {
 		c.Tc.Timers.Posix = t.attrs.timers
 	}
@@ -177,6 +186,9 @@ func (rs *restorer) restoreLast(t *rtask) error {
 	if err := restoreRlimits(lead, tc.GetRlimits().GetRlimits()); err != nil {
 		return err
 	}
+	if err := rs.restoreOOM(t); err != nil {
+		return err
+	}
 	if tc.GetChildSubreaper() {
 		if _, err := lead.call("prctl(PR_SET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1); err != nil {
 			return err
@@ -196,6 +208,9 @@ func (rs *restorer) restoreLast(t *rtask) error {
 		if err := queueSignals(remotes[i], t.ti.pid, th.img.tid, th.img.core.GetThreadCore().GetSignalsP(), false); err != nil {
 			return fmt.Errorf("thread %d: %w", th.img.tid, err)
 		}
+	}
+	if err := rs.restoreLoginuid(t, remotes); err != nil {
+		return err
 	}
 	for i, th := range t.threads {
 		if th.img.ext.GetNoNewPrivs() {

@@ -343,6 +343,9 @@ func (d *dumper) seizeTree(root int, thaw func() error, cl *cleanup) ([]*dtask, 
 			continue
 		}
 		t.stopped = t.st.State == 'T'
+		if err := refuseSharedVM(t.pid); err != nil {
+			return nil, err
+		}
 		if err := d.seizeThreads(t, thaw == nil); err != nil {
 			if !errors.Is(err, errTaskExited) || t.parent == nil {
 				return nil, fmt.Errorf("pid %d: %w", t.pid, err)

@@ -74,6 +74,7 @@ type restorer struct {
 	fills   sync.WaitGroup
 	fillSem chan struct{}
 	fillMu  sync.Mutex
+	sess    sessionRestore // helper tasks for sessions and groups (sessions.go)
 }
 
 // rtask is a task being restored.
@@ -243,6 +244,9 @@ func (rs *restorer) run(root *rtask, gadget0 uint64) error {
 	if err := rs.groups(); err != nil {
 		return err
 	}
+	if err := rs.endHelpers(); err != nil {
+		return err
+	}
 	// Zombies die last, once nothing else needs them.
 	for _, t := range rs.tasks {
 		if t.ti.zombie() {
@@ -277,16 +281,10 @@ func (rs *restorer) create(t *rtask) error {
 	if t.ti.zombie() {
 		return nil
 	}
-	if int(t.ti.ps.GetSid()) == pid {
-		// A runtime's container init may lead its session already.
-		sid, err := t.r.call("getsid", unix.SYS_GETSID, 0)
-		if err != nil {
-			return fmt.Errorf("pid %d: %w", pid, err)
-		}
-		if int(sid) != pid {
-			if _, err := t.r.call("setsid", unix.SYS_SETSID); err != nil {
-				return fmt.Errorf("pid %d: %w", pid, err)
-			}
+	if int(t.ti.ps.GetSid()) == pid && t.parent == nil {
+		// A child enters its session as it is cloned.
+		if err := enterSession(t); err != nil {
+			return err
 		}
 	}
 	if err := rs.restoreFds(t); err != nil {
@@ -298,21 +296,13 @@ func (rs *restorer) create(t *rtask) error {
 		return fmt.Errorf("pid %d: %w", pid, err)
 	}
 	faultPoint("restore:after-memory")
-	for _, p := range rs.s.tree {
-		if int(p.GetPpid()) != pid || int(p.GetPid()) == pid {
-			continue
-		}
-		if !t.memReady {
-			if err := rs.waitFill(t); err != nil {
-				return fmt.Errorf("pid %d: %w", pid, err)
-			}
-			t.memReady = true
-		}
-		child, err := rs.cloneChild(t, rs.s.tasks[int(p.GetPid())])
-		if err != nil {
-			return fmt.Errorf("pid %d: create child %d: %w", pid, p.GetPid(), err)
-		}
-		faultPoint("restore:after-clone")
+	// Every child is cloned, in its session (sessions.go), before any
+	// is built.
+	children, err := rs.cloneChildren(t)
+	if err != nil {
+		return err
+	}
+	for _, child := range children {
 		if err := rs.create(child); err != nil {
 			return err
 		}
@@ -389,7 +379,7 @@ func (rs *restorer) clone(p *rtask, want int, flags uint64, exitSignal uint64) (
 	}
 	host := ev[len(ev)-1]
 	t := ptrace.Adopt(host)
-	rs.cl.add(func() { killAndReap(t) })
+	rs.cl.add(func() { rs.killUnlessGone(t) })
 	if err := waitFirstStop(t); err != nil {
 		return nil, 0, err
 	}
@@ -411,7 +401,7 @@ func cloneError(pid int, e error, wait time.Duration) error {
 // ns_last_pid (see pidSetter).
 func (rs *restorer) choosePid(p *rtask, want int, argAddr, flags, exitSignal uint64) error {
 	if rs.pids == nil {
-		need := map[int]bool{}
+		need := rs.helperPids()
 		for pid, ti := range rs.s.tasks {
 			need[pid] = true
 			for _, th := range ti.threads {

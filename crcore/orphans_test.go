@@ -1,0 +1,244 @@
+//go:build linux && amd64
+
+package crcore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/crhook/crhook/crcore"
+	"github.com/crhook/crhook/crcore/crtest"
+)
+
+// nsIDs describes the processes of the tree rooted at host pid root as
+// its pid namespace sees them: ns pid -> "ppid P pgid G sid S" (0 for a
+// process outside the namespace), from /proc/PID/status.
+func nsIDs(t *testing.T, root int) map[int]string {
+	t.Helper()
+	depth := 0
+	nsPid := func(host int) int {
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", host))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(st), "\n") {
+			if v, ok := strings.CutPrefix(l, "NSpid:"); ok {
+				f := strings.Fields(v)
+				if depth == 0 {
+					depth = len(f)
+				}
+				if len(f) != depth {
+					return 0
+				}
+				var n int
+				fmt.Sscan(f[len(f)-1], &n)
+				return n
+			}
+		}
+		t.Fatalf("pid %d: no NSpid", host)
+		return 0
+	}
+	field := func(host int, key string) int {
+		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", host))
+		for _, l := range strings.Split(string(st), "\n") {
+			if v, ok := strings.CutPrefix(l, key+":"); ok {
+				f := strings.Fields(v)
+				var n int
+				fmt.Sscan(f[len(f)-1], &n)
+				return n
+			}
+		}
+		t.Fatalf("pid %d: no %s", host, key)
+		return 0
+	}
+	out := map[int]string{}
+	for _, host := range append([]int{root}, kernelChildren(t, root)...) {
+		pid := nsPid(host)
+		out[pid] = fmt.Sprintf("ppid %d pgid %d sid %d", nsPid(field(host, "PPid")), field(host, "NSpgid"), field(host, "NSsid"))
+	}
+	return out
+}
+
+// linesWith counts the log lines that start with prefix.
+func linesWith(lines []string, prefix string) int {
+	n := 0
+	for _, l := range lines {
+		if strings.HasPrefix(l, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+// Orphans in sessions and process groups whose leaders have exited come
+// back with their pids, parents, groups and sessions, and go on: the
+// restore stands helpers in for the leaders, then lets them go. The
+// orphans' reaper is a child subreaper, or the init of the tree's own
+// pid namespace (restored into a new one).
+func TestOrphansRoundTrip(t *testing.T) {
+	crtest.RequireRoot(t)
+	for _, pidns := range []bool{false, true} {
+		t.Run(map[bool]string{false: "subreaper", true: "pidns"}[pidns], func(t *testing.T) {
+			orphansRoundTrip(t, pidns)
+		})
+	}
+}
+
+func orphansRoundTrip(t *testing.T, pidns bool) {
+	bin := crtest.BuildC(t, "orphans", false)
+	log := filepath.Join(t.TempDir(), "log")
+	cmd := exec.Command(bin, log)
+	if pidns {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Release sets Pid to -1: take it first (kill(-1) kills everything).
+	p := &crtest.Proc{Pid: cmd.Process.Pid, Log: log, Cmd: cmd}
+	if p.Pid <= 0 {
+		t.Fatalf("bad pid %d", p.Pid)
+	}
+	cmd.Process.Release()
+	t.Cleanup(func() { crtest.KillAndReap(p.Pid) })
+	p.WaitLine(t, `^ready$`, 10*time.Second)
+	num := func(re string) int {
+		var v int
+		fmt.Sscan(p.WaitLine(t, re, 10*time.Second)[1], &v)
+		return v
+	}
+	root, a, d := num(`^root (\d+) A`), num(`^root \d+ A (\d+)`), num(`^root \d+ A \d+ D (\d+)$`)
+	b, c, e := num(`^B started (\d+)$`), num(`^C started (\d+)$`), num(`^E started (\d+)$`)
+	p.WaitLine(t, `^C got t5$`, 10*time.Second)
+	p.WaitLine(t, `^E count 5$`, 10*time.Second)
+	hosts := append([]int{p.Pid}, kernelChildren(t, p.Pid)...)
+	t.Cleanup(func() {
+		for _, pid := range hosts {
+			if pid > 0 {
+				unix.Kill(pid, unix.SIGKILL)
+			}
+		}
+		crtest.ReapGone(t, hosts, 5*time.Second) // the orphans are ours then
+	})
+	// The shape the test is about.
+	outside := os.Getpid()
+	if pidns {
+		outside = 0
+	}
+	want := map[int]string{
+		root: fmt.Sprintf("ppid %d pgid %d sid %d", outside, root, root),
+		b:    fmt.Sprintf("ppid %d pgid %d sid %d", root, b, a),
+		c:    fmt.Sprintf("ppid %d pgid %d sid %d", root, a, a),
+		e:    fmt.Sprintf("ppid %d pgid %d sid %d", root, d, root),
+	}
+	before := nsIDs(t, p.Pid)
+	if fmt.Sprint(before) != fmt.Sprint(want) {
+		t.Fatalf("the tree is %v, want %v", before, want)
+	}
+
+	dir := filepath.Join(t.TempDir(), "img")
+	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	crtest.ReapGone(t, hosts, 5*time.Second)
+	n := len(p.Lines())
+
+	rr, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir, NewPidNS: pidns})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	t.Cleanup(func() { crtest.KillAndReap(rr.Pid) })
+	hosts = append([]int{rr.Pid}, kernelChildren(t, rr.Pid)...)
+	// Same processes, parents, groups and sessions; the helpers that
+	// stood in for A and D are gone (they were the root's children).
+	if after := nsIDs(t, rr.Pid); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("after restore the tree is %v, before %v", after, before)
+	}
+	// B and C still talk through A's pipe, E still counts.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		after := p.Lines()[n:]
+		if linesWith(after, "C got ") >= 10 && linesWith(after, "E count ") >= 10 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the orphans do not go on after restore:\n%s", strings.Join(after, "\n"))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, l := range p.Lines()[n:] {
+		// The helpers' exits must not reach the root.
+		if strings.Contains(l, "errno") || l == "root sigchld" {
+			t.Errorf("after restore: %s", l)
+		}
+	}
+}
+
+// kernelChildren lists the children of pid from /proc/PID/task/*/children
+// (cheaper than a walk of /proc on a busy machine).
+func kernelChildren(t *testing.T, pid int) []int {
+	t.Helper()
+	tids, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, tid := range tids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, tid.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range strings.Fields(string(b)) {
+			var c int
+			fmt.Sscan(f, &c)
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// An orphan in a session whose leader lives on elsewhere in the tree
+// (not its sibling) is a shape the restore refuses, clearly and leaving
+// nothing behind.
+func TestOrphanOfLiveSessionRefused(t *testing.T) {
+	crtest.RequireRoot(t)
+	bin := crtest.BuildC(t, "orphans", false)
+	p := crtest.Start(t, bin, "alive-leader")
+	p.WaitLine(t, `^ready$`, 10*time.Second)
+	var m int
+	fmt.Sscan(p.WaitLine(t, `^M started (\d+)$`, time.Second)[1], &m)
+	all := append([]int{p.Pid}, crtest.Descendants(p.Pid)...)
+	t.Cleanup(func() {
+		for _, pid := range all {
+			unix.Kill(pid, unix.SIGKILL)
+		}
+		crtest.ReapGone(t, all, 5*time.Second)
+	})
+	if len(all) != 4 || !strings.Contains(nsIDs(t, p.Pid)[m], fmt.Sprintf("ppid %d ", p.Pid)) {
+		t.Fatalf("tree %v, M (%d) should be an orphan of the root: %v", all, m, nsIDs(t, p.Pid))
+	}
+	dir := filepath.Join(t.TempDir(), "img")
+	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	crtest.ReapGone(t, all, 5*time.Second)
+	_, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
+	if err == nil {
+		t.Fatal("restore succeeded")
+	}
+	if !errors.Is(err, crcore.ErrNotSupported) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d is in session", m)) {
+		t.Errorf("restore error %q: want ErrNotSupported naming pid %d's session", err, m)
+	}
+	// What the failed restore killed may be our orphans: reap them.
+	crtest.ReapGone(t, all, 5*time.Second)
+}

@@ -1,0 +1,294 @@
+//go:build linux && amd64
+
+package crcore
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"sort"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/crhook/crhook/crcore/internal/ptrace"
+)
+
+// Sessions and process groups whose leader is gone.
+//
+// A task is born in the session and the process group of the task that
+// clones it, and may later only leave them for a session or a group of
+// its own (setsid, setpgid(0, 0)) or join a group of its own session.
+// So a task whose session is not its parent's must be cloned from a task
+// already in that session; with CLONE_PARENT its parent is still the
+// right one. When the session's leader is a sibling, the leader is that
+// task. When the leader has exited (its session lives on through its
+// orphans, reparented to a subreaper or the namespace's init), a helper
+// task with the leader's pid stands in for it: cloned from the parent,
+// it calls setsid() and the members are cloned from it. A process group
+// whose leader has exited gets a helper with its pid too, in the session
+// of its members, which calls setpgid(0, 0); the members join it with
+// setpgid once the whole tree exists (restorer.groups). The helpers then
+// exit and their parent reaps them: nothing of them stays.
+//
+// The images need nothing more than the pstree entries' pgid and sid: a
+// helper is any session or group id that no task of the image has as its
+// pid, but for the root's own session and group when those come from
+// outside the tree (the restorer's, as for a shell job).
+//
+// What this does not rebuild, and refuses: a session entered by tasks of
+// different parents whose leader is gone, or whose leader is alive but
+// neither the task's parent's session nor one of its siblings.
+
+// sessionRestore is the restore's helper tasks.
+type sessionRestore struct {
+	helpers []*rtask       // in creation order
+	byPid   map[int]*rtask // image pid -> helper
+	gone    map[*ptrace.Task]bool
+}
+
+// helperPids returns the pids the image's sessions and groups need for
+// helpers.
+func (rs *restorer) helperPids() map[int]bool {
+	out := map[int]bool{}
+	for _, ti := range rs.s.tasks {
+		for _, id := range []int{int(ti.ps.GetSid()), int(ti.ps.GetPgid())} {
+			if rs.needsHelper(id) {
+				out[id] = true
+			}
+		}
+	}
+	return out
+}
+
+// needsHelper says whether session or group id names no task of the
+// image and is not the root's from outside.
+func (rs *restorer) needsHelper(id int) bool {
+	if id <= 0 {
+		return false
+	}
+	if _, ok := rs.s.tasks[id]; ok {
+		return false
+	}
+	root := rs.s.tasks[int(rs.s.tree[0].GetPid())]
+	return id != int(root.ps.GetSid()) && id != int(root.ps.GetPgid())
+}
+
+// cloneChildren creates the children of p, each in its session, with the
+// helpers they need, and returns them in the order they are to be built.
+// Each child is cloned before any is built: a child cloned from a
+// sibling gets the sibling's address space, which is then still the
+// parent's, as its copy-on-write inheritance expects.
+func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
+	var kids []*taskImage
+	for _, e := range rs.s.tree {
+		if int(e.GetPpid()) == p.ti.pid && int(e.GetPid()) != p.ti.pid {
+			kids = append(kids, rs.s.tasks[int(e.GetPid())])
+		}
+	}
+	if len(kids) > 0 && !p.memReady {
+		// The children inherit p's memory (inherit.go): all of it,
+		// whoever they are cloned from, since the sibling or helper
+		// they may be cloned from holds p's memory unchanged.
+		if err := rs.waitFill(p); err != nil {
+			return nil, fmt.Errorf("pid %d: %w", p.ti.pid, err)
+		}
+		p.memReady = true
+	}
+	// Session leaders first: the members of their sessions among their
+	// siblings are cloned from them.
+	leads := func(ti *taskImage) bool { return int(ti.ps.GetSid()) == ti.pid }
+	sort.SliceStable(kids, func(i, j int) bool { return leads(kids[i]) && !leads(kids[j]) })
+	inSession := map[int]*rtask{} // sid -> a task cloned here that is in it
+	var out []*rtask
+	for _, c := range kids {
+		sid := int(c.ps.GetSid())
+		src := p
+		if sid != c.pid && sid != int(p.ti.ps.GetSid()) {
+			var err error
+			if src, err = rs.sessionSource(p, c, inSession); err != nil {
+				return nil, err
+			}
+		}
+		child, err := rs.cloneFrom(src, p, c)
+		if err != nil {
+			return nil, fmt.Errorf("pid %d: create child %d: %w", p.ti.pid, c.pid, err)
+		}
+		faultPoint("restore:after-clone")
+		if sid == c.pid {
+			if err := enterSession(child); err != nil {
+				return nil, err
+			}
+		}
+		if inSession[sid] == nil {
+			inSession[sid] = child
+		}
+		if err := rs.groupHelper(child); err != nil {
+			return nil, err
+		}
+		out = append(out, child)
+	}
+	return out, nil
+}
+
+// enterSession makes t the leader of a new session, unless it leads one
+// already (a runtime's container init may).
+func enterSession(t *rtask) error {
+	sid, err := t.r.call("getsid", unix.SYS_GETSID, 0)
+	if err != nil {
+		return fmt.Errorf("pid %d: %w", t.ti.pid, err)
+	}
+	if int(sid) == t.ti.pid {
+		return nil
+	}
+	if _, err := t.r.call("setsid", unix.SYS_SETSID); err != nil {
+		return fmt.Errorf("pid %d: %w", t.ti.pid, err)
+	}
+	return nil
+}
+
+// sessionSource returns the task that child c of p is to be cloned from:
+// one of its siblings in its session, or a new helper leading it.
+func (rs *restorer) sessionSource(p *rtask, c *taskImage, inSession map[int]*rtask) (*rtask, error) {
+	sid := int(c.ps.GetSid())
+	if t := inSession[sid]; t != nil {
+		return t, nil
+	}
+	if !rs.needsHelper(sid) {
+		what := "is not in the tree"
+		if l, ok := rs.s.tasks[sid]; ok {
+			what = fmt.Sprintf("is pid %d, child of %d", sid, l.ps.GetPpid())
+		}
+		return nil, fmt.Errorf("pid %d is in session %d, which its parent %d is not in, and the session's leader %s: only a leader that is a sibling or has exited can be rebuilt: %w",
+			c.pid, sid, p.ti.pid, what, ErrNotSupported)
+	}
+	if h := rs.sess.byPid[sid]; h != nil {
+		return nil, fmt.Errorf("pid %d is in session %d, whose leader has exited and which children of %d are in too, but its parent is %d: one session's orphans under several parents cannot be rebuilt: %w",
+			c.pid, sid, h.parent.ti.pid, p.ti.pid, ErrNotSupported)
+	}
+	h, err := rs.newHelper(p, p, sid)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := h.r.call("setsid", unix.SYS_SETSID); err != nil {
+		return nil, fmt.Errorf("helper %d for session %d: %w", sid, sid, err)
+	}
+	inSession[sid] = h
+	return h, nil
+}
+
+// groupHelper creates, when t's process group's leader has exited, a
+// helper with the group's pid in t's session that starts the group.
+func (rs *restorer) groupHelper(t *rtask) error {
+	pgid := int(t.ti.ps.GetPgid())
+	if t.ti.zombie() || pgid == t.ti.pid || !rs.needsHelper(pgid) || rs.sess.byPid[pgid] != nil {
+		return nil
+	}
+	h, err := rs.newHelper(t, t.parent, pgid)
+	if err != nil {
+		return err
+	}
+	if _, err := h.r.call("setpgid", unix.SYS_SETPGID, 0, 0); err != nil {
+		return fmt.Errorf("helper %d for process group %d: %w", pgid, pgid, err)
+	}
+	return nil
+}
+
+// cloneFrom creates the image's task c, a child of p, cloned from src:
+// p itself, or a task of c's session whose parent is p (CLONE_PARENT).
+func (rs *restorer) cloneFrom(src, p *rtask, c *taskImage) (*rtask, error) {
+	if src == p {
+		return rs.cloneChild(p, c)
+	}
+	// clone3 refuses an exit signal with CLONE_PARENT: the child gets
+	// src's, SIGCHLD.
+	t, hostPid, err := rs.clone(src, c.pid, unix.CLONE_PARENT, 0)
+	if err != nil {
+		return nil, err
+	}
+	child := &rtask{ti: c, hostPid: hostPid, t: t, parent: p}
+	child.r = &remote{t: t, gadget: src.r.gadget, scratch: src.r.scratch, size: src.r.size}
+	child.table = maps.Clone(src.table)
+	return child, nil
+}
+
+// newHelper clones from src a helper task with pid, a child of parent
+// (src itself, or a child of parent: CLONE_PARENT).
+func (rs *restorer) newHelper(src, parent *rtask, pid int) (*rtask, error) {
+	var flags, sig uint64 = 0, uint64(unix.SIGCHLD)
+	if src != parent {
+		flags, sig = unix.CLONE_PARENT, 0
+	}
+	t, hostPid, err := rs.clone(src, pid, flags, sig)
+	if err != nil {
+		return nil, fmt.Errorf("create helper %d (a session or process group leader that has exited): %w", pid, err)
+	}
+	h := &rtask{ti: &taskImage{pid: pid}, hostPid: hostPid, t: t, parent: parent}
+	h.r = &remote{t: t, gadget: src.r.gadget, scratch: src.r.scratch, size: src.r.size}
+	if rs.sess.byPid == nil {
+		rs.sess.byPid = map[int]*rtask{}
+		rs.sess.gone = map[*ptrace.Task]bool{}
+	}
+	rs.sess.byPid[pid] = h
+	rs.sess.helpers = append(rs.sess.helpers, h)
+	rs.log.WithField("pid", pid).Debug("helper task")
+	return h, nil
+}
+
+// endHelpers lets every helper exit and has its parent reap it, once the
+// groups are joined. The parent's SIGCHLD for it is swallowed.
+// Precondition: every task built, none finished.
+func (rs *restorer) endHelpers() error {
+	for i := len(rs.sess.helpers) - 1; i >= 0; i-- {
+		h := rs.sess.helpers[i]
+		killAndReap(h.t) // we collect its exit, then its parent may
+		rs.sess.gone[h.t] = true
+		if err := rs.reapHelper(h); err != nil {
+			return fmt.Errorf("pid %d: reap helper %d: %w", h.parent.ti.pid, h.ti.pid, err)
+		}
+	}
+	return nil
+}
+
+// reapHelper injects wait4 for the exited helper h into its parent, with
+// every signal unblocked so that the helper's SIGCHLD stops the parent
+// and is dropped there.
+func (rs *restorer) reapHelper(h *rtask) error {
+	p := h.parent
+	mask, err := p.t.GetSigmask()
+	if err != nil {
+		return err
+	}
+	if err := p.t.SetSigmask(0); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(rs.wait)
+	for {
+		got, err := p.r.call("wait4", unix.SYS_WAIT4, uint64(h.ti.pid), 0, unix.WNOHANG|unix.WALL, 0)
+		if errors.Is(err, unix.ECHILD) {
+			break // reaped already (SIGCHLD ignored: the kernel reaps)
+		}
+		if err != nil {
+			return err
+		}
+		if int(got) == h.ti.pid {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("helper %d did not exit within %v", h.ti.pid, rs.wait)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	p.t.Deferred()
+	return p.t.SetSigmask(mask)
+}
+
+// killUnlessGone is the failed restore's undo for a task we created:
+// the helpers that exited already are left alone (their pid may be
+// another process's by now).
+func (rs *restorer) killUnlessGone(t *ptrace.Task) {
+	if rs.sess.gone[t] {
+		return
+	}
+	killAndReap(t)
+}
