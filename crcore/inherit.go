@@ -4,11 +4,13 @@ package crcore
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"sort"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -188,8 +190,10 @@ func (pl *inheritPlan) splitInherited(child *taskImage, runs []mem.Run, cpages, 
 		}
 		out = append(out, mem.Run{Addr: addr, NrPages: n, Skip: skip, Force: force})
 	}
-	const chunk = 256 // pages compared per read
-	cb, pbuf := make([]byte, chunk*pgSize), make([]byte, chunk*pgSize)
+	const chunk = 256 // pages compared at a time
+	cw, pw := newWindow(cpages), newWindow(ppages)
+	defer cw.release()
+	defer pw.release()
 	var coff uint64
 	for _, r := range runs {
 		size := r.NrPages * pgSize
@@ -214,11 +218,12 @@ func (pl *inheritPlan) splitInherited(child *taskImage, runs []mem.Run, cpages, 
 			}
 			pr := parent.runs[i]
 			n := min(end, pr.Addr+pr.NrPages*pgSize, a+chunk*pgSize) - a
-			c, p := cb[:n], pbuf[:n]
-			if _, err := cpages.ReadAt(c, int64(coff+(a-r.Addr))); err != nil {
+			c, err := cw.at(coff+(a-r.Addr), n)
+			if err != nil {
 				return nil, fmt.Errorf("read pages: %w", err)
 			}
-			if _, err := ppages.ReadAt(p, int64(poff[i]+(a-pr.Addr))); err != nil {
+			p, err := pw.at(poff[i]+(a-pr.Addr), n)
+			if err != nil {
 				return nil, fmt.Errorf("read parent's pages: %w", err)
 			}
 			for k := uint64(0); k < n; k += pgSize {
@@ -229,6 +234,47 @@ func (pl *inheritPlan) splitInherited(child *taskImage, runs []mem.Run, cpages, 
 		coff += size
 	}
 	return out, nil
+}
+
+// window reads a file through one buffer for reads at rising offsets
+// (both pages files are read in address order, which is file order):
+// one pread per window instead of one per run.
+type window struct {
+	f   io.ReaderAt
+	bp  *[]byte
+	off uint64 // file offset of buf[0]
+	n   uint64 // valid bytes in buf
+}
+
+// windowSize is a window's buffer; at least one comparison chunk.
+const windowSize = 1 << 20
+
+var windowBufs = sync.Pool{New: func() any {
+	b := make([]byte, windowSize)
+	return &b
+}}
+
+func newWindow(f io.ReaderAt) *window {
+	return &window{f: f, bp: windowBufs.Get().(*[]byte)}
+}
+
+func (w *window) release() { windowBufs.Put(w.bp) }
+
+// at returns the n bytes at off (n <= windowSize), valid until the next
+// call.
+func (w *window) at(off, n uint64) ([]byte, error) {
+	buf := *w.bp
+	if off < w.off || off+n > w.off+w.n {
+		k, err := w.f.ReadAt(buf, int64(off))
+		if uint64(k) < n {
+			if err == nil || errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+		w.off, w.n = off, uint64(k)
+	}
+	return buf[off-w.off : off-w.off+n], nil
 }
 
 // openParentPages opens the parent's pages file for splitInherited.

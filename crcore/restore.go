@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"runtime"
@@ -74,7 +75,9 @@ type restorer struct {
 	fills   sync.WaitGroup
 	fillSem chan struct{}
 	fillMu  sync.Mutex
-	sess    sessionRestore // helper tasks for sessions and groups (sessions.go)
+	// pagesCache holds small parents' pages (parentPages).
+	pagesCache map[*taskImage][]byte
+	sess       sessionRestore // helper tasks for sessions and groups (sessions.go)
 }
 
 // rtask is a task being restored.
@@ -716,11 +719,13 @@ func (rs *restorer) waitFill(t *rtask) error {
 
 // inheritedRuns marks the pages a child holds already (inherit.go).
 func (rs *restorer) inheritedRuns(plan *inheritPlan, ti *taskImage, runs []mem.Run, pages *os.File) ([]mem.Run, error) {
-	pp, err := rs.s.openPages(plan.parent)
+	pp, err := rs.parentPages(plan.parent)
 	if err != nil {
 		return nil, err
 	}
-	defer pp.Close()
+	if c, ok := pp.(io.Closer); ok {
+		defer c.Close()
+	}
 	out, err := plan.splitInherited(ti, runs, pages, pp)
 	if err == nil {
 		var skip, write uint64
@@ -738,6 +743,41 @@ func (rs *restorer) inheritedRuns(plan *inheritPlan, ti *taskImage, runs []mem.R
 			"dropped": len(plan.drop), "pages_inherited": skip, "pages_written": write}).Debug("copy-on-write inheritance")
 	}
 	return out, err
+}
+
+// smallPages: a parent's pages file up to this size is read once and
+// kept while its children compare against it, instead of once per child.
+const smallPages = 8 << 20
+
+// parentPages returns the pages of parent for its children to compare
+// with: in memory when small, else the open file.
+func (rs *restorer) parentPages(parent *taskImage) (io.ReaderAt, error) {
+	rs.fillMu.Lock()
+	b, ok := rs.pagesCache[parent]
+	rs.fillMu.Unlock()
+	if ok {
+		return bytes.NewReader(b), nil
+	}
+	f, err := rs.s.openPages(parent)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil || st.Size() > smallPages {
+		return f, err
+	}
+	b, err = io.ReadAll(f)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	rs.fillMu.Lock()
+	if rs.pagesCache == nil {
+		rs.pagesCache = map[*taskImage][]byte{}
+	}
+	rs.pagesCache[parent] = b
+	rs.fillMu.Unlock()
+	return bytes.NewReader(b), nil
 }
 
 // completeMemory waits for the task's pages, then protects and advises

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -30,6 +31,18 @@ type globals struct {
 }
 
 func main() {
+	// CRHOOK_CPUPROFILE=FILE writes a CPU profile of the run (for
+	// `go tool pprof`); a debugging aid, not an interface.
+	if path := os.Getenv("CRHOOK_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				code := run(os.Args[1:])
+				pprof.StopCPUProfile()
+				f.Close()
+				os.Exit(code)
+			}
+		}
+	}
 	os.Exit(run(os.Args[1:]))
 }
 
