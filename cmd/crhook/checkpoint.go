@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -30,7 +31,7 @@ type checkpointOpts struct {
 func checkpointCmd(g *globals) *cobra.Command {
 	var o checkpointOpts
 	c := &cobra.Command{
-		Use:   "checkpoint ID -D DIR [--runtime runc|crun] [--root STATE_ROOT] [--leave-running]",
+		Use:   "checkpoint ID -D DIR [--runtime runc|crun] [--root STATE_ROOT] [--leave-running] [--include-external]",
 		Short: "Checkpoint the runc or crun container ID into DIR",
 		Long: "Checkpoint the container ID: freeze its cgroup, dump the process tree of its\n" +
 			"init into DIR, then kill the container (or, with --leave-running, let it go on).\n" +
@@ -126,12 +127,16 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 		log.WithField("cgroup", cgroupPath).Debug("frozen")
 	}
 
-	if err := checkExternal(pid, o.includeExternal); err != nil {
+	extra, err := checkExternal(pid, o.includeExternal)
+	if err != nil {
 		return fmt.Errorf("checkpoint container %s: %w", o.id, err)
+	}
+	if len(extra) > 0 {
+		log.WithField("pids", extra).Info("including processes outside the init's tree")
 	}
 	stdio := ocirt.ReadStdio(pid)
 	res, err := crcore.Dump(ctx, crcore.DumpOptions{
-		Pid: pid, ImageDir: o.dir, LeaveRunning: o.leaveRunning, Thaw: thaw, Log: log,
+		Pid: pid, ExtraRoots: extra, ImageDir: o.dir, LeaveRunning: o.leaveRunning, Thaw: thaw, Log: log,
 	})
 	if err != nil {
 		return fmt.Errorf("checkpoint container %s: %w", o.id, err)
@@ -176,29 +181,61 @@ func ownPidNS(pid int) error {
 var ErrExternal = errors.New("processes outside the init's tree")
 
 // checkExternal fails when the container's pid namespace holds processes
-// that are not descendants of its init (`runc exec`), naming them.
+// that are not descendants of its init (`runc exec`), naming them. With
+// include it returns instead the roots of their trees (those whose parent
+// is not one of them: in the namespace, orphans of a parent outside it),
+// which the dump takes as children of the init.
 // Precondition: the container is frozen, so that the lists hold still.
-func checkExternal(pid int, include bool) error {
+func checkExternal(pid int, include bool) ([]int, error) {
 	all, err := ocirt.PidNSTasks(pid)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	tree, err := ocirt.Tree(pid)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ext := ocirt.Outside(all, tree)
 	if len(ext) == 0 {
-		return nil
+		return nil, nil
+	}
+	if include {
+		return externalRoots(ext)
 	}
 	names := make([]string, len(ext))
 	for i, p := range ext {
 		names[i] = ocirt.Describe(p)
 	}
-	if include {
-		return fmt.Errorf("--include-external: dumping %s needs the engine to take several roots: %w", strings.Join(names, ", "), crcore.ErrNotSupported)
+	return nil, fmt.Errorf("%w: %s (from runc/crun exec?): stop them, or pass --include-external", ErrExternal, strings.Join(names, ", "))
+}
+
+// externalRoots keeps the processes of ext whose parent is not in ext.
+func externalRoots(ext []int) ([]int, error) {
+	in := map[int]bool{}
+	for _, p := range ext {
+		in[p] = true
 	}
-	return fmt.Errorf("%w: %s (from runc/crun exec?): stop them, or pass --include-external", ErrExternal, strings.Join(names, ", "))
+	var roots []int
+	for _, p := range ext {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			return nil, fmt.Errorf("read parent of %d: %w", p, err)
+		}
+		// The fields after the command, which may hold anything, ")".
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) < 2 {
+			return nil, fmt.Errorf("read parent of %d: short /proc/%d/stat", p, p)
+		}
+		ppid, err := strconv.Atoi(f[1])
+		if err != nil {
+			return nil, fmt.Errorf("read parent of %d: %w", p, err)
+		}
+		if !in[ppid] {
+			roots = append(roots, p)
+		}
+	}
+	return roots, nil
 }
 
 // stopContainer kills the container through its runtime unless it has
