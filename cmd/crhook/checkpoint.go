@@ -26,6 +26,7 @@ type checkpointOpts struct {
 	root            string
 	leaveRunning    bool
 	includeExternal bool
+	statsFile       string
 }
 
 func checkpointCmd(g *globals) *cobra.Command {
@@ -51,6 +52,7 @@ func checkpointCmd(g *globals) *cobra.Command {
 	c.Flags().StringVar(&o.runtime, "runtime", ocirt.Runc, "the container's runtime: runc or crun")
 	c.Flags().StringVar(&o.root, "root", "", "the runtime's state root (its --root); default: the runtime's")
 	c.Flags().BoolVar(&o.leaveRunning, "leave-running", false, "keep the container running after the checkpoint (default: kill it)")
+	c.Flags().StringVar(&o.statsFile, "stats", "", "write the dump's timings and page counts as JSON to this file")
 	c.Flags().BoolVar(&o.includeExternal, "include-external", false, "also dump processes of the container outside its init's tree (runc exec)")
 	return c
 }
@@ -155,6 +157,9 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 	}
 	if metaErr != nil {
 		return fmt.Errorf("checkpoint container %s: images written, but: %w", o.id, metaErr)
+	}
+	if err := writeStats(o.statsFile, res.Stats); err != nil {
+		return fmt.Errorf("checkpoint container %s: images written, but: %w", o.id, err)
 	}
 	log.WithFields(logrus.Fields{"dir": o.dir, "tasks": len(res.Pids), "frozen": res.Stats.FrozenTime}).Info("checkpointed")
 	return nil
