@@ -338,7 +338,8 @@ func runContainer(ctx context.Context, cfg *config, w workload, tool string) (s 
 		}
 		s.frozen, s.memDump, s.pagesWrote = time.Duration(st.FrozenNs), time.Duration(st.MemoryNs), st.PagesWritten
 	case toolCRIU:
-		st, err := readCRIUStats(filepath.Join(imgDir, "stats-dump"))
+		// CRIU writes its stats in its work directory.
+		st, err := readCRIUStats(filepath.Join(cfg.criuLogs(), tag+"-work", "stats-dump"))
 		if err != nil {
 			return s, "", err
 		}
@@ -402,7 +403,7 @@ func runContainer(ctx context.Context, cfg *config, w workload, tool string) (s 
 			return s, "", err
 		}
 	case toolCRIU:
-		if st, err := readCRIUStats(filepath.Join(imgDir, "stats-restore")); err == nil {
+		if st, err := readCRIUStats(filepath.Join(cfg.criuLogs(), tag+"-rwork", "stats-restore")); err == nil {
 			s.restoreIn = time.Duration(st.GetRestore().GetRestoreTime()) * time.Microsecond
 		}
 	}

@@ -100,6 +100,7 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 	// Freeze, and thaw on every path: Dump calls thaw once it holds every
 	// task; the deferred call covers the failures before that.
 	var thaw func() error
+	var freezeStart time.Time
 	cgroupPath := ""
 	fr, err := ocirt.FreezerFor(pid)
 	switch {
@@ -109,6 +110,7 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 		return fmt.Errorf("checkpoint container %s: %w", o.id, err)
 	default:
 		cgroupPath = fr.Path()
+		freezeStart = time.Now()
 		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := fr.Freeze(fctx)
 		cancel()
@@ -142,6 +144,11 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 	})
 	if err != nil {
 		return fmt.Errorf("checkpoint container %s: %w", o.id, err)
+	}
+	if !freezeStart.IsZero() {
+		// The container stopped running at the freeze, not once Dump
+		// had seized it; it runs again (or died) when Dump returns.
+		res.Stats.FrozenTime = time.Since(freezeStart)
 	}
 	metaErr := ocirt.WriteCheckpoint(o.dir, &ocirt.Checkpoint{
 		Version: 1, ID: o.id, Runtime: rt.Name, Root: o.root, Bundle: st.Bundle,
