@@ -37,13 +37,21 @@ func (regDriver) Dump(c *fdDumpCtx, f *openFd, id uint32) (*pb.FileEntry, error)
 		if name, err = dumpGhost(c, f, id); err != nil {
 			return nil, err
 		}
-	} else if err := dumpRegIdent(c, id, &f.Stat); err != nil {
-		return nil, err
-	} else if f.Fd <= 2 && !reachableInRoot(f) {
-		// A standard stream the runtime's caller gave (a `runc exec`
-		// process's, opened outside the container): the framework
-		// records it as an external stream.
-		return nil, fmt.Errorf("%s: not reachable at its path in the task's root: %w", f.Link, ErrNotSupported)
+	} else {
+		if f.Fd <= 2 && !reachableInRoot(f) {
+			// A standard stream the runtime's caller gave (a `runc
+			// exec` process's, opened outside the container): the
+			// framework records it as an external stream.
+			return nil, fmt.Errorf("%s: not reachable at its path in the task's root: %w", f.Link, ErrNotSupported)
+		}
+		// A device node stands for its device, not for its inode:
+		// every container gets fresh nodes on its own /dev tmpfs, so
+		// the new container's /dev/null is not the old one's inode.
+		if m := f.Mode(); m != unix.S_IFCHR && m != unix.S_IFBLK {
+			if err := dumpRegIdent(c, id, &f.Stat); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return &pb.FileEntry{Reg: regEntry(id, name, f.Flags, uint64(f.Info.Pos), &f.Stat)}, nil
 }
