@@ -42,14 +42,18 @@ func main() {
 }
 
 type config struct {
-	crhook   string
-	criu     string
-	memhog   string // built executable
-	work     string // temp dir: logs, stats, the tmpfs mount point
-	images   string // tmpfs
-	runs     int
-	verify   bool
-	cmdLimit time.Duration
+	crhook string
+	criu   string
+	memhog string // built executable
+	// counterSrc is the container's init (container.go); ctr what the
+	// container runs share.
+	counterSrc string
+	ctr        containerEnv
+	work       string // temp dir: logs, stats, the tmpfs mount point
+	images     string // tmpfs
+	runs       int
+	verify     bool
+	cmdLimit   time.Duration
 	// debugLogs, if set, keeps the tools' logs there (crhook at debug
 	// level); otherwise CRIU's logs go to the temp dir, crhook's to
 	// stderr, which ends in the error of a failed run.
@@ -67,6 +71,7 @@ func run() (retErr error) {
 	var (
 		crhookBin = flag.String("crhook", "bin/crhook", "crhook binary")
 		src       = flag.String("memhog", "crcore/testdata/memhog.c", "source of the workload program")
+		counter   = flag.String("counter", "crcore/testdata/counter.c", "source of the container workload's init (built static)")
 		runs      = flag.Int("runs", 5, "runs per workload and tool (the median is reported)")
 		sizes     = flag.String("sizes", "64,512,2048", "MiB of touched memory, one memhog workload each")
 		only      = flag.String("only", "", "comma-separated workload names to run (default: all)")
@@ -82,7 +87,7 @@ func run() (retErr error) {
 	if *runs < 1 || *runs > 100 {
 		return fmt.Errorf("-runs %d: want 1..100", *runs)
 	}
-	cfg := &config{runs: *runs, verify: *verify, cmdLimit: *limit}
+	cfg := &config{runs: *runs, verify: *verify, cmdLimit: *limit, counterSrc: *counter}
 	var err error
 	if *logs != "" {
 		if err := os.MkdirAll(*logs, 0o700); err != nil {

@@ -32,12 +32,8 @@ type workload struct {
 	mib   int
 	procs int
 	thr   int
-	// noTarget: the workload cannot run on this machine; the reason
-	// goes in every row.
-	noTarget string
-	// probe, if set, replaces the run for crhook: a command whose error
-	// tells whether crhook supports the workload at all.
-	probe []string
+	// container: a runc container instead of memhog (container.go).
+	container bool
 }
 
 func workloads(mibs []int) []workload {
@@ -48,8 +44,7 @@ func workloads(mibs []int) []workload {
 	w = append(w,
 		workload{name: "tree200", label: "tree of 200 processes", mib: 1, procs: 200, thr: 1},
 		workload{name: "threads1000", label: "1000 threads", mib: 1, procs: 1, thr: 1000},
-		workload{name: "container", label: "busybox container", probe: []string{"hook", "--help"},
-			noTarget: "not run: the bench has no container driver yet"},
+		workload{name: "container", label: "busybox container", procs: 1, thr: 1, container: true},
 	)
 	return w
 }
@@ -82,16 +77,6 @@ func benchWorkload(ctx context.Context, cfg *config, w workload, tools []string)
 		r := &result{w: w, tool: t}
 		byTool[t] = r
 		out = append(out, r)
-	}
-	if w.probe != nil {
-		r := byTool[toolCrhook]
-		r.note = probeCrhook(ctx, cfg, w.probe)
-		for _, t := range tools {
-			if t != toolCrhook {
-				byTool[t].note = w.noTarget
-			}
-		}
-		return out
 	}
 	for i := 0; i < cfg.runs; i++ {
 		order := tools
@@ -130,22 +115,12 @@ func reversed(s []string) []string {
 	return r
 }
 
-// probeCrhook runs crhook with args and says whether the feature exists.
-func probeCrhook(ctx context.Context, cfg *config, args []string) string {
-	c := exec.CommandContext(ctx, cfg.crhook, args...)
-	b, err := c.CombinedOutput()
-	if err == nil {
-		return "not run: the bench has no container driver yet"
-	}
-	if bytes.Contains(b, []byte("unknown command")) || bytes.Contains(b, []byte("not supported")) {
-		return "not supported yet"
-	}
-	return "error: " + firstLine(b)
-}
-
 // runOnce starts the workload, dumps it with tool, restores it, checks
 // it runs, kills it. A tool's "not supported" comes back as note.
 func runOnce(ctx context.Context, cfg *config, w workload, tool string, verify bool) (s sample, note string, err error) {
+	if w.container {
+		return runContainer(ctx, cfg, w, tool)
+	}
 	tag := fmt.Sprintf("%s-%s", w.name, strings.ToLower(tool))
 	logf := filepath.Join(cfg.work, tag+".log")
 	imgDir := filepath.Join(cfg.images, tag)

@@ -40,6 +40,14 @@ var (
 type DumpOptions struct {
 	// Pid is the root of the tree to dump.
 	Pid int
+	// ExtraRoots are more processes of Pid's pid namespace, outside its
+	// tree (a container's `runc exec` processes), dumped with their own
+	// trees as if they were children of Pid: in the images their parent
+	// is Pid. A restored one's getppid is therefore Pid's pid (1 in a
+	// container) where it was 0 (a parent outside the namespace). One
+	// whose session or process group lies outside the namespace (0 in
+	// it) is recorded in Pid's, so it is restored into Pid's session.
+	ExtraRoots []int
 	// ImageDir receives the images. It is created 0700 if missing and
 	// must not hold images already.
 	ImageDir string

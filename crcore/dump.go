@@ -173,7 +173,7 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 	d.files.log = log
 	defer d.files.ctx.closeExtra()
 
-	tasks, err := d.seizeTree(pid, opts.Thaw, &cl)
+	tasks, err := d.seizeTree(pid, opts.ExtraRoots, opts.Thaw, &cl)
 	if err != nil {
 		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
 	}
@@ -295,8 +295,9 @@ func nsAt(st procfs.Status, key string, level int) (int, error) {
 // root, parents before children. With thaw set (the caller froze the
 // tree's cgroup), interrupts are queued while the tree is frozen and
 // collected after thaw; otherwise each task is stopped before its
-// children are listed, so that it cannot fork behind our back.
-func (d *dumper) seizeTree(root int, thaw func() error, cl *cleanup) ([]*dtask, error) {
+// children are listed, so that it cannot fork behind our back. The extra
+// roots join the tree as children of root (see DumpOptions.ExtraRoots).
+func (d *dumper) seizeTree(root int, extra []int, thaw func() error, cl *cleanup) ([]*dtask, error) {
 	rst, err := procfs.ReadStatus(root)
 	if err != nil {
 		return nil, err
@@ -306,6 +307,9 @@ func (d *dumper) seizeTree(root int, thaw func() error, cl *cleanup) ([]*dtask, 
 		return nil, fmt.Errorf("no NSpid for pid %d", root)
 	}
 	d.level = len(rns) - 1
+	if err := samePidNS(root, extra); err != nil {
+		return nil, err
+	}
 
 	var tasks []*dtask
 	byPid := map[int]*dtask{}
@@ -370,6 +374,11 @@ func (d *dumper) seizeTree(root int, thaw func() error, cl *cleanup) ([]*dtask, 
 				kids[c] = true
 			}
 		}
+		if t.pid == root {
+			for _, c := range extra {
+				kids[c] = true
+			}
+		}
 		sorted := make([]int, 0, len(kids))
 		for c := range kids {
 			sorted = append(sorted, c)
@@ -400,11 +409,53 @@ func (d *dumper) seizeTree(root int, thaw func() error, cl *cleanup) ([]*dtask, 
 	// placeholders by the tasks actually collected.
 	for _, t := range tasks {
 		for i, c := range t.children {
+			if byPid[c.pid] != c {
+				// Reached twice: an extra root inside the tree.
+				return nil, fmt.Errorf("pid %d is both an extra root and in the tree of %d", c.pid, root)
+			}
 			t.children[i] = byPid[c.pid]
 			byPid[c.pid].parent = t
 		}
 	}
+	adoptGroups(tasks)
 	return tasks, nil
+}
+
+// samePidNS checks that the extra roots live in root's pid namespace.
+func samePidNS(root int, extra []int) error {
+	if len(extra) == 0 {
+		return nil
+	}
+	want, err := os.Readlink(procfs.Path(root, "ns/pid"))
+	if err != nil {
+		return err
+	}
+	for _, p := range extra {
+		ns, err := os.Readlink(procfs.Path(p, "ns/pid"))
+		if err != nil {
+			return fmt.Errorf("extra root %d: %w", p, err)
+		}
+		if ns != want || p == root {
+			return fmt.Errorf("extra root %d is not another process of the pid namespace of %d", p, root)
+		}
+	}
+	return nil
+}
+
+// adoptGroups records the tasks whose session or process group lies
+// outside the root's pid namespace (0 there: a `runc exec` process's)
+// in the root's, which a restore then gives them: the root is the one
+// task of the tree such a task can inherit them from.
+func adoptGroups(tasks []*dtask) {
+	root := tasks[0]
+	for _, t := range tasks[1:] {
+		if t.nsSid == 0 && root.nsSid != 0 {
+			t.nsSid = root.nsSid
+		}
+		if t.nsPgid == 0 && root.nsPgid != 0 {
+			t.nsPgid = root.nsPgid
+		}
+	}
 }
 
 // seizeThreads seizes every thread of t, going over the thread list until

@@ -519,6 +519,16 @@ func (rs *restorer) restoreFds(t *rtask) error {
 		}
 		src, ok := open[id]
 		if !ok {
+			if _, held := rs.holders[id]; !held && e.GetType() == pb.FdTypes_EXT {
+				// An outside stream no restored task holds (a `runc
+				// exec` process's pipe): the restorer's own stream at
+				// that number takes its place, as for the root.
+				if sid, ok := rs.rootStream(e.GetFd()); ok {
+					if sh, sheld := rs.holders[sid]; sheld && sh.task != t {
+						rs.holders[id] = sh
+					}
+				}
+			}
 			if h, held := rs.holders[id]; held && h.task != t {
 				got, err := rs.fetch(t, h)
 				if err != nil {
@@ -599,6 +609,21 @@ func (rs *restorer) restoreFds(t *rtask) error {
 	}
 	t.table = table
 	return nil
+}
+
+// rootStream returns the file the root's fd (0-2) stands for when that
+// is the restorer's own stream: an external one, or any in a container
+// restore, where the root keeps the new container's stdio.
+func (rs *restorer) rootStream(fd uint32) (uint32, bool) {
+	if fd > 2 || len(rs.tasks) == 0 {
+		return 0, false
+	}
+	for _, e := range rs.tasks[0].ti.fds {
+		if e.GetFd() == fd && (e.GetType() == pb.FdTypes_EXT || rs.keepStdio) {
+			return e.GetId(), true
+		}
+	}
+	return 0, false
 }
 
 // fetch copies a file another restored task holds into t, with

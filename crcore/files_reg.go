@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/crhook/crhook/crcore/internal/procfs"
 	pb "github.com/crhook/crhook/proto"
 )
 
@@ -36,8 +37,21 @@ func (regDriver) Dump(c *fdDumpCtx, f *openFd, id uint32) (*pb.FileEntry, error)
 		if name, err = dumpGhost(c, f, id); err != nil {
 			return nil, err
 		}
-	} else if err := dumpRegIdent(c, id, &f.Stat); err != nil {
-		return nil, err
+	} else {
+		if f.Fd <= 2 && !reachableInRoot(f) {
+			// A standard stream the runtime's caller gave (a `runc
+			// exec` process's, opened outside the container): the
+			// framework records it as an external stream.
+			return nil, fmt.Errorf("%s: not reachable at its path in the task's root: %w", f.Link, ErrNotSupported)
+		}
+		// A device node stands for its device, not for its inode:
+		// every container gets fresh nodes on its own /dev tmpfs, so
+		// the new container's /dev/null is not the old one's inode.
+		if m := f.Mode(); m != unix.S_IFCHR && m != unix.S_IFBLK {
+			if err := dumpRegIdent(c, id, &f.Stat); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return &pb.FileEntry{Reg: regEntry(id, name, f.Flags, uint64(f.Info.Pos), &f.Stat)}, nil
 }
@@ -89,4 +103,24 @@ func regEntry(id uint32, name string, flags uint32, pos uint64, st *unix.Stat_t)
 		e.Size = proto.Uint64(uint64(st.Size))
 	}
 	return e
+}
+
+// reachableInRoot reports whether f's path, resolved inside its task's
+// root, is the file f is: what a restore, which opens it there, gets.
+func reachableInRoot(f *openFd) bool {
+	root, err := unix.Open(procfs.Path(f.Pid, "root"), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(root)
+	fd, err := unix.Openat2(root, f.Link, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil {
+		return false
+	}
+	return st.Dev == f.Stat.Dev && st.Ino == f.Stat.Ino
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -26,12 +27,13 @@ type checkpointOpts struct {
 	root            string
 	leaveRunning    bool
 	includeExternal bool
+	statsFile       string
 }
 
 func checkpointCmd(g *globals) *cobra.Command {
 	var o checkpointOpts
 	c := &cobra.Command{
-		Use:   "checkpoint ID -D DIR [--runtime runc|crun] [--root STATE_ROOT] [--leave-running]",
+		Use:   "checkpoint ID -D DIR [--runtime runc|crun] [--root STATE_ROOT] [--leave-running] [--include-external]",
 		Short: "Checkpoint the runc or crun container ID into DIR",
 		Long: "Checkpoint the container ID: freeze its cgroup, dump the process tree of its\n" +
 			"init into DIR, then kill the container (or, with --leave-running, let it go on).\n" +
@@ -51,6 +53,7 @@ func checkpointCmd(g *globals) *cobra.Command {
 	c.Flags().StringVar(&o.runtime, "runtime", ocirt.Runc, "the container's runtime: runc or crun")
 	c.Flags().StringVar(&o.root, "root", "", "the runtime's state root (its --root); default: the runtime's")
 	c.Flags().BoolVar(&o.leaveRunning, "leave-running", false, "keep the container running after the checkpoint (default: kill it)")
+	c.Flags().StringVar(&o.statsFile, "stats", "", "write the dump's timings and page counts as JSON to this file")
 	c.Flags().BoolVar(&o.includeExternal, "include-external", false, "also dump processes of the container outside its init's tree (runc exec)")
 	return c
 }
@@ -98,6 +101,7 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 	// Freeze, and thaw on every path: Dump calls thaw once it holds every
 	// task; the deferred call covers the failures before that.
 	var thaw func() error
+	var freezeStart time.Time
 	cgroupPath := ""
 	fr, err := ocirt.FreezerFor(pid)
 	switch {
@@ -118,6 +122,7 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 		}
 		// Without "done" the guard thaws once more: harmless after ours.
 		defer guard.Abort()
+		freezeStart = time.Now()
 		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err = fr.Freeze(fctx)
 		cancel()
@@ -143,12 +148,16 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 		log.WithField("cgroup", cgroupPath).Debug("frozen")
 	}
 
-	if err := checkExternal(pid, o.includeExternal); err != nil {
+	extra, err := checkExternal(pid, o.includeExternal)
+	if err != nil {
 		return fmt.Errorf("checkpoint container %s: %w", o.id, err)
+	}
+	if len(extra) > 0 {
+		log.WithField("pids", extra).Info("including processes outside the init's tree")
 	}
 	stdio := ocirt.ReadStdio(pid)
 	res, err := crcore.Dump(ctx, crcore.DumpOptions{
-		Pid: pid, ImageDir: o.dir, LeaveRunning: o.leaveRunning, Thaw: thaw, Log: log,
+		Pid: pid, ExtraRoots: extra, ImageDir: o.dir, LeaveRunning: o.leaveRunning, Thaw: thaw, Log: log,
 	})
 	if err != nil {
 		if initGone(pid) {
@@ -157,6 +166,11 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 			return fmt.Errorf("checkpoint container %s: it stopped while being checkpointed (killed or deleted meanwhile?): %w", o.id, err)
 		}
 		return fmt.Errorf("checkpoint container %s: %w", o.id, err)
+	}
+	if !freezeStart.IsZero() {
+		// The container stopped running at the freeze, not once Dump
+		// had seized it; it runs again (or died) when Dump returns.
+		res.Stats.FrozenTime = time.Since(freezeStart)
 	}
 	metaErr := ocirt.WriteCheckpoint(o.dir, &ocirt.Checkpoint{
 		Version: 1, ID: o.id, Runtime: rt.Name, Root: o.root, Bundle: st.Bundle,
@@ -172,6 +186,9 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 	}
 	if metaErr != nil {
 		return fmt.Errorf("checkpoint container %s: images written, but: %w", o.id, metaErr)
+	}
+	if err := writeStats(o.statsFile, res.Stats); err != nil {
+		return fmt.Errorf("checkpoint container %s: images written, but: %w", o.id, err)
 	}
 	log.WithFields(logrus.Fields{"dir": o.dir, "tasks": len(res.Pids), "frozen": res.Stats.FrozenTime}).Info("checkpointed")
 	return nil
@@ -217,29 +234,61 @@ func ownPidNS(pid int) error {
 var ErrExternal = errors.New("processes outside the init's tree")
 
 // checkExternal fails when the container's pid namespace holds processes
-// that are not descendants of its init (`runc exec`), naming them.
+// that are not descendants of its init (`runc exec`), naming them. With
+// include it returns instead the roots of their trees (those whose parent
+// is not one of them: in the namespace, orphans of a parent outside it),
+// which the dump takes as children of the init.
 // Precondition: the container is frozen, so that the lists hold still.
-func checkExternal(pid int, include bool) error {
+func checkExternal(pid int, include bool) ([]int, error) {
 	all, err := ocirt.PidNSTasks(pid)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	tree, err := ocirt.Tree(pid)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ext := ocirt.Outside(all, tree)
 	if len(ext) == 0 {
-		return nil
+		return nil, nil
+	}
+	if include {
+		return externalRoots(ext)
 	}
 	names := make([]string, len(ext))
 	for i, p := range ext {
 		names[i] = ocirt.Describe(p)
 	}
-	if include {
-		return fmt.Errorf("--include-external: dumping %s needs the engine to take several roots: %w", strings.Join(names, ", "), crcore.ErrNotSupported)
+	return nil, fmt.Errorf("%w: %s (from runc/crun exec?): stop them, or pass --include-external", ErrExternal, strings.Join(names, ", "))
+}
+
+// externalRoots keeps the processes of ext whose parent is not in ext.
+func externalRoots(ext []int) ([]int, error) {
+	in := map[int]bool{}
+	for _, p := range ext {
+		in[p] = true
 	}
-	return fmt.Errorf("%w: %s (from runc/crun exec?): stop them, or pass --include-external", ErrExternal, strings.Join(names, ", "))
+	var roots []int
+	for _, p := range ext {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			return nil, fmt.Errorf("read parent of %d: %w", p, err)
+		}
+		// The fields after the command, which may hold anything, ")".
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) < 2 {
+			return nil, fmt.Errorf("read parent of %d: short /proc/%d/stat", p, p)
+		}
+		ppid, err := strconv.Atoi(f[1])
+		if err != nil {
+			return nil, fmt.Errorf("read parent of %d: %w", p, err)
+		}
+		if !in[ppid] {
+			roots = append(roots, p)
+		}
+	}
+	return roots, nil
 }
 
 // stopContainer kills the container through its runtime unless it has
