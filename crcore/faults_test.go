@@ -26,11 +26,9 @@ import (
 // Restore, so that a fault point (crcore.FaultEnv) can kill it.
 const helperEnv = "CRCORE_TEST_HELPER"
 
-func TestHelperProcess(t *testing.T) {
-	mode := os.Getenv(helperEnv)
-	if mode == "" {
-		t.Skip("helper process for the fault tests")
-	}
+// helperProcess is the helper's whole run; TestMain calls it, before any
+// test, when helperEnv is set.
+func helperProcess(mode string) {
 	dir := os.Getenv("CRCORE_TEST_DIR")
 	var err error
 	switch mode {
@@ -55,7 +53,7 @@ func TestHelperProcess(t *testing.T) {
 // ended, and its stderr.
 func runHelper(t *testing.T, mode, fault string, env ...string) (unix.WaitStatus, string) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"="+mode, crcore.FaultEnv+"="+fault)
 	cmd.Env = append(cmd.Env, env...)
 	var stderr bytes.Buffer

@@ -21,6 +21,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "close_range:", err)
 		os.Exit(1)
 	}
+	if mode := os.Getenv(helperEnv); mode != "" {
+		helperProcess(mode) // exits
+	}
 	fds := crtest.OpenFds()
 	code := m.Run()
 	if n := crtest.OpenFds(); code == 0 && n > fds {
