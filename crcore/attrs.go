@@ -70,7 +70,7 @@ type threadAttrs struct {
 // dumpEarly reads, before any injection, what an injection could change
 // or what decides how to inject: the pending signals and the seccomp
 // state of every thread.
-func dumpEarly(t *dtask) error {
+func dumpEarly(t *dtask, level int) error {
 	if err := dumpPending(t); err != nil {
 		return err
 	}
@@ -80,6 +80,9 @@ func dumpEarly(t *dtask) error {
 			return fmt.Errorf("thread %d: %w", th.tid, err)
 		}
 		th.attrs.status = procfs.ParseStatus(b)
+		if th.nsTid, err = nsAt(th.attrs.status, "NSpid", level); err != nil {
+			return fmt.Errorf("thread %d: %w", th.tid, err)
+		}
 		if err := dumpSeccomp(th); err != nil {
 			return fmt.Errorf("thread %d: %w", th.tid, err)
 		}

@@ -467,7 +467,12 @@ func (d *dumper) seizeThreads(t *dtask, wait bool) error {
 		if err != nil {
 			return err
 		}
-		added := false
+		// Every new thread is seized and asked to stop first, then each
+		// stop is collected: the stops of a thousand threads overlap
+		// instead of costing a round trip each. With wait, all of this
+		// round's threads are stopped before the list is read again, so
+		// a thread created meanwhile shows in that list.
+		var pending []*dthread
 		for _, tid := range tids {
 			if seized[tid] {
 				continue
@@ -477,28 +482,35 @@ func (d *dumper) seizeThreads(t *dtask, wait bool) error {
 				if errors.Is(err, unix.ESRCH) || errors.Is(err, unix.EPERM) && threadEnded(t.pid, tid) {
 					continue // exited meanwhile (EPERM: a zombie already)
 				}
+				t.threads = append(t.threads, pending...)
 				return err
 			}
 			seized[tid] = true
-			added = true
 			th := &dthread{tid: tid, t: pt}
-			if wait {
-				if _, err := pt.Interrupt(); err != nil {
-					var ee *ptrace.ExitedError
-					if errors.As(err, &ee) {
-						continue // exited before it stopped; our wait took its exit
-					}
-					t.threads = append(t.threads, th)
-					return err
-				}
-			} else if err := pt.InterruptNoWait(); err != nil {
+			if err := pt.InterruptNoWait(); err != nil {
+				t.threads = append(t.threads, pending...)
 				t.threads = append(t.threads, th)
 				return err
 			}
-			t.threads = append(t.threads, th)
+			pending = append(pending, th)
 		}
-		if !added {
+		if len(pending) == 0 {
 			break
+		}
+		for i, th := range pending {
+			if !wait {
+				t.threads = append(t.threads, th)
+				continue
+			}
+			if _, err := th.t.WaitInterrupt(); err != nil {
+				var ee *ptrace.ExitedError
+				if errors.As(err, &ee) {
+					continue // exited before it stopped; our wait took its exit
+				}
+				t.threads = append(t.threads, pending[i:]...)
+				return err
+			}
+			t.threads = append(t.threads, th)
 		}
 	}
 	// The leader first, then by tid.
@@ -519,14 +531,9 @@ func (d *dumper) seizeThreads(t *dtask, wait bool) error {
 		}
 		return errors.New("thread group leader is gone")
 	}
+	// Each thread's status (its pid in the namespace among the rest) is
+	// read once, by dumpEarly, when the tree is stopped.
 	for _, th := range t.threads {
-		tst, err := procfs.ReadStatus(th.tid)
-		if err != nil {
-			return err
-		}
-		if th.nsTid, err = nsAt(tst, "NSpid", d.level); err != nil {
-			return err
-		}
 		comm, err := os.ReadFile(procfs.TaskPath(t.pid, th.tid, "comm"))
 		if err != nil {
 			return err
@@ -659,7 +666,7 @@ func (d *dumper) dumpTask(t *dtask) error {
 			return fmt.Errorf("thread %d: %w", th.tid, err)
 		}
 	}
-	if err := dumpEarly(t); err != nil {
+	if err := dumpEarly(t, d.level); err != nil {
 		return err
 	}
 	um, err := t.status.Uint("Umask", 8)
