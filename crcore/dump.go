@@ -131,6 +131,9 @@ type dtask struct {
 	runs        []mem.Run
 	fs          *pb.FsEntry
 	attrs       taskAttrs // signals, timers, rlimits, prctl (attrs.go)
+	// sharesFiles, sharesFs: the task shares its parent's fd table
+	// (CLONE_FILES) or fs info (cwd, root, umask: CLONE_FS).
+	sharesFiles, sharesFs bool
 }
 
 func (t *dtask) state() uint32 {
@@ -557,27 +560,32 @@ func threadEnded(pid, tid int) bool {
 	return i >= 0 && i+2 < len(b) && (b[i+2] == 'Z' || b[i+2] == 'X')
 }
 
-// checkSharing refuses what processes of the tree share that crhook does
-// not rebuild yet: an address space (vfork, CLONE_VM), an fd table or fs
-// info (CLONE_FILES, CLONE_FS without CLONE_THREAD).
+// checkSharing finds what processes of the tree share with their parent
+// (kcmp): an fd table (CLONE_FILES) or fs info (CLONE_FS) is recorded
+// and restored shared; an address space (vfork, CLONE_VM without
+// CLONE_THREAD) is refused. Sharing with another task than the parent
+// (a CLONE_PARENT child) is not found and comes back unshared.
 func (d *dumper) checkSharing(tasks []*dtask) error {
 	for _, t := range tasks {
 		if t.zombie || t.parent == nil || t.parent.zombie {
 			continue
 		}
 		p := t.parent
-		for _, k := range []struct {
-			typ  int
-			what string
-		}{{kcmpVM, "an address space (vfork or CLONE_VM)"}, {kcmpFiles, "an fd table (CLONE_FILES)"}, {kcmpFs, "fs info (CLONE_FS)"}} {
-			r, err := kcmp(p.pid, t.pid, k.typ, 0, 0)
-			if err != nil {
-				return err
-			}
-			if r == 0 {
-				return fmt.Errorf("pid %d shares %s with its parent %d: %w", t.pid, k.what, p.pid, ErrNotSupported)
-			}
+		r, err := kcmp(p.pid, t.pid, kcmpVM, 0, 0)
+		if err != nil {
+			return err
 		}
+		if r == 0 {
+			return sharedVMError(t.pid, p.pid)
+		}
+		if r, err = kcmp(p.pid, t.pid, kcmpFiles, 0, 0); err != nil {
+			return err
+		}
+		t.sharesFiles = r == 0
+		if r, err = kcmp(p.pid, t.pid, kcmpFs, 0, 0); err != nil {
+			return err
+		}
+		t.sharesFs = r == 0
 	}
 	return nil
 }

@@ -321,7 +321,7 @@ func (rs *restorer) create(t *rtask) error {
 
 // cloneChild creates the image's task c as a child of p, with its pid.
 func (rs *restorer) cloneChild(p *rtask, c *taskImage) (*rtask, error) {
-	t, hostPid, err := rs.clone(p, c.pid, 0, uint64(unix.SIGCHLD))
+	t, hostPid, err := rs.clone(p, c.pid, sharedWithParent(p.ti, c), uint64(unix.SIGCHLD))
 	if err != nil {
 		return nil, err
 	}
@@ -329,6 +329,23 @@ func (rs *restorer) cloneChild(p *rtask, c *taskImage) (*rtask, error) {
 	child.r = &remote{t: t, gadget: p.r.gadget, scratch: p.r.scratch, size: p.r.size}
 	child.table = maps.Clone(p.table)
 	return child, nil
+}
+
+// sharedWithParent returns the clone flags for what the images say c
+// shares with its parent p (CRIU's kobj ids: equal ids, one object).
+func sharedWithParent(p, c *taskImage) uint64 {
+	var fl uint64
+	pi, ci := p.core.GetIds(), c.core.GetIds()
+	if pi == nil || ci == nil {
+		return 0
+	}
+	if ci.GetFilesId() == pi.GetFilesId() {
+		fl |= unix.CLONE_FILES
+	}
+	if ci.GetFsId() == pi.GetFsId() {
+		fl |= unix.CLONE_FS
+	}
+	return fl
 }
 
 // clone runs clone3 in p asking for pid want (set_tid), and returns the

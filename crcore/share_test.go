@@ -1,0 +1,97 @@
+//go:build linux && amd64
+
+package crcore_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/crhook/crhook/crcore"
+	"github.com/crhook/crhook/crcore/crtest"
+)
+
+const (
+	kcmpFiles = 2 // KCMP_FILES
+	kcmpFs    = 3 // KCMP_FS
+)
+
+// shares tells whether pids a and b hold the same kernel object of kind.
+func shares(t *testing.T, a, b, kind int) bool {
+	t.Helper()
+	r, _, errno := unix.Syscall6(unix.SYS_KCMP, uintptr(a), uintptr(b), uintptr(kind), 0, 0, 0)
+	if errno != 0 {
+		t.Fatalf("kcmp(%d, %d, %d): %v", a, b, kind, errno)
+	}
+	return r == 0
+}
+
+// TestSharedFdTableAndFs restores a child that shares its parent's fd
+// table (CLONE_FILES) and one that shares its fs info (CLONE_FS): after
+// restore the kernel objects are shared again (kcmp), and the sharing
+// works: an fd the first child opens shows in the parent's table, the
+// directory and umask the second sets are the parent's.
+func TestSharedFdTableAndFs(t *testing.T) {
+	crtest.RequireRoot(t)
+	bin := crtest.BuildC(t, "sharefd", false)
+	p := crtest.Start(t, bin)
+	m := p.WaitLine(t, `^ready (\d+) (\d+)$`, 10*time.Second)
+	var f, s int
+	fmt.Sscan(m[1], &f)
+	fmt.Sscan(m[2], &s)
+	t.Cleanup(func() { unix.Kill(f, unix.SIGKILL); unix.Kill(s, unix.SIGKILL) })
+	check := func(when string) {
+		t.Helper()
+		if !shares(t, p.Pid, f, kcmpFiles) || shares(t, p.Pid, f, kcmpFs) {
+			t.Errorf("%s: F should share the fd table only", when)
+		}
+		if !shares(t, p.Pid, s, kcmpFs) || shares(t, p.Pid, s, kcmpFiles) {
+			t.Errorf("%s: S should share fs info only", when)
+		}
+	}
+	check("before the dump")
+
+	dir := filepath.Join(t.TempDir(), "img")
+	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	crtest.ReapGone(t, []int{p.Pid, f, s}, 5*time.Second)
+	n := len(p.Lines())
+	rr, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	t.Cleanup(func() { crtest.KillAndReap(rr.Pid) })
+	check("after restore")
+
+	unix.Kill(f, unix.SIGUSR1)
+	unix.Kill(s, unix.SIGUSR1)
+	waitAfter := func(re string) []string {
+		t.Helper()
+		rx := regexp.MustCompile(re)
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			for _, l := range p.Lines()[n:] {
+				if m := rx.FindStringSubmatch(l); m != nil {
+					return m
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no line %q after restore", re)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	opened := waitAfter(`^F opened (\d+)$`)[1]
+	waitAfter(`^S moved$`)
+	unix.Kill(p.Pid, unix.SIGUSR2)
+	got := waitAfter(`^P fd (-?\d+) cwd (\S+) umask (\d+)$`)
+	if got[1] != opened || got[2] != "/tmp" || got[3] != "027" {
+		t.Errorf("parent sees fd %s, cwd %s, umask %s; want fd %s (F's), /tmp and 027 (S's)", got[1], got[2], got[3], opened)
+	}
+}
