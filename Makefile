@@ -67,7 +67,7 @@ fuzz: deps
 # test runs 3).
 soak: deps build
 	CRHOOK_SOAK_CYCLES=100 $(GO) test -count=1 -timeout 30m -run '^TestSoak' -v ./crcore
-	CRHOOK_SOAK_CONTAINER_CYCLES=30 $(GO) test -count=1 -timeout 30m -run '^TestSoakContainer$$' -v ./integration
+	CRHOOK_SOAK_CONTAINER_CYCLES=100 $(GO) test -count=1 -timeout 30m -run '^TestSoakContainer$$' -v ./integration
 
 lint: deps
 	@command -v golangci-lint >/dev/null || $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_VERSION)
