@@ -829,12 +829,41 @@ func (rs *restorer) completeMemory(t *rtask) error {
 	return setMM(r, t.ti.mm, exeFd)
 }
 
+// restoreRoot puts a task that was chrooted back in its root directory:
+// after every path crhook opens in the task (the exe link is the last),
+// before its credentials may drop CAP_SYS_CHROOT. Its cwd was set by
+// path before, and chroot(2) leaves the cwd alone.
+func (rs *restorer) restoreRoot(t *rtask) error {
+	if t.ti.fs == nil {
+		return nil
+	}
+	root := rs.s.files[t.ti.fs.GetRootId()].GetReg().GetName()
+	if root == "" || root == "/" {
+		return nil
+	}
+	t.r.reset()
+	p, err := t.r.cstring(root)
+	if err != nil {
+		return err
+	}
+	if _, err := t.r.call("chroot "+root, unix.SYS_CHROOT, p); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("root directory %s: chroot needs CAP_SYS_CHROOT: %w", root, err)
+		}
+		return fmt.Errorf("root directory %s: %w", root, err)
+	}
+	return nil
+}
+
 // finish closes what the task holds beyond its image's fds, sets every
 // thread's registers and lets the task run. The leader's last injected
 // syscall unmaps the scratch area (the gadget with it); at its exit stop
 // the leader gets its own registers back.
 func (rs *restorer) finish(t *rtask) error {
 	if err := rs.completeMemory(t); err != nil {
+		return err
+	}
+	if err := rs.restoreRoot(t); err != nil {
 		return err
 	}
 	if err := closeExtraFds(t.r, t.ti); err != nil {

@@ -5,6 +5,7 @@ package crcore_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"testing"
@@ -93,5 +94,52 @@ func TestSharedFdTableAndFs(t *testing.T) {
 	got := waitAfter(`^P fd (-?\d+) cwd (\S+) umask (\d+)$`)
 	if got[1] != opened || got[2] != "/tmp" || got[3] != "027" {
 		t.Errorf("parent sees fd %s, cwd %s, umask %s; want fd %s (F's), /tmp and 027 (S's)", got[1], got[2], got[3], opened)
+	}
+}
+
+// TestChrootedProcess restores a process confined by chroot(2) into the
+// same root: it sees the files of its jail, not the host's, and counts on.
+func TestChrootedProcess(t *testing.T) {
+	crtest.RequireRoot(t)
+	bin := crtest.BuildC(t, "chrooted", true)
+	jail := t.TempDir()
+	if err := os.WriteFile(filepath.Join(jail, "marker"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := crtest.Start(t, bin, jail)
+	p.WaitLine(t, `^count 3$`, 10*time.Second)
+	dir := filepath.Join(t.TempDir(), "img")
+	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	crtest.ReapGone(t, []int{p.Pid}, 5*time.Second)
+	n := len(p.Lines())
+	rr, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	t.Cleanup(func() { crtest.KillAndReap(rr.Pid) })
+	if root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", rr.Pid)); err != nil || root != jail {
+		t.Errorf("restored root %q (%v), want %s", root, err, jail)
+	}
+	unix.Kill(rr.Pid, unix.SIGUSR1)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var verdict string
+		for _, l := range p.Lines()[n:] {
+			if l == "root ok" || l == "root lost" {
+				verdict = l
+			}
+		}
+		if verdict == "root ok" {
+			break
+		}
+		if verdict == "root lost" {
+			t.Fatal("the restored process left its chroot")
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no answer from the restored process")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
