@@ -75,6 +75,8 @@ type restorer struct {
 	fills   sync.WaitGroup
 	fillSem chan struct{}
 	fillMu  sync.Mutex
+	// shmMarked: SysV segments to mark for removal once attached.
+	shmMarked []int
 	// pagesCache holds small parents' pages (parentPages).
 	pagesCache map[*taskImage][]byte
 	sess       sessionRestore // helper tasks for sessions and groups (sessions.go)
@@ -244,6 +246,9 @@ func (rs *restorer) run(root *rtask, gadget0 uint64) error {
 		return err
 	}
 	rs.log.WithFields(logrus.Fields{"tasks": len(rs.tasks), "took": time.Since(start)}).Debug("tree created")
+	if err := rs.markSysvRemoved(root); err != nil {
+		return err
+	}
 	if err := rs.groups(); err != nil {
 		return err
 	}

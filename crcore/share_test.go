@@ -143,3 +143,50 @@ func TestChrootedProcess(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestSysvMarkedForRemoval restores a SysV segment that was marked for
+// removal while attached: it comes back with its contents, attached, and
+// marked again (SHM_DEST), so it still goes away at the last detach.
+func TestSysvMarkedForRemoval(t *testing.T) {
+	crtest.RequireRoot(t)
+	bin := crtest.BuildC(t, "shmrm", false)
+	p := crtest.Start(t, bin)
+	p.WaitLine(t, `^ready \d+$`, 10*time.Second)
+	unix.Kill(p.Pid, unix.SIGUSR1)
+	before := p.WaitLine(t, `^shm (\d+) (.*)$`, 10*time.Second)
+	if before[1] != "1600" || before[2] != "marked-1" {
+		t.Fatalf("before the dump: mode %s text %q, want 1600 (SHM_DEST|0600) and marked-1", before[1], before[2])
+	}
+	dir := filepath.Join(t.TempDir(), "img")
+	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	crtest.ReapGone(t, []int{p.Pid}, 5*time.Second)
+	n := len(p.Lines())
+	rr, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	t.Cleanup(func() { crtest.KillAndReap(rr.Pid) })
+	unix.Kill(rr.Pid, unix.SIGUSR1)
+	rx := regexp.MustCompile(`^shm (\d+) (.*)$|^shm gone$`)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var got []string
+		for _, l := range p.Lines()[n:] {
+			if m := rx.FindStringSubmatch(l); m != nil {
+				got = m
+			}
+		}
+		if got != nil {
+			if got[1] != "1600" || got[2] != "marked-1" {
+				t.Errorf("after restore: %q, want mode 1600 (marked for removal) and marked-1", got[0])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no answer from the restored process")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

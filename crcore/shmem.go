@@ -73,16 +73,20 @@ type shmemDump struct {
 
 // shmemKind tells the shared objects apart by the VMA's path; "" is none.
 func shmemKind(v *procfs.VMA) string {
-	if v.Major != 0 || v.Inode == 0 || !v.Deleted {
+	if v.Major != 0 || !v.Deleted {
 		return ""
 	}
 	switch {
+	case strings.HasPrefix(v.Path, "/SYSV"):
+		// The inode is the segment's id, and 0 is a valid one (the
+		// first segment of a namespace).
+		return "sysv"
+	case v.Inode == 0:
+		return ""
 	case v.Shared && v.Path == "/dev/zero":
 		return "anon"
 	case strings.HasPrefix(v.Path, "/memfd:"):
 		return "memfd"
-	case strings.HasPrefix(v.Path, "/SYSV"):
-		return "sysv"
 	}
 	return ""
 }

@@ -31,9 +31,10 @@ package crcore
 // image; one with another key is an error. Attachments are injected
 // shmat calls at the VMA's address.
 //
-// Left out: the kernel's time stamps and last pids (not settable), a
-// segment marked for removal (IPC_RMID while attached) comes back not
-// marked, and the namespace's sysctls (shmmax, msgmnb...).
+// A segment marked for removal (IPC_RMID while attached) is marked again
+// once the tasks have attached it. Left out: the kernel's time stamps and
+// last pids (not settable), and the namespace's sysctls (shmmax,
+// msgmnb...).
 
 import (
 	"bufio"
@@ -414,6 +415,9 @@ func (rs *restorer) restoreSysv(root *rtask) error {
 			if err := rs.restoreShm(e); err != nil {
 				return fmt.Errorf("SysV segment %d: %w", e.GetDesc().GetId(), err)
 			}
+			if e.GetDesc().GetMode()&shmDest != 0 {
+				rs.shmMarked = append(rs.shmMarked, int(e.GetDesc().GetId()))
+			}
 		}
 		for i, e := range sems {
 			if err := restoreSem(e, vals[i]); err != nil {
@@ -431,6 +435,27 @@ func (rs *restorer) restoreSysv(root *rtask) error {
 		return fmt.Errorf("restore SysV IPC: %w", err)
 	}
 	return nil
+}
+
+// shmDest is SHM_DEST in a segment's mode: marked for removal (IPC_RMID)
+// while attached, destroyed at its last detach.
+const shmDest = 0o1000
+
+// markSysvRemoved marks again the segments that were marked for removal,
+// once the restored tasks have attached them (root: a task of the tree's
+// IPC namespace).
+func (rs *restorer) markSysvRemoved(root *rtask) error {
+	if len(rs.shmMarked) == 0 {
+		return nil
+	}
+	return inIPCNS(root.hostPid, func() error {
+		for _, id := range rs.shmMarked {
+			if _, err := unix.SysvShmCtl(id, unix.IPC_RMID, nil); err != nil {
+				return fmt.Errorf("mark SysV segment %d for removal: %w", id, os.NewSyscallError("shmctl(IPC_RMID)", err))
+			}
+		}
+		return nil
+	})
 }
 
 func readSems(d *image.Dir) ([]*pb.IpcSemEntry, [][]uint16, error) {

@@ -102,7 +102,8 @@ func parseMapsLine(line string) (*VMA, error) {
 	}
 	if len(f) == 6 {
 		v.Path = strings.TrimLeft(f[5], " ")
-		if p, ok := strings.CutSuffix(v.Path, " (deleted)"); ok && v.Inode != 0 {
+		// A SysV segment's inode is its id, which may be 0.
+		if p, ok := strings.CutSuffix(v.Path, " (deleted)"); ok && (v.Inode != 0 || strings.HasPrefix(p, "/SYSV")) {
 			v.Path, v.Deleted = p, true
 		}
 	}
