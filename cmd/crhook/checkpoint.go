@@ -28,6 +28,7 @@ type checkpointOpts struct {
 	leaveRunning    bool
 	includeExternal bool
 	statsFile       string
+	progressAfter   time.Duration
 }
 
 func checkpointCmd(g *globals) *cobra.Command {
@@ -46,6 +47,7 @@ func checkpointCmd(g *globals) *cobra.Command {
 			if o.dir == "" {
 				return usagef("checkpoint: -D DIR is required")
 			}
+			o.progressAfter = g.progressAfter
 			return checkpoint(cmd.Context(), o, logrus.NewEntry(g.log))
 		},
 	}
@@ -156,9 +158,12 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 		log.WithField("pids", extra).Info("including processes outside the init's tree")
 	}
 	stdio := ocirt.ReadStdio(pid)
+	prog, stopProgress := startProgress("checkpoint", os.Stderr, o.progressAfter)
 	res, err := crcore.Dump(ctx, crcore.DumpOptions{
-		Pid: pid, ExtraRoots: extra, ImageDir: o.dir, LeaveRunning: o.leaveRunning, Thaw: thaw, Log: log,
+		Pid: pid, ExtraRoots: extra, ImageDir: o.dir, LeaveRunning: o.leaveRunning, Thaw: thaw,
+		Progress: prog, Log: log,
 	})
+	stopProgress()
 	if err != nil {
 		if initGone(pid) {
 			// Killed or deleted meanwhile: the dump's own error (a
