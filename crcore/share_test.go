@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -146,7 +147,8 @@ func TestChrootedProcess(t *testing.T) {
 
 // TestSysvMarkedForRemoval restores a SysV segment that was marked for
 // removal while attached: it comes back with its contents, attached, and
-// marked again (SHM_DEST), so it still goes away at the last detach.
+// marked again (SHM_DEST), so it still goes away at the last detach. The
+// tree's own IPC namespace also keeps the limit it set (kernel.msgmnb).
 func TestSysvMarkedForRemoval(t *testing.T) {
 	crtest.RequireRoot(t)
 	bin := crtest.BuildC(t, "shmrm", false)
@@ -173,12 +175,19 @@ func TestSysvMarkedForRemoval(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var got []string
+		mnb := ""
 		for _, l := range p.Lines()[n:] {
 			if m := rx.FindStringSubmatch(l); m != nil {
 				got = m
 			}
+			if v, ok := strings.CutPrefix(l, "msgmnb "); ok {
+				mnb = v
+			}
 		}
 		if got != nil {
+			if mnb != "23456" {
+				t.Errorf("the restored IPC namespace has msgmnb %q, want 23456", mnb)
+			}
 			if got[1] != "1600" || got[2] != "marked-1" {
 				t.Errorf("after restore: %q, want mode 1600 (marked for removal) and marked-1", got[0])
 			}

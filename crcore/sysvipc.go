@@ -190,6 +190,13 @@ func (d *dumper) dumpSysv(root int) error {
 	var semVals [][]uint16
 	shmData := map[uint32][]byte{}
 	err = inIPCNS(root, func() error {
+		if !same {
+			sc, err := readIPCSysctls()
+			if err != nil {
+				return err
+			}
+			ext.Sysctls = sc
+		}
 		rows, err := sysvRows("shm")
 		if err != nil {
 			return err
@@ -399,6 +406,9 @@ func (rs *restorer) restoreSysv(root *rtask) error {
 	if len(shms) == 0 && len(sems) == 0 && len(ext.GetQueues()) == 0 && !ext.GetOwnNamespace() {
 		return nil
 	}
+	// created: the namespace is the restore's own, so its limits are
+	// the image's to set (a container's are its runtime's).
+	created := false
 	if ext.GetOwnNamespace() {
 		same, err := sameIPCNS(root.hostPid)
 		if err != nil {
@@ -408,9 +418,15 @@ func (rs *restorer) restoreSysv(root *rtask) error {
 			if _, err := root.r.call("unshare(CLONE_NEWIPC)", unix.SYS_UNSHARE, unix.CLONE_NEWIPC); err != nil {
 				return err
 			}
+			created = true
 		}
 	}
 	err = inIPCNS(root.hostPid, func() error {
+		if created {
+			if err := writeIPCSysctls(ext.GetSysctls()); err != nil {
+				return err
+			}
+		}
 		for _, e := range shms {
 			if err := rs.restoreShm(e); err != nil {
 				return fmt.Errorf("SysV segment %d: %w", e.GetDesc().GetId(), err)
@@ -433,6 +449,44 @@ func (rs *restorer) restoreSysv(root *rtask) error {
 	})
 	if err != nil {
 		return fmt.Errorf("restore SysV IPC: %w", err)
+	}
+	return nil
+}
+
+// ipcSysctls are the limits of an IPC namespace, in /proc/sys/kernel.
+var ipcSysctls = []string{"shmmax", "shmall", "shmmni", "shm_rmid_forced", "msgmax", "msgmnb", "msgmni", "sem"}
+
+// readIPCSysctls reads the limits of the calling thread's IPC namespace.
+func readIPCSysctls() ([]*pb.CrhookIpcSysctl, error) {
+	var out []*pb.CrhookIpcSysctl
+	for _, n := range ipcSysctls {
+		b, err := os.ReadFile("/proc/sys/kernel/" + n)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, &pb.CrhookIpcSysctl{Name: proto.String(n), Value: proto.String(strings.TrimSpace(string(b)))})
+	}
+	return out, nil
+}
+
+// writeIPCSysctls sets the limits of the calling thread's IPC namespace;
+// only the names crhook dumps are accepted from an image.
+func writeIPCSysctls(sc []*pb.CrhookIpcSysctl) error {
+	for _, e := range sc {
+		name, val := e.GetName(), e.GetValue()
+		known := false
+		for _, n := range ipcSysctls {
+			known = known || n == name
+		}
+		if !known || strings.ContainsAny(val, "\n\x00") || len(val) > 64 {
+			return badImagef("%s: sysctl %q = %q is not an IPC namespace limit crhook restores", ipcExtImg, name, val)
+		}
+		if err := os.WriteFile("/proc/sys/kernel/"+name, []byte(val), 0); err != nil {
+			return fmt.Errorf("set IPC namespace limit %s to %s: %w", name, val, err)
+		}
 	}
 	return nil
 }

@@ -137,20 +137,75 @@ func (x *CrhookIpcMsgEntry) GetMsgs() []*CrhookIpcMsg {
 	return nil
 }
 
+// A sysctl of the IPC namespace (/proc/sys/kernel/NAME), as text.
+type CrhookIpcSysctl struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          *string                `protobuf:"bytes,1,req,name=name" json:"name,omitempty"`
+	Value         *string                `protobuf:"bytes,2,req,name=value" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CrhookIpcSysctl) Reset() {
+	*x = CrhookIpcSysctl{}
+	mi := &file_proto_crhook_ipc_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CrhookIpcSysctl) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CrhookIpcSysctl) ProtoMessage() {}
+
+func (x *CrhookIpcSysctl) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_crhook_ipc_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CrhookIpcSysctl.ProtoReflect.Descriptor instead.
+func (*CrhookIpcSysctl) Descriptor() ([]byte, []int) {
+	return file_proto_crhook_ipc_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CrhookIpcSysctl) GetName() string {
+	if x != nil && x.Name != nil {
+		return *x.Name
+	}
+	return ""
+}
+
+func (x *CrhookIpcSysctl) GetValue() string {
+	if x != nil && x.Value != nil {
+		return *x.Value
+	}
+	return ""
+}
+
 // One entry per dump.
 type CrhookIpcEntry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The tree had an IPC namespace of its own (not the dumper's): the
 	// restore gives it a new one, unless it lands in a container's.
-	OwnNamespace  *bool                `protobuf:"varint,1,req,name=own_namespace,json=ownNamespace" json:"own_namespace,omitempty"`
-	Queues        []*CrhookIpcMsgEntry `protobuf:"bytes,2,rep,name=queues" json:"queues,omitempty"`
+	OwnNamespace *bool                `protobuf:"varint,1,req,name=own_namespace,json=ownNamespace" json:"own_namespace,omitempty"`
+	Queues       []*CrhookIpcMsgEntry `protobuf:"bytes,2,rep,name=queues" json:"queues,omitempty"`
+	// That namespace's limits, when it was the tree's own.
+	Sysctls       []*CrhookIpcSysctl `protobuf:"bytes,3,rep,name=sysctls" json:"sysctls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CrhookIpcEntry) Reset() {
 	*x = CrhookIpcEntry{}
-	mi := &file_proto_crhook_ipc_proto_msgTypes[2]
+	mi := &file_proto_crhook_ipc_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -162,7 +217,7 @@ func (x *CrhookIpcEntry) String() string {
 func (*CrhookIpcEntry) ProtoMessage() {}
 
 func (x *CrhookIpcEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_crhook_ipc_proto_msgTypes[2]
+	mi := &file_proto_crhook_ipc_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -175,7 +230,7 @@ func (x *CrhookIpcEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CrhookIpcEntry.ProtoReflect.Descriptor instead.
 func (*CrhookIpcEntry) Descriptor() ([]byte, []int) {
-	return file_proto_crhook_ipc_proto_rawDescGZIP(), []int{2}
+	return file_proto_crhook_ipc_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CrhookIpcEntry) GetOwnNamespace() bool {
@@ -192,6 +247,13 @@ func (x *CrhookIpcEntry) GetQueues() []*CrhookIpcMsgEntry {
 	return nil
 }
 
+func (x *CrhookIpcEntry) GetSysctls() []*CrhookIpcSysctl {
+	if x != nil {
+		return x.Sysctls
+	}
+	return nil
+}
+
 var File_proto_crhook_ipc_proto protoreflect.FileDescriptor
 
 const file_proto_crhook_ipc_proto_rawDesc = "" +
@@ -203,10 +265,14 @@ const file_proto_crhook_ipc_proto_rawDesc = "" +
 	"\x14crhook_ipc_msg_entry\x121\n" +
 	"\x04desc\x18\x01 \x02(\v2\x1d.crhook.images.ipc_desc_entryR\x04desc\x12\x16\n" +
 	"\x06qbytes\x18\x02 \x02(\x04R\x06qbytes\x121\n" +
-	"\x04msgs\x18\x03 \x03(\v2\x1d.crhook.images.crhook_ipc_msgR\x04msgs\"t\n" +
+	"\x04msgs\x18\x03 \x03(\v2\x1d.crhook.images.crhook_ipc_msgR\x04msgs\"=\n" +
+	"\x11crhook_ipc_sysctl\x12\x12\n" +
+	"\x04name\x18\x01 \x02(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x02(\tR\x05value\"\xb0\x01\n" +
 	"\x10crhook_ipc_entry\x12#\n" +
 	"\rown_namespace\x18\x01 \x02(\bR\fownNamespace\x12;\n" +
-	"\x06queues\x18\x02 \x03(\v2#.crhook.images.crhook_ipc_msg_entryR\x06queuesB#Z!github.com/crhook/crhook/proto;pb"
+	"\x06queues\x18\x02 \x03(\v2#.crhook.images.crhook_ipc_msg_entryR\x06queues\x12:\n" +
+	"\asysctls\x18\x03 \x03(\v2 .crhook.images.crhook_ipc_sysctlR\asysctlsB#Z!github.com/crhook/crhook/proto;pb"
 
 var (
 	file_proto_crhook_ipc_proto_rawDescOnce sync.Once
@@ -220,22 +286,24 @@ func file_proto_crhook_ipc_proto_rawDescGZIP() []byte {
 	return file_proto_crhook_ipc_proto_rawDescData
 }
 
-var file_proto_crhook_ipc_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_proto_crhook_ipc_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_proto_crhook_ipc_proto_goTypes = []any{
 	(*CrhookIpcMsg)(nil),      // 0: crhook.images.crhook_ipc_msg
 	(*CrhookIpcMsgEntry)(nil), // 1: crhook.images.crhook_ipc_msg_entry
-	(*CrhookIpcEntry)(nil),    // 2: crhook.images.crhook_ipc_entry
-	(*IpcDescEntry)(nil),      // 3: crhook.images.ipc_desc_entry
+	(*CrhookIpcSysctl)(nil),   // 2: crhook.images.crhook_ipc_sysctl
+	(*CrhookIpcEntry)(nil),    // 3: crhook.images.crhook_ipc_entry
+	(*IpcDescEntry)(nil),      // 4: crhook.images.ipc_desc_entry
 }
 var file_proto_crhook_ipc_proto_depIdxs = []int32{
-	3, // 0: crhook.images.crhook_ipc_msg_entry.desc:type_name -> crhook.images.ipc_desc_entry
+	4, // 0: crhook.images.crhook_ipc_msg_entry.desc:type_name -> crhook.images.ipc_desc_entry
 	0, // 1: crhook.images.crhook_ipc_msg_entry.msgs:type_name -> crhook.images.crhook_ipc_msg
 	1, // 2: crhook.images.crhook_ipc_entry.queues:type_name -> crhook.images.crhook_ipc_msg_entry
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	2, // 3: crhook.images.crhook_ipc_entry.sysctls:type_name -> crhook.images.crhook_ipc_sysctl
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_proto_crhook_ipc_proto_init() }
@@ -250,7 +318,7 @@ func file_proto_crhook_ipc_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_crhook_ipc_proto_rawDesc), len(file_proto_crhook_ipc_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -2,11 +2,13 @@
 //
 // usage: shmrm LOGFILE
 //
-// Unshares its IPC namespace, creates a private one-page segment,
+// Unshares its IPC namespace, sets its kernel.msgmnb to 23456, creates a
+// private one-page segment,
 // attaches it, writes "marked-1" in it and marks it for removal
 // (IPC_RMID: it lives until its last detach). Logs "ready ID". On
-// SIGUSR1 it logs "shm MODE TEXT": the segment's mode (octal; SHM_DEST is
-// 01000) from IPC_STAT and the text at its start.
+// SIGUSR1 it logs "msgmnb N" (the namespace's), then "shm MODE TEXT": the
+// segment's mode (octal; SHM_DEST is 01000) from IPC_STAT and the text at
+// its start.
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <sched.h>
@@ -26,6 +28,10 @@ int main(int argc, char **argv) {
 	int log = open(argv[1], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	if (log < 0 || unshare(CLONE_NEWIPC) < 0)
 		return 1;
+	int sc = open("/proc/sys/kernel/msgmnb", O_WRONLY);
+	if (sc < 0 || write(sc, "23456", 5) != 5)
+		return 1;
+	close(sc);
 	int id = shmget(IPC_PRIVATE, 4096, 0600 | IPC_CREAT);
 	char *p = shmat(id, NULL, 0);
 	if (id < 0 || p == (void *)-1)
@@ -44,6 +50,17 @@ int main(int argc, char **argv) {
 		while (!go)
 			sigsuspend(&old);
 		go = 0;
+		char mnb[32] = "?";
+		int fd = open("/proc/sys/kernel/msgmnb", O_RDONLY);
+		if (fd >= 0) {
+			ssize_t n = read(fd, mnb, sizeof mnb - 1);
+			mnb[n > 0 ? n : 0] = 0;
+			close(fd);
+			for (char *c = mnb; *c; c++)
+				if (*c == '\n')
+					*c = 0;
+		}
+		dprintf(log, "msgmnb %s\n", mnb);
 		struct shmid_ds ds;
 		if (shmctl(id, IPC_STAT, &ds) < 0)
 			dprintf(log, "shm gone\n");
