@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"testing"
 	"time"
 
@@ -31,6 +30,42 @@ func shares(t *testing.T, a, b, kind int) bool {
 		t.Fatalf("kcmp(%d, %d, %d): %v", a, b, kind, errno)
 	}
 	return r == 0
+}
+
+// roundTrip dumps the tree of p (killing it), waits for its pids, and
+// restores it; it returns how many log lines predate the restore.
+func roundTrip(t *testing.T, p *crtest.Proc, pids ...int) int {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "img")
+	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	crtest.ReapGone(t, append([]int{p.Pid}, pids...), 5*time.Second)
+	n := len(p.Lines())
+	rr, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	t.Cleanup(func() { crtest.KillAndReap(rr.Pid) })
+	return n
+}
+
+// lineAfter waits for a log line of p past the first n that matches re.
+func lineAfter(t *testing.T, p *crtest.Proc, n int, re string) []string {
+	t.Helper()
+	rx := regexp.MustCompile(re)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		for _, l := range p.Lines()[n:] {
+			if m := rx.FindStringSubmatch(l); m != nil {
+				return m
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no line %q after restore", re)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // TestSharedFdTableAndFs restores a child that shares its parent's fd
@@ -58,37 +93,12 @@ func TestSharedFdTableAndFs(t *testing.T) {
 	}
 	check("before the dump")
 
-	dir := filepath.Join(t.TempDir(), "img")
-	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir}); err != nil {
-		t.Fatalf("dump: %v", err)
-	}
-	crtest.ReapGone(t, []int{p.Pid, f, s}, 5*time.Second)
-	n := len(p.Lines())
-	rr, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
-	if err != nil {
-		t.Fatalf("restore: %v", err)
-	}
-	t.Cleanup(func() { crtest.KillAndReap(rr.Pid) })
+	n := roundTrip(t, p, f, s)
 	check("after restore")
 
 	unix.Kill(f, unix.SIGUSR1)
 	unix.Kill(s, unix.SIGUSR1)
-	waitAfter := func(re string) []string {
-		t.Helper()
-		rx := regexp.MustCompile(re)
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			for _, l := range p.Lines()[n:] {
-				if m := rx.FindStringSubmatch(l); m != nil {
-					return m
-				}
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("no line %q after restore", re)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	waitAfter := func(re string) []string { t.Helper(); return lineAfter(t, p, n, re) }
 	opened := waitAfter(`^F opened (\d+)$`)[1]
 	waitAfter(`^S moved$`)
 	unix.Kill(p.Pid, unix.SIGUSR2)
@@ -109,39 +119,13 @@ func TestChrootedProcess(t *testing.T) {
 	}
 	p := crtest.Start(t, bin, jail)
 	p.WaitLine(t, `^count 3$`, 10*time.Second)
-	dir := filepath.Join(t.TempDir(), "img")
-	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir}); err != nil {
-		t.Fatalf("dump: %v", err)
-	}
-	crtest.ReapGone(t, []int{p.Pid}, 5*time.Second)
-	n := len(p.Lines())
-	rr, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
-	if err != nil {
-		t.Fatalf("restore: %v", err)
-	}
-	t.Cleanup(func() { crtest.KillAndReap(rr.Pid) })
-	if root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", rr.Pid)); err != nil || root != jail {
+	n := roundTrip(t, p)
+	if root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", p.Pid)); err != nil || root != jail {
 		t.Errorf("restored root %q (%v), want %s", root, err, jail)
 	}
-	unix.Kill(rr.Pid, unix.SIGUSR1)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var verdict string
-		for _, l := range p.Lines()[n:] {
-			if l == "root ok" || l == "root lost" {
-				verdict = l
-			}
-		}
-		if verdict == "root ok" {
-			break
-		}
-		if verdict == "root lost" {
-			t.Fatal("the restored process left its chroot")
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no answer from the restored process")
-		}
-		time.Sleep(10 * time.Millisecond)
+	unix.Kill(p.Pid, unix.SIGUSR1)
+	if v := lineAfter(t, p, n, `^root (ok|lost)$`); v[1] != "ok" {
+		t.Fatal("the restored process left its chroot")
 	}
 }
 
@@ -159,43 +143,12 @@ func TestSysvMarkedForRemoval(t *testing.T) {
 	if before[1] != "1600" || before[2] != "marked-1" {
 		t.Fatalf("before the dump: mode %s text %q, want 1600 (SHM_DEST|0600) and marked-1", before[1], before[2])
 	}
-	dir := filepath.Join(t.TempDir(), "img")
-	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir}); err != nil {
-		t.Fatalf("dump: %v", err)
+	n := roundTrip(t, p)
+	unix.Kill(p.Pid, unix.SIGUSR1)
+	if mnb := lineAfter(t, p, n, `^msgmnb (\S+)$`); mnb[1] != "23456" {
+		t.Errorf("the restored IPC namespace has msgmnb %s, want 23456", mnb[1])
 	}
-	crtest.ReapGone(t, []int{p.Pid}, 5*time.Second)
-	n := len(p.Lines())
-	rr, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
-	if err != nil {
-		t.Fatalf("restore: %v", err)
-	}
-	t.Cleanup(func() { crtest.KillAndReap(rr.Pid) })
-	unix.Kill(rr.Pid, unix.SIGUSR1)
-	rx := regexp.MustCompile(`^shm (\d+) (.*)$|^shm gone$`)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var got []string
-		mnb := ""
-		for _, l := range p.Lines()[n:] {
-			if m := rx.FindStringSubmatch(l); m != nil {
-				got = m
-			}
-			if v, ok := strings.CutPrefix(l, "msgmnb "); ok {
-				mnb = v
-			}
-		}
-		if got != nil {
-			if mnb != "23456" {
-				t.Errorf("the restored IPC namespace has msgmnb %q, want 23456", mnb)
-			}
-			if got[1] != "1600" || got[2] != "marked-1" {
-				t.Errorf("after restore: %q, want mode 1600 (marked for removal) and marked-1", got[0])
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no answer from the restored process")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if got := lineAfter(t, p, n, `^shm (\d+) (.*)$|^shm gone$`); got[1] != "1600" || got[2] != "marked-1" {
+		t.Errorf("after restore: %q, want mode 1600 (marked for removal) and marked-1", got[0])
 	}
 }
