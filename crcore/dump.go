@@ -587,6 +587,55 @@ func (d *dumper) checkSharing(tasks []*dtask) error {
 		}
 		t.sharesFs = r == 0
 	}
+	// Sharing that does not follow the tree (a CLONE_PARENT child with
+	// its sibling's table) would come back unshared: refuse it. Tasks
+	// sorted by kcmp's order put the holders of one object side by side.
+	live := make([]*dtask, 0, len(tasks))
+	for _, t := range tasks {
+		if !t.zombie {
+			live = append(live, t)
+		}
+	}
+	for _, k := range []struct {
+		typ   int
+		what  string
+		owner func(*dtask) *dtask
+	}{
+		{kcmpFiles, "an fd table", func(t *dtask) *dtask {
+			for t.sharesFiles && t.parent != nil {
+				t = t.parent
+			}
+			return t
+		}},
+		{kcmpFs, "fs info (cwd, root, umask)", func(t *dtask) *dtask {
+			for t.sharesFs && t.parent != nil {
+				t = t.parent
+			}
+			return t
+		}},
+	} {
+		var sortErr error
+		sort.SliceStable(live, func(i, j int) bool {
+			r, err := kcmp(live[i].pid, live[j].pid, k.typ, 0, 0)
+			if err != nil && sortErr == nil {
+				sortErr = err
+			}
+			return r == 1
+		})
+		if sortErr != nil {
+			return sortErr
+		}
+		for i := 1; i < len(live); i++ {
+			a, b := live[i-1], live[i]
+			r, err := kcmp(a.pid, b.pid, k.typ, 0, 0)
+			if err != nil {
+				return err
+			}
+			if r == 0 && k.owner(a) != k.owner(b) {
+				return fmt.Errorf("pids %d and %d share %s but not through their parents (CLONE_PARENT?): %w", a.pid, b.pid, k.what, ErrNotSupported)
+			}
+		}
+	}
 	return nil
 }
 

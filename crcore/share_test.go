@@ -4,10 +4,12 @@ package crcore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -150,5 +152,29 @@ func TestSysvMarkedForRemoval(t *testing.T) {
 	}
 	if got := lineAfter(t, p, n, `^shm (\d+) (.*)$|^shm gone$`); got[1] != "1600" || got[2] != "marked-1" {
 		t.Errorf("after restore: %q, want mode 1600 (marked for removal) and marked-1", got[0])
+	}
+}
+
+// TestSiblingSharingRefused: two siblings sharing an fd table their
+// parent does not hold (CLONE_PARENT | CLONE_FILES) cannot be cloned
+// shared; the dump refuses them by pid and leaves the tree running.
+func TestSiblingSharingRefused(t *testing.T) {
+	crtest.RequireRoot(t)
+	bin := crtest.BuildC(t, "sibshare", false)
+	p := crtest.Start(t, bin)
+	m := p.WaitLine(t, `^ready (\d+) (\d+)$`, 10*time.Second)
+	var a, b int
+	fmt.Sscan(m[1], &a)
+	fmt.Sscan(m[2], &b)
+	t.Cleanup(func() { unix.Kill(a, unix.SIGKILL); unix.Kill(b, unix.SIGKILL) })
+	dir := filepath.Join(t.TempDir(), "img")
+	_, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir})
+	if !errors.Is(err, crcore.ErrNotSupported) || !strings.Contains(err.Error(), "fd table") {
+		t.Fatalf("dump: %v, want a refusal naming the shared fd table", err)
+	}
+	for _, pid := range []int{p.Pid, a, b} {
+		if st, err := crtest.State(pid); err != nil || st == 'Z' || st == 't' {
+			t.Errorf("pid %d after the refused dump: state %c (%v)", pid, st, err)
+		}
 	}
 }
