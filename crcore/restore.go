@@ -77,6 +77,8 @@ type restorer struct {
 	fillMu  sync.Mutex
 	// shmMarked: SysV segments to mark for removal once attached.
 	shmMarked []int
+	// shmSize: each restored SysV segment's size, by id.
+	shmSize map[uint64]uint64
 	// pagesCache holds small parents' pages (parentPages).
 	pagesCache map[*taskImage][]byte
 	sess       sessionRestore // helper tasks for sessions and groups (sessions.go)

@@ -178,3 +178,34 @@ func TestSiblingSharingRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestSysvPartialAttach restores an attachment of the middle of a SysV
+// segment (its first and last pages unmapped before the dump): the same
+// two pages at the same address, with their contents.
+func TestSysvPartialAttach(t *testing.T) {
+	crtest.RequireRoot(t)
+	bin := crtest.BuildC(t, "shmpart", false)
+	p := crtest.Start(t, bin)
+	addr := p.WaitLine(t, `^ready ([0-9a-f]+)$`, 10*time.Second)[1]
+	sysvMaps := func() []string {
+		var out []string
+		for _, l := range crtest.Maps(t, p.Pid) {
+			if strings.Contains(l, "/SYSV") {
+				out = append(out, strings.Fields(l)[0]+" "+strings.Fields(l)[2])
+			}
+		}
+		return out
+	}
+	before := sysvMaps()
+	if len(before) != 1 || !strings.HasPrefix(before[0], addr+"-") {
+		t.Fatalf("before the dump the SysV mappings are %v, want one at %s", before, addr)
+	}
+	n := roundTrip(t, p)
+	if after := sysvMaps(); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("SysV mappings %v after restore, %v before (range and offset)", after, before)
+	}
+	unix.Kill(p.Pid, unix.SIGUSR1)
+	if got := lineAfter(t, p, n, `^part (\S+) (\S+)$`); got[1] != "page-1" || got[2] != "page-2" {
+		t.Errorf("after restore the attachment holds %q, want page-1 page-2", got[0])
+	}
+}

@@ -29,7 +29,9 @@ package crcore
 // dumped and restored in the namespace it never left: SysV objects
 // outlive their processes) is taken over and its contents set from the
 // image; one with another key is an error. Attachments are injected
-// shmat calls at the VMA's address.
+// shmat calls at the VMA's address; an attachment of part of a segment
+// (the rest unmapped before the dump) is the whole segment attached
+// elsewhere, the part moved into place with mremap, the rest unmapped.
 //
 // A segment marked for removal (IPC_RMID while attached) is marked again
 // once the tasks have attached it. Left out: the kernel's time stamps and
@@ -431,6 +433,10 @@ func (rs *restorer) restoreSysv(root *rtask) error {
 			if err := rs.restoreShm(e); err != nil {
 				return fmt.Errorf("SysV segment %d: %w", e.GetDesc().GetId(), err)
 			}
+			if rs.shmSize == nil {
+				rs.shmSize = map[uint64]uint64{}
+			}
+			rs.shmSize[uint64(e.GetDesc().GetId())] = e.GetSize()
 			if e.GetDesc().GetMode()&shmDest != 0 {
 				rs.shmMarked = append(rs.shmMarked, int(e.GetDesc().GetId()))
 			}
@@ -725,9 +731,6 @@ func restoreQueue(q *pb.CrhookIpcMsgEntry) error {
 // attachSysv attaches SysV segment shmid at the VMA's address with an
 // injected shmat, read-only or executable as the VMA was.
 func (rs *restorer) attachSysv(t *rtask, v *pb.VmaEntry) error {
-	if v.GetPgoff() != 0 {
-		return fmt.Errorf("vma %s: a SysV segment attached from offset %#x: %w", vmaName(v), v.GetPgoff(), ErrNotSupported)
-	}
 	var fl uint64
 	prot := v.GetProt()
 	if prot&unix.PROT_WRITE == 0 {
@@ -735,6 +738,15 @@ func (rs *restorer) attachSysv(t *rtask, v *pb.VmaEntry) error {
 	}
 	if prot&unix.PROT_EXEC != 0 {
 		fl |= shmExec
+	}
+	size, known := rs.shmSize[v.GetShmid()]
+	whole := (size + uint64(pageSize) - 1) / uint64(pageSize) * uint64(pageSize)
+	length := v.GetEnd() - v.GetStart()
+	if known && (v.GetPgoff() != 0 || length != whole) {
+		return rs.attachSysvPart(t, v, fl, whole)
+	}
+	if v.GetPgoff() != 0 {
+		return fmt.Errorf("vma %s: a SysV segment attached from offset %#x, of unknown size: %w", vmaName(v), v.GetPgoff(), ErrNotSupported)
 	}
 	got, err := t.r.call(fmt.Sprintf("shmat %d at %s", v.GetShmid(), vmaName(v)), unix.SYS_SHMAT, v.GetShmid(), v.GetStart(), fl)
 	if err != nil {
@@ -751,4 +763,34 @@ func (rs *restorer) attachSysv(t *rtask, v *pb.VmaEntry) error {
 		return fmt.Errorf("shmat %d at %s: the segment is larger than the attachment was: %w", v.GetShmid(), vmaName(v), ErrNotSupported)
 	}
 	return nil
+}
+
+// attachSysvPart rebuilds an attachment of part of a segment (the rest
+// unmapped before the dump): the whole segment is attached wherever the
+// kernel likes, the part moved into place with mremap, and the rest
+// unmapped.
+func (rs *restorer) attachSysvPart(t *rtask, v *pb.VmaEntry, fl, whole uint64) error {
+	r := t.r
+	off, length := v.GetPgoff(), v.GetEnd()-v.GetStart()
+	if off >= whole || length > whole-off {
+		return badImagef("vma %s: pages %#x+%#x outside SysV segment %d of %d bytes", vmaName(v), off, length, v.GetShmid(), whole)
+	}
+	tmp, err := r.call(fmt.Sprintf("shmat %d", v.GetShmid()), unix.SYS_SHMAT, v.GetShmid(), 0, fl)
+	if err != nil {
+		return err
+	}
+	if _, err := r.call(fmt.Sprintf("mremap part of SysV segment %d to %s", v.GetShmid(), vmaName(v)), unix.SYS_MREMAP,
+		tmp+off, length, length, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, v.GetStart()); err != nil {
+		r.call("munmap", unix.SYS_MUNMAP, tmp, whole)
+		return err
+	}
+	b := r.batch()
+	if off > 0 {
+		b.add("munmap head of SysV attachment", unix.SYS_MUNMAP, tmp, off)
+	}
+	if rest := whole - off - length; rest > 0 {
+		b.add("munmap tail of SysV attachment", unix.SYS_MUNMAP, tmp+off+length, rest)
+	}
+	_, err = b.run()
+	return err
 }
