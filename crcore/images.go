@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
+	"sync"
+	"sync/atomic"
 
 	"google.golang.org/protobuf/proto"
 
@@ -135,47 +138,32 @@ func loadImages(path string) (*imageSet, error) {
 		if len(p.GetThreads()) == 0 || int(p.GetThreads()[0]) != pid {
 			return nil, fmt.Errorf("pstree.img: pid %d: the thread list must start with the leader: %w", pid, ErrBadImage)
 		}
-		ti := &taskImage{pid: pid, ps: p, ext: &pb.CrhookTaskEntry{}, mm: &pb.MmEntry{}, fs: &pb.FsEntry{}}
-		if err := readOne(d, extName(pid), image.CrhookTask, ti.ext); err != nil {
-			return nil, err
-		}
-		exts := map[int]*pb.CrhookThreadEntry{}
-		for _, e := range ti.ext.GetThreads() {
-			exts[int(e.GetTid())] = e
-		}
-		for i, tid := range p.GetThreads() {
-			c := &pb.CoreEntry{}
-			if err := readOne(d, coreName(int(tid)), image.Core, c); err != nil {
-				return nil, err
-			}
-			if c.GetThreadInfo().GetGpregs() == nil {
-				return nil, fmt.Errorf("%s: no x86_64 registers: %w", coreName(int(tid)), ErrBadImage)
-			}
-			if i == 0 {
-				if c.GetTc() == nil {
-					return nil, fmt.Errorf("%s: no task core: %w", coreName(int(tid)), ErrBadImage)
+	}
+	// Each task's images are read by one worker per CPU: a tree is
+	// thousands of small files. The first error in tree order wins.
+	tis := make([]*taskImage, len(s.tree))
+	errs := make([]error, len(s.tree))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range max(1, min(runtime.GOMAXPROCS(0), 4)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(s.tree) {
+					return
 				}
-				ti.core = c
+				tis[i], errs[i] = loadTask(d, s.tree[i])
 			}
-			ti.threads = append(ti.threads, threadImage{tid: int(tid), core: c, ext: exts[int(tid)]})
-		}
-		s.tasks[pid] = ti
-		if ti.zombie() {
-			continue
-		}
-		if err := readOne(d, mmName(pid), image.MM, ti.mm); err != nil {
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
 			return nil, err
 		}
-		if err := readOne(d, fsName(pid), image.Fs, ti.fs); err != nil {
-			return nil, err
-		}
-		filesID := ti.core.GetIds().GetFilesId()
-		if ti.fds, err = readAll(d, fdinfoName(filesID), image.Fdinfo, func() *pb.FdinfoEntry { return &pb.FdinfoEntry{} }); err != nil {
-			return nil, err
-		}
-		if err := ti.readPagemap(d); err != nil {
-			return nil, err
-		}
+		s.tasks[tis[i].pid] = tis[i]
 	}
 	// Every parent must be in the tree, but the root's.
 	for i, p := range s.tree {
@@ -191,6 +179,53 @@ func loadImages(path string) (*imageSet, error) {
 	}
 	ok = true
 	return s, nil
+}
+
+// loadTask reads the images of the task p names.
+func loadTask(d *image.Dir, p *pb.PstreeEntry) (*taskImage, error) {
+	pid := int(p.GetPid())
+	ti := &taskImage{pid: pid, ps: p, ext: &pb.CrhookTaskEntry{}, mm: &pb.MmEntry{}, fs: &pb.FsEntry{}}
+	if err := readOne(d, extName(pid), image.CrhookTask, ti.ext); err != nil {
+		return nil, err
+	}
+	exts := map[int]*pb.CrhookThreadEntry{}
+	for _, e := range ti.ext.GetThreads() {
+		exts[int(e.GetTid())] = e
+	}
+	for i, tid := range p.GetThreads() {
+		c := &pb.CoreEntry{}
+		if err := readOne(d, coreName(int(tid)), image.Core, c); err != nil {
+			return nil, err
+		}
+		if c.GetThreadInfo().GetGpregs() == nil {
+			return nil, fmt.Errorf("%s: no x86_64 registers: %w", coreName(int(tid)), ErrBadImage)
+		}
+		if i == 0 {
+			if c.GetTc() == nil {
+				return nil, fmt.Errorf("%s: no task core: %w", coreName(int(tid)), ErrBadImage)
+			}
+			ti.core = c
+		}
+		ti.threads = append(ti.threads, threadImage{tid: int(tid), core: c, ext: exts[int(tid)]})
+	}
+	if ti.zombie() {
+		return ti, nil
+	}
+	if err := readOne(d, mmName(pid), image.MM, ti.mm); err != nil {
+		return nil, err
+	}
+	if err := readOne(d, fsName(pid), image.Fs, ti.fs); err != nil {
+		return nil, err
+	}
+	var err error
+	filesID := ti.core.GetIds().GetFilesId()
+	if ti.fds, err = readAll(d, fdinfoName(filesID), image.Fdinfo, func() *pb.FdinfoEntry { return &pb.FdinfoEntry{} }); err != nil {
+		return nil, err
+	}
+	if err := ti.readPagemap(d); err != nil {
+		return nil, err
+	}
+	return ti, nil
 }
 
 func (ti *taskImage) readPagemap(d *image.Dir) error {
