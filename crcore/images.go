@@ -142,23 +142,10 @@ func loadImages(path string) (*imageSet, error) {
 	// Each task's images are read by one worker per CPU: a tree is
 	// thousands of small files. The first error in tree order wins.
 	tis := make([]*taskImage, len(s.tree))
-	errs := make([]error, len(s.tree))
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range max(1, min(runtime.GOMAXPROCS(0), 4)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(s.tree) {
-					return
-				}
-				tis[i], errs[i] = loadTask(d, s.tree[i])
-			}
-		}()
-	}
-	wg.Wait()
+	errs := parallel(len(s.tree), func(i int) (err error) {
+		tis[i], err = loadTask(d, s.tree[i])
+		return err
+	})
 	for i, err := range errs {
 		if err != nil {
 			return nil, err
@@ -181,6 +168,29 @@ func loadImages(path string) (*imageSet, error) {
 	return s, nil
 }
 
+// parallel runs f(0) ... f(n-1) on one worker per CPU (at most 4) and
+// returns their errors by index.
+func parallel(n int, f func(i int) error) []error {
+	errs := make([]error, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range max(1, min(runtime.GOMAXPROCS(0), 4, n)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				errs[i] = f(i)
+			}
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
 // loadTask reads the images of the task p names.
 func loadTask(d *image.Dir, p *pb.PstreeEntry) (*taskImage, error) {
 	pid := int(p.GetPid())
@@ -192,21 +202,32 @@ func loadTask(d *image.Dir, p *pb.PstreeEntry) (*taskImage, error) {
 	for _, e := range ti.ext.GetThreads() {
 		exts[int(e.GetTid())] = e
 	}
-	for i, tid := range p.GetThreads() {
+	// A thousand threads are a thousand core images: read in parallel
+	// too.
+	tids := p.GetThreads()
+	cores := make([]*pb.CoreEntry, len(tids))
+	for _, err := range parallel(len(tids), func(i int) error {
 		c := &pb.CoreEntry{}
-		if err := readOne(d, coreName(int(tid)), image.Core, c); err != nil {
-			return nil, err
+		name := coreName(int(tids[i]))
+		if err := readOne(d, name, image.Core, c); err != nil {
+			return err
 		}
 		if c.GetThreadInfo().GetGpregs() == nil {
-			return nil, fmt.Errorf("%s: no x86_64 registers: %w", coreName(int(tid)), ErrBadImage)
+			return fmt.Errorf("%s: no x86_64 registers: %w", name, ErrBadImage)
 		}
-		if i == 0 {
-			if c.GetTc() == nil {
-				return nil, fmt.Errorf("%s: no task core: %w", coreName(int(tid)), ErrBadImage)
-			}
-			ti.core = c
+		if i == 0 && c.GetTc() == nil {
+			return fmt.Errorf("%s: no task core: %w", name, ErrBadImage)
 		}
-		ti.threads = append(ti.threads, threadImage{tid: int(tid), core: c, ext: exts[int(tid)]})
+		cores[i] = c
+		return nil
+	}) {
+		if err != nil {
+			return nil, err
+		}
+	}
+	ti.core = cores[0]
+	for i, tid := range tids {
+		ti.threads = append(ti.threads, threadImage{tid: int(tid), core: cores[i], ext: exts[int(tid)]})
 	}
 	if ti.zombie() {
 		return ti, nil
