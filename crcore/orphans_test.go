@@ -4,7 +4,6 @@ package crcore_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -208,9 +207,9 @@ func kernelChildren(t *testing.T, pid int) []int {
 }
 
 // An orphan in a session whose leader lives on elsewhere in the tree
-// (not its sibling) is a shape the restore refuses, clearly and leaving
-// nothing behind.
-func TestOrphanOfLiveSessionRefused(t *testing.T) {
+// (not its sibling: a cousin) comes back an orphan of the subreaper, in
+// the leader's session, with no helper left behind.
+func TestOrphanOfLiveSession(t *testing.T) {
 	crtest.RequireRoot(t)
 	bin := crtest.BuildC(t, "orphans", false)
 	p := crtest.Start(t, bin, "alive-leader")
@@ -224,21 +223,31 @@ func TestOrphanOfLiveSessionRefused(t *testing.T) {
 		}
 		crtest.ReapGone(t, all, 5*time.Second)
 	})
-	if len(all) != 4 || !strings.Contains(nsIDs(t, p.Pid)[m], fmt.Sprintf("ppid %d ", p.Pid)) {
-		t.Fatalf("tree %v, M (%d) should be an orphan of the root: %v", all, m, nsIDs(t, p.Pid))
+	before := nsIDs(t, p.Pid)
+	if len(all) != 4 || !strings.Contains(before[m], fmt.Sprintf("ppid %d ", p.Pid)) {
+		t.Fatalf("tree %v, M (%d) should be an orphan of the root: %v", all, m, before)
 	}
 	dir := filepath.Join(t.TempDir(), "img")
 	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir}); err != nil {
 		t.Fatalf("dump: %v", err)
 	}
 	crtest.ReapGone(t, all, 5*time.Second)
-	_, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
-	if err == nil {
-		t.Fatal("restore succeeded")
+	n := len(p.Lines())
+	rr, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
 	}
-	if !errors.Is(err, crcore.ErrNotSupported) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d is in session", m)) {
-		t.Errorf("restore error %q: want ErrNotSupported naming pid %d's session", err, m)
+	t.Cleanup(func() { crtest.KillAndReap(rr.Pid) })
+	after := nsIDs(t, p.Pid)
+	if fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("ids after restore (pid: ppid pgid sid):\n%v\nbefore:\n%v", after, before)
 	}
-	// What the failed restore killed may be our orphans: reap them.
-	crtest.ReapGone(t, all, 5*time.Second)
+	for _, l := range p.Lines()[n:] {
+		if l == "root sigchld" {
+			t.Errorf("the restored root got a SIGCHLD (a helper's?)")
+		}
+	}
+	if st, err := crtest.State(m); err != nil || st == 'Z' {
+		t.Errorf("M after restore: state %c, %v", st, err)
+	}
 }

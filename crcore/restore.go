@@ -104,6 +104,10 @@ type rtask struct {
 	// memReady: the task's pages are all in place; a child cloned now
 	// inherits them.
 	memReady bool
+	// memSrc is the task whose memory this one was cloned with, when
+	// that is not its parent's (an orphan rebuilt under its session's
+	// leader, sessions.go).
+	memSrc *rtask
 }
 
 type rthread struct {
@@ -248,6 +252,11 @@ func (rs *restorer) run(root *rtask, gadget0 uint64) error {
 		return err
 	}
 	rs.log.WithFields(logrus.Fields{"tasks": len(rs.tasks), "took": time.Since(start)}).Debug("tree created")
+	for sid, left := range rs.sess.orphans {
+		if len(left) > 0 {
+			return fmt.Errorf("pid %d is in session %d, whose leader was not rebuilt as a live task: %w", left[0].ti.pid, sid, ErrNotSupported)
+		}
+	}
 	if err := rs.markSysvRemoved(root); err != nil {
 		return err
 	}
@@ -312,7 +321,11 @@ func (rs *restorer) create(t *rtask) error {
 	if err != nil {
 		return err
 	}
-	for _, child := range children {
+	orphans, err := rs.adoptOrphans(t)
+	if err != nil {
+		return err
+	}
+	for _, child := range append(children, orphans...) {
 		if err := rs.create(child); err != nil {
 			return err
 		}
@@ -559,8 +572,12 @@ func (rs *restorer) buildMemory(t *rtask) error {
 	s, ti, r := rs.s, t.ti, t.r
 	vmas := ti.mm.GetVmas()
 	var plan *inheritPlan
-	if t.parent != nil && t.parent.memReady {
-		plan = planInherit(t.parent.ti, ti)
+	src := t.parent
+	if t.memSrc != nil {
+		src = t.memSrc
+	}
+	if src != nil && src.memReady {
+		plan = planInherit(src.ti, ti)
 	}
 	if plan != nil {
 		pre := r.batch()

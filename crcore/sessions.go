@@ -36,15 +36,32 @@ import (
 // pid, but for the root's own session and group when those come from
 // outside the tree (the restorer's, as for a shell job).
 //
+// An orphan whose session's leader lives elsewhere in the tree (not a
+// sibling) is rebuilt the way it came about: once the leader exists, a
+// helper is cloned from it, the orphan from the helper, and when the
+// helper exits (with the other helpers) the orphan is reparented to the
+// nearest child subreaper, which must be its parent of the image (that
+// subreaper's flag is set early for it), or to the namespace's init. Its
+// memory is then the leader's, which its copy-on-write plan compares
+// with.
+//
 // What this does not rebuild, and refuses: a session entered by tasks of
-// different parents whose leader is gone, or whose leader is alive but
-// neither the task's parent's session nor one of its siblings.
+// different parents whose leader is gone, and an orphan of a live leader
+// whose parent would not be the one the kernel reparents it to.
 
 // sessionRestore is the restore's helper tasks.
 type sessionRestore struct {
 	helpers []*rtask       // in creation order
 	byPid   map[int]*rtask // image pid -> helper
 	gone    map[*ptrace.Task]bool
+	// orphans: by session id, the orphans waiting for their live
+	// leader to be created (adoptOrphans).
+	orphans map[int][]deferredOrphan
+}
+
+type deferredOrphan struct {
+	parent *rtask
+	ti     *taskImage
 }
 
 // helperPids returns the pids the image's sessions and groups need for
@@ -110,6 +127,14 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 				return nil, err
 			}
 		}
+		if src == nil {
+			// Deferred until its session's leader exists.
+			if rs.sess.orphans == nil {
+				rs.sess.orphans = map[int][]deferredOrphan{}
+			}
+			rs.sess.orphans[sid] = append(rs.sess.orphans[sid], deferredOrphan{parent: p, ti: c})
+			continue
+		}
 		child, err := rs.cloneFrom(src, p, c)
 		if err != nil {
 			return nil, fmt.Errorf("pid %d: create child %d: %w", p.ti.pid, c.pid, err)
@@ -157,7 +182,10 @@ func (rs *restorer) sessionSource(p *rtask, c *taskImage, inSession map[int]*rta
 	if !rs.needsHelper(sid) {
 		what := "is not in the tree"
 		if l, ok := rs.s.tasks[sid]; ok {
-			what = fmt.Sprintf("is pid %d, child of %d", sid, l.ps.GetPpid())
+			if rs.reparentsTo(l, p.ti) {
+				return nil, nil // adoptOrphans, once the leader exists
+			}
+			what = fmt.Sprintf("is pid %d, child of %d, and an orphan under it would not be reparented to %d", sid, l.ps.GetPpid(), p.ti.pid)
 		}
 		return nil, fmt.Errorf("pid %d is in session %d, which its parent %d is not in, and the session's leader %s: only a leader that is a sibling or has exited can be rebuilt: %w",
 			c.pid, sid, p.ti.pid, what, ErrNotSupported)
@@ -175,6 +203,97 @@ func (rs *restorer) sessionSource(p *rtask, c *taskImage, inSession map[int]*rta
 	}
 	inSession[sid] = h
 	return h, nil
+}
+
+// reparentsTo says whether an orphan left by a child of leader (a helper
+// of the restore) would be reparented to p: p is the nearest child
+// subreaper among leader and its ancestors in the image, or, with none,
+// p is the pid namespace's init.
+func (rs *restorer) reparentsTo(leader, p *taskImage) bool {
+	if leader.zombie() {
+		return false
+	}
+	for a := leader; a != nil; {
+		if a.core.GetTc().GetChildSubreaper() {
+			return a == p
+		}
+		next, ok := rs.s.tasks[int(a.ps.GetPpid())]
+		if !ok || next == a {
+			break
+		}
+		a = next
+	}
+	return p.pid == 1 && int(rs.s.tree[0].GetPid()) == 1
+}
+
+// adoptOrphans creates the orphans deferred for the session that t leads:
+// each is cloned from a helper cloned from t, so that it is born in t's
+// session; the helper's exit (endHelpers) reparents it to its image
+// parent. It returns them to be built like t's children.
+func (rs *restorer) adoptOrphans(t *rtask) ([]*rtask, error) {
+	orphans := rs.sess.orphans[t.ti.pid]
+	if len(orphans) == 0 {
+		return nil, nil
+	}
+	delete(rs.sess.orphans, t.ti.pid)
+	if !t.memReady {
+		if err := rs.waitFill(t); err != nil {
+			return nil, fmt.Errorf("pid %d: %w", t.ti.pid, err)
+		}
+		t.memReady = true
+	}
+	var out []*rtask
+	for _, o := range orphans {
+		if o.parent.ti.core.GetTc().GetChildSubreaper() {
+			// Set now for the reparenting; restoreLast sets it again.
+			if _, err := o.parent.r.call("prctl(PR_SET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1); err != nil {
+				return nil, fmt.Errorf("pid %d: %w", o.parent.ti.pid, err)
+			}
+		}
+		h, err := rs.spareHelper(t)
+		if err != nil {
+			return nil, err
+		}
+		ct, hostPid, err := rs.clone(h, o.ti.pid, 0, uint64(unix.SIGCHLD))
+		if err != nil {
+			return nil, fmt.Errorf("pid %d: create orphan %d in session %d: %w", o.parent.ti.pid, o.ti.pid, t.ti.pid, err)
+		}
+		c := &rtask{ti: o.ti, hostPid: hostPid, t: ct, parent: o.parent, memSrc: t}
+		c.r = &remote{t: ct, gadget: t.r.gadget, scratch: t.r.scratch, size: t.r.size}
+		c.table = maps.Clone(t.table)
+		if err := rs.groupHelper(c); err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// spareHelper clones from t a helper with a pid that no task of the image
+// needs and nothing holds.
+func (rs *restorer) spareHelper(t *rtask) (*rtask, error) {
+	top := 0
+	for pid := range rs.s.tasks {
+		top = max(top, pid)
+	}
+	wait := rs.wait
+	rs.wait = 0 // a taken pid: try the next one at once
+	defer func() { rs.wait = wait }()
+	reserved := rs.helperPids()
+	err := ErrPidTaken
+	for pid := top + 1; pid < top+64; pid++ {
+		if rs.sess.byPid[pid] != nil || reserved[pid] {
+			continue
+		}
+		var h *rtask
+		if h, err = rs.newHelper(t, t, pid); err == nil {
+			return h, nil
+		}
+		if !errors.Is(err, ErrPidTaken) {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("no free pid for a helper of session %d: %w", t.ti.pid, err)
 }
 
 // groupHelper creates, when t's process group's leader has exited, a
