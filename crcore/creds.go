@@ -214,7 +214,17 @@ var errLessPrivileged = errors.New("the container's credentials are kept")
 // credentials stand instead (DESIGN section 2: a restore never gives a
 // process more privilege than the container's config grants), and
 // errLessPrivileged says so.
-func restoreCreds(r *remote, th *threadImage, container bool) error {
+// secbitsCache carries the leader's securebits to the other threads of a
+// task: they were cloned from the leader before any credential was
+// restored, so while the leader's stay as they came (the common case: an
+// image of the restorer's own credentials) theirs are the same, and one
+// injected prctl per thread is saved.
+type secbitsCache struct {
+	known bool
+	val   uint64
+}
+
+func restoreCreds(r *remote, th *threadImage, container bool, cache *secbitsCache) error {
 	c := th.core.GetThreadCore().GetCreds()
 	if c == nil {
 		return nil
@@ -226,14 +236,19 @@ func restoreCreds(r *remote, th *threadImage, container bool) error {
 		return err
 	}
 	r.reset()
-	sb, err := r.call("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS)
-	if err != nil {
+	var sb uint64
+	if cache != nil && cache.known {
+		sb = cache.val
+	} else if sb, err = r.call("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS); err != nil {
 		return err
 	}
 	uids := [4]uint32{c.GetUid(), c.GetEuid(), c.GetSuid(), c.GetFsuid()}
 	gids := [4]uint32{c.GetGid(), c.GetEgid(), c.GetSgid(), c.GetFsgid()}
 	if uids == cur.uids && gids == cur.gids && slices.Equal(c.GetGroups(), cur.groups) &&
 		inh == cur.inh && prm == cur.prm && eff == cur.eff && bnd == cur.bnd && amb == cur.am && uint64(c.GetSecbits()) == sb {
+		if cache != nil && !cache.known {
+			cache.known, cache.val = true, sb
+		}
 		return nil
 	}
 	if more := (prm | eff | inh | amb) &^ cur.prm &^ cur.inh; more != 0 {
