@@ -62,7 +62,7 @@ fuzz: deps
 	$(GO) test -run '^$$' -fuzz '^FuzzAnnotation$$' -fuzztime $(FUZZTIME) ./hook
 
 # soak: 100 checkpoint/restore cycles of a busy process, state and leaks
-# checked every cycle (make test runs 10), then 30 of a runc container
+# checked every cycle (make test runs 10), then 100 of a runc container
 # (checkpoint, delete, restore into a new container of the bundle; make
 # test runs 3).
 soak: deps build
