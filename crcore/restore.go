@@ -368,6 +368,69 @@ func sharedWithParent(p, c *taskImage) uint64 {
 	return fl
 }
 
+// cloneThreads creates the threads imgs in t with their tids, many
+// clone3 calls to a batch (batch.go): a thousand threads cost a stop each
+// (the clone event) instead of two. After a failure the rest go one at a
+// time through clone, which waits for a tid still in use and chooses
+// tids from outside in a container.
+func (rs *restorer) cloneThreads(t *rtask, imgs []*threadImage, flags uint64) ([]*ptrace.Task, error) {
+	const chunk = 128
+	var out []*ptrace.Task
+	i := 0
+	for i < len(imgs) && len(imgs) > 1 {
+		n := min(chunk, len(imgs)-i)
+		t.r.reset()
+		b := t.r.batch()
+		var buf bytes.Buffer
+		for k := range n {
+			argAddr, err := t.r.alloc(kabi.SizeofCloneArgs + 8)
+			if err != nil {
+				return nil, err
+			}
+			buf.Reset()
+			binary.Write(&buf, binary.LittleEndian, kabi.CloneArgs{
+				Flags:      flags,
+				SetTid:     argAddr + kabi.SizeofCloneArgs,
+				SetTidSize: 1,
+			})
+			binary.Write(&buf, binary.LittleEndian, int32(imgs[i+k].tid))
+			if err := writeMem(t.hostPid, argAddr, buf.Bytes()); err != nil {
+				return nil, err
+			}
+			b.add(fmt.Sprintf("clone3 (thread %d)", imgs[i+k].tid), unix.SYS_CLONE3, argAddr, kabi.SizeofCloneArgs)
+		}
+		res, err := b.run()
+		ev := t.t.Events()
+		if len(ev) != len(res) {
+			return nil, fmt.Errorf("create threads: %d created, %d clone events", len(res), len(ev))
+		}
+		for k, ret := range res {
+			if int(ret) != imgs[i+k].tid {
+				return nil, fmt.Errorf("create thread %d: got tid %d", imgs[i+k].tid, ret)
+			}
+			pt := ptrace.Adopt(ev[k])
+			rs.cl.add(func() { rs.killUnlessGone(pt) })
+			if err := waitFirstStop(pt); err != nil {
+				return nil, err
+			}
+			out = append(out, pt)
+		}
+		i += len(res)
+		if err != nil {
+			rs.log.WithError(err).Debug("batched thread creation stopped; going on one at a time")
+			break
+		}
+	}
+	for ; i < len(imgs); i++ {
+		pt, _, err := rs.clone(t, imgs[i].tid, flags, 0)
+		if err != nil {
+			return nil, fmt.Errorf("create thread %d: %w", imgs[i].tid, err)
+		}
+		out = append(out, pt)
+	}
+	return out, nil
+}
+
 // clone runs clone3 in p asking for pid want (set_tid), and returns the
 // new task stopped, traced, and its pid as we see it.
 func (rs *restorer) clone(p *rtask, want int, flags uint64, exitSignal uint64) (*ptrace.Task, int, error) {
@@ -499,13 +562,16 @@ func (rs *restorer) createThreads(t *rtask) error {
 	t.threads = []*rthread{lead}
 	const threadFlags = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND |
 		unix.CLONE_THREAD | unix.CLONE_SYSVSEM
+	imgs := make([]*threadImage, 0, len(t.ti.threads))
 	for i := 1; i < len(t.ti.threads); i++ {
-		img := &t.ti.threads[i]
-		pt, _, err := rs.clone(t, img.tid, threadFlags, 0)
-		if err != nil {
-			return fmt.Errorf("create thread %d: %w", img.tid, err)
-		}
-		t.threads = append(t.threads, &rthread{img: img, t: pt})
+		imgs = append(imgs, &t.ti.threads[i])
+	}
+	pts, err := rs.cloneThreads(t, imgs, threadFlags)
+	if err != nil {
+		return err
+	}
+	for i, pt := range pts {
+		t.threads = append(t.threads, &rthread{img: imgs[i], t: pt})
 	}
 	for _, th := range t.threads {
 		r := &remote{t: th.t, gadget: t.r.gadget, scratch: t.r.scratch, size: t.r.size}
