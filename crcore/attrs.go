@@ -119,7 +119,7 @@ func (d *dumper) dumpAttrs(t *dtask, r *remote) (err error) {
 		return err
 	}
 	for _, th := range t.threads {
-		tr := &remote{t: th.t, gadget: r.gadget, scratch: r.scratch, size: r.size, used: r.used}
+		tr := r.forThread(th.t) // crash-safe like the leader's calls
 		if _, err := tr.call("prctl(PR_GET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG, out); err != nil {
 			return fmt.Errorf("thread %d: %w", th.tid, err)
 		}
