@@ -119,7 +119,7 @@ func (d *dumper) dumpAttrs(t *dtask, r *remote) (err error) {
 		return err
 	}
 	for _, th := range t.threads {
-		tr := r.forThread(th.t) // crash-safe like the leader's calls
+		tr := r.forTask(th.t) // crash-safe like the leader's calls
 		if _, err := tr.call("prctl(PR_GET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG, out); err != nil {
 			return fmt.Errorf("thread %d: %w", th.tid, err)
 		}
@@ -202,7 +202,7 @@ func (rs *restorer) restoreLast(t *rtask) error {
 	}
 	remotes := make([]*remote, len(t.threads))
 	for i, th := range t.threads {
-		remotes[i] = &remote{t: th.t, gadget: t.r.gadget, scratch: t.r.scratch, size: t.r.size}
+		remotes[i] = t.r.forTask(th.t)
 	}
 	if err := queueSignals(lead, t.ti.pid, t.ti.pid, tc.GetSignalsS(), true); err != nil {
 		return err

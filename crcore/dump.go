@@ -834,7 +834,7 @@ func (d *dumper) dumpTask(t *dtask) error {
 		return err
 	}
 	for _, th := range t.threads {
-		tr := r.forThread(th.t)
+		tr := r.forTask(th.t)
 		if _, err := tr.call("prctl(PR_GET_TID_ADDRESS)", unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, out); err != nil {
 			return err
 		}

@@ -28,6 +28,14 @@ type remote struct {
 
 func (r *remote) pid() int { return r.t.Tid }
 
+// forTask returns a remote for task t that has r's scratch area at the
+// same address: another thread of r's task, or a task cloned from it
+// (the scratch area is inherited). It shares r's gadgets, crash-safe
+// ones included.
+func (r *remote) forTask(t *ptrace.Task) *remote {
+	return &remote{t: t, gadget: r.gadget, scratch: r.scratch, size: r.size, used: r.used, safe: r.safe}
+}
+
 // call runs a syscall and turns a negative result into an error.
 func (r *remote) call(name string, nr uintptr, args ...uint64) (uint64, error) {
 	if r.safe != nil {

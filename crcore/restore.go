@@ -346,7 +346,7 @@ func (rs *restorer) cloneChild(p *rtask, c *taskImage) (*rtask, error) {
 		return nil, err
 	}
 	child := &rtask{ti: c, hostPid: hostPid, t: t, parent: p}
-	child.r = &remote{t: t, gadget: p.r.gadget, scratch: p.r.scratch, size: p.r.size}
+	child.r = p.r.forTask(t)
 	child.table = maps.Clone(p.table)
 	return child, nil
 }
@@ -574,7 +574,7 @@ func (rs *restorer) createThreads(t *rtask) error {
 		t.threads = append(t.threads, &rthread{img: imgs[i], t: pt})
 	}
 	for _, th := range t.threads {
-		r := &remote{t: th.t, gadget: t.r.gadget, scratch: t.r.scratch, size: t.r.size}
+		r := t.r.forTask(th.t)
 		if err := restoreThreadState(r, th.img); err != nil {
 			return fmt.Errorf("thread %d: %w", th.img.tid, err)
 		}
@@ -619,8 +619,7 @@ func (rs *restorer) die(t *rtask) error {
 			return err
 		}
 	default:
-		r := &remote{t: t.t, gadget: t.r.gadget}
-		if _, err := r.t.Syscall(r.gadget, unix.SYS_EXIT_GROUP, uint64(ws.ExitStatus())); err != nil {
+		if _, err := t.t.Syscall(t.r.gadget, unix.SYS_EXIT_GROUP, uint64(ws.ExitStatus())); err != nil {
 			var ex *ptrace.ExitedError
 			if !errors.As(err, &ex) {
 				return err

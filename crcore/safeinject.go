@@ -150,8 +150,3 @@ func (g *safeGadget) call(t *ptrace.Task, name string, nr uintptr, args ...uint6
 	return ret, nil
 }
 
-// forThread returns a remote for another thread of r's task, sharing its
-// scratch area and gadgets.
-func (r *remote) forThread(t *ptrace.Task) *remote {
-	return &remote{t: t, gadget: r.gadget, scratch: r.scratch, size: r.size, used: r.used, safe: r.safe}
-}

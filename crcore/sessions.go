@@ -259,7 +259,7 @@ func (rs *restorer) adoptOrphans(t *rtask) ([]*rtask, error) {
 			return nil, fmt.Errorf("pid %d: create orphan %d in session %d: %w", o.parent.ti.pid, o.ti.pid, t.ti.pid, err)
 		}
 		c := &rtask{ti: o.ti, hostPid: hostPid, t: ct, parent: o.parent, memSrc: t}
-		c.r = &remote{t: ct, gadget: t.r.gadget, scratch: t.r.scratch, size: t.r.size}
+		c.r = t.r.forTask(ct)
 		c.table = maps.Clone(t.table)
 		if err := rs.groupHelper(c); err != nil {
 			return nil, err
@@ -326,7 +326,7 @@ func (rs *restorer) cloneFrom(src, p *rtask, c *taskImage) (*rtask, error) {
 		return nil, err
 	}
 	child := &rtask{ti: c, hostPid: hostPid, t: t, parent: p}
-	child.r = &remote{t: t, gadget: src.r.gadget, scratch: src.r.scratch, size: src.r.size}
+	child.r = src.r.forTask(t)
 	child.table = maps.Clone(src.table)
 	return child, nil
 }
@@ -343,7 +343,7 @@ func (rs *restorer) newHelper(src, parent *rtask, pid int) (*rtask, error) {
 		return nil, fmt.Errorf("create helper %d (a session or process group leader that has exited): %w", pid, err)
 	}
 	h := &rtask{ti: &taskImage{pid: pid}, hostPid: hostPid, t: t, parent: parent}
-	h.r = &remote{t: t, gadget: src.r.gadget, scratch: src.r.scratch, size: src.r.size}
+	h.r = src.r.forTask(t)
 	if rs.sess.byPid == nil {
 		rs.sess.byPid = map[int]*rtask{}
 		rs.sess.gone = map[*ptrace.Task]bool{}
