@@ -129,16 +129,18 @@ func TestParseMounts(t *testing.T) {
 	}
 }
 
-// freezeCase puts a sleeping child into a new cgroup under mount and
-// checks freeze and thaw with real tasks.
-func freezeCase(t *testing.T, mount string, newFreezer func(string) Freezer) {
+// busyCgroup makes a new cgroup named name-PID under mount with a busy
+// shell in it, removed (thawed, the shell killed) at test end. It skips
+// without root or without the hierarchy.
+func busyCgroup(t *testing.T, mount, name string, newFreezer func(string) Freezer) (string, *exec.Cmd) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create cgroups")
 	}
 	if _, err := os.Stat(mount); err != nil {
 		t.Skipf("%s is not mounted here", mount)
 	}
-	dir := filepath.Join(mount, fmt.Sprintf("crhook-test-%d", os.Getpid()))
+	dir := filepath.Join(mount, fmt.Sprintf("%s-%d", name, os.Getpid()))
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -157,6 +159,13 @@ func freezeCase(t *testing.T, mount string, newFreezer func(string) Freezer) {
 	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(fmt.Sprint(cmd.Process.Pid)), 0); err != nil {
 		t.Fatal(err)
 	}
+	return dir, cmd
+}
+
+// freezeCase puts a sleeping child into a new cgroup under mount and
+// checks freeze and thaw with real tasks.
+func freezeCase(t *testing.T, mount string, newFreezer func(string) Freezer) {
+	dir, cmd := busyCgroup(t, mount, "crhook-test", newFreezer)
 	f := newFreezer(dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

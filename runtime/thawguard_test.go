@@ -7,8 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 )
@@ -34,32 +32,8 @@ func TestMain(m *testing.M) {
 // guard thaws a frozen cgroup when its pipe closes without "done" (as
 // when crhook is killed), and leaves it alone after "done".
 func guardCase(t *testing.T, mount string, newFreezer func(string) Freezer) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create cgroups")
-	}
-	if _, err := os.Stat(mount); err != nil {
-		t.Skipf("%s is not mounted here", mount)
-	}
+	dir, _ := busyCgroup(t, mount, "crhook-guard", newFreezer)
 	t.Setenv(guardHelperEnv, "1")
-	dir := filepath.Join(mount, fmt.Sprintf("crhook-guard-%d", os.Getpid()))
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("sh", "-c", "while :; do :; done")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		newFreezer(dir).Thaw()
-		cmd.Wait()
-		for i := 0; i < 100 && os.Remove(dir) != nil; i++ {
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
-	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(fmt.Sprint(cmd.Process.Pid)), 0); err != nil {
-		t.Fatal(err)
-	}
 	f := newFreezer(dir)
 	freeze := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
