@@ -434,6 +434,11 @@ func (rs *restorer) cloneThreads(t *rtask, imgs []*threadImage, flags uint64) ([
 // clone runs clone3 in p asking for pid want (set_tid), and returns the
 // new task stopped, traced, and its pid as we see it.
 func (rs *restorer) clone(p *rtask, want int, flags uint64, exitSignal uint64) (*ptrace.Task, int, error) {
+	return rs.cloneWithin(p, want, flags, exitSignal, rs.wait)
+}
+
+// cloneWithin is clone waiting at most wait for a pid still in use.
+func (rs *restorer) cloneWithin(p *rtask, want int, flags uint64, exitSignal uint64, wait time.Duration) (*ptrace.Task, int, error) {
 	var buf bytes.Buffer
 	p.r.reset()
 	argAddr, err := p.r.alloc(kabi.SizeofCloneArgs + 8)
@@ -450,7 +455,7 @@ func (rs *restorer) clone(p *rtask, want int, flags uint64, exitSignal uint64) (
 	if err := writeMem(p.hostPid, argAddr, buf.Bytes()); err != nil {
 		return nil, 0, err
 	}
-	deadline := time.Now().Add(rs.wait)
+	deadline := time.Now().Add(wait)
 	for {
 		ret, err := p.t.Syscall(p.r.gadget, unix.SYS_CLONE3, argAddr, kabi.SizeofCloneArgs)
 		if err != nil {
@@ -469,7 +474,7 @@ func (rs *restorer) clone(p *rtask, want int, flags uint64, exitSignal uint64) (
 				}
 				break
 			}
-			return nil, 0, cloneError(want, e, rs.wait)
+			return nil, 0, cloneError(want, e, wait)
 		}
 		if int(ret) != want {
 			return nil, 0, fmt.Errorf("create task %d: got pid %d", want, ret)

@@ -149,4 +149,3 @@ func (g *safeGadget) call(t *ptrace.Task, name string, nr uintptr, args ...uint6
 	}
 	return ret, nil
 }
-

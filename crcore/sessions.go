@@ -276,9 +276,6 @@ func (rs *restorer) spareHelper(t *rtask) (*rtask, error) {
 	for pid := range rs.s.tasks {
 		top = max(top, pid)
 	}
-	wait := rs.wait
-	rs.wait = 0 // a taken pid: try the next one at once
-	defer func() { rs.wait = wait }()
 	reserved := rs.helperPids()
 	err := ErrPidTaken
 	for pid := top + 1; pid < top+64; pid++ {
@@ -286,7 +283,8 @@ func (rs *restorer) spareHelper(t *rtask) (*rtask, error) {
 			continue
 		}
 		var h *rtask
-		if h, err = rs.newHelper(t, t, pid); err == nil {
+		// A taken pid: try the next one at once.
+		if h, err = rs.newHelperWithin(t, t, pid, 0); err == nil {
 			return h, nil
 		}
 		if !errors.Is(err, ErrPidTaken) {
@@ -334,11 +332,16 @@ func (rs *restorer) cloneFrom(src, p *rtask, c *taskImage) (*rtask, error) {
 // newHelper clones from src a helper task with pid, a child of parent
 // (src itself, or a child of parent: CLONE_PARENT).
 func (rs *restorer) newHelper(src, parent *rtask, pid int) (*rtask, error) {
+	return rs.newHelperWithin(src, parent, pid, rs.wait)
+}
+
+// newHelperWithin is newHelper waiting at most wait for pid to be free.
+func (rs *restorer) newHelperWithin(src, parent *rtask, pid int, wait time.Duration) (*rtask, error) {
 	var flags, sig uint64 = 0, uint64(unix.SIGCHLD)
 	if src != parent {
 		flags, sig = unix.CLONE_PARENT, 0
 	}
-	t, hostPid, err := rs.clone(src, pid, flags, sig)
+	t, hostPid, err := rs.cloneWithin(src, pid, flags, sig, wait)
 	if err != nil {
 		return nil, fmt.Errorf("create helper %d (a session or process group leader that has exited): %w", pid, err)
 	}
