@@ -32,6 +32,9 @@ type imageSet struct {
 	// root, when set, is where the restored tasks' paths resolve (a
 	// container's /proc/PID/root).
 	root string
+	// checks: the pages files a restore checks as it fills them, by
+	// name (pagescheck.go).
+	checks map[string]*pagesCheck
 }
 
 type threadImage struct {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/crhook/crhook/crcore"
@@ -51,7 +52,8 @@ func copyDir(t *testing.T, src string) string {
 
 // TestChecksumsRefuseEveryFlippedByte flips one byte in each image file in
 // turn: verification refuses it naming the file, and a restore of a
-// corrupt pages file fails the same way, before creating any process.
+// corrupt pages file fails the same way, before any restored task runs,
+// and leaves no process.
 func TestChecksumsRefuseEveryFlippedByte(t *testing.T) {
 	crtest.RequireRoot(t)
 	dir, pid := dumpCounter(t, false)
@@ -280,4 +282,95 @@ func TestImagePermsAndLogs(t *testing.T) {
 	}
 	// The secret is in the images (they are the memory): hence 0600.
 	checkPerms(t, img)
+}
+
+// TestCorruptPagesFoundWhileFilling: a restore checks a pages file as it
+// fills the task from it (and reads what the fill skipped, such as pages
+// a child inherits copy-on-write). A flipped byte anywhere in a pages
+// file of a large task (filled in parallel) or of a parent and its
+// forked child still fails the restore, naming the file, and leaves no
+// process; the image restores once the byte is back.
+func TestCorruptPagesFoundWhileFilling(t *testing.T) {
+	crtest.RequireRoot(t)
+	t.Run("large", func(t *testing.T) {
+		bin := crtest.BuildC(t, "memhog", true)
+		p := crtest.Start(t, bin, "80")
+		p.WaitLine(t, `^ready$`, 60*time.Second)
+		flipEachPagesFile(t, p.Pid, []int{p.Pid})
+	})
+	t.Run("copy-on-write", func(t *testing.T) {
+		bin := crtest.BuildC(t, "cow", false)
+		p := crtest.Start(t, bin)
+		p.WaitLine(t, `^parent ready`, 10*time.Second)
+		p.WaitLine(t, `^child ready`, 10*time.Second)
+		pids := make([]int, 2) // parent, child
+		for _, l := range p.Lines() {
+			var name string
+			var pid int
+			if n, _ := fmt.Sscanf(l, "%s ready %d", &name, &pid); n == 2 {
+				pids[map[string]int{"parent": 0, "child": 1}[name]] = pid
+			}
+		}
+		if pids[0] == 0 || pids[1] == 0 {
+			t.Fatalf("want a parent and a child, got %v", pids)
+		}
+		flipEachPagesFile(t, pids[0], pids)
+	})
+}
+
+// flipEachPagesFile dumps the tree of root, then flips a byte at eight
+// places of each pages file in turn and restores.
+func flipEachPagesFile(t *testing.T, root int, pids []int) {
+	t.Helper()
+	t.Cleanup(func() {
+		for _, pid := range pids {
+			crtest.KillAndReap(pid)
+		}
+	})
+	dir := filepath.Join(t.TempDir(), "img")
+	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: root, ImageDir: dir}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	crtest.ReapGone(t, pids, 5*time.Second)
+	files, _ := filepath.Glob(filepath.Join(dir, "pages-*.img"))
+	if len(files) != len(pids) {
+		t.Fatalf("pages files %v for %d tasks", files, len(pids))
+	}
+	for _, path := range files {
+		name := filepath.Base(path)
+		st, err := os.Stat(path)
+		if err != nil || st.Size() == 0 {
+			t.Fatalf("%s: %v (%d bytes)", name, err, st.Size())
+		}
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range int64(8) {
+			off := i * (st.Size() - 1) / 7
+			b := make([]byte, 1)
+			if _, err := f.ReadAt(b, off); err != nil {
+				t.Fatal(err)
+			}
+			b[0] ^= 0x40
+			f.WriteAt(b, off)
+			_, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
+			if err == nil || !strings.Contains(err.Error(), name) || !errors.Is(err, crcore.ErrBadImage) {
+				t.Errorf("restore with byte %d of %s flipped: %v", off, name, err)
+			}
+			checkNoStray(t, pids)
+			b[0] ^= 0x40
+			f.WriteAt(b, off)
+		}
+		f.Close()
+	}
+	rr, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
+	if err != nil {
+		t.Fatalf("restore of the image made whole again: %v", err)
+	}
+	for _, pid := range pids {
+		unix.Kill(pid, unix.SIGKILL)
+	}
+	crtest.KillAndReap(rr.Pid)
+	crtest.ReapGone(t, pids, 5*time.Second)
 }

@@ -47,7 +47,7 @@ func RestoreOnExec(ctx context.Context, opts RestoreOptions, pid int) (*Restored
 
 func restoreOnExec(ctx context.Context, opts RestoreOptions, pid int, log *logrus.Entry) (*Restored, error) {
 	start := time.Now()
-	imgs, err := loadVerified(opts.ImageDir)
+	imgs, err := loadDeferringPages(opts.ImageDir)
 	if err != nil {
 		return nil, fmt.Errorf("restore %s: %w", opts.ImageDir, err)
 	}

@@ -140,7 +140,7 @@ func newRestorer(ctx context.Context, s *imageSet, opts RestoreOptions, log *log
 
 func restore(ctx context.Context, opts RestoreOptions, log *logrus.Entry) (*Restored, error) {
 	start := time.Now()
-	imgs, err := loadVerified(opts.ImageDir)
+	imgs, err := loadDeferringPages(opts.ImageDir)
 	if err != nil {
 		return nil, fmt.Errorf("restore %s: %w", opts.ImageDir, err)
 	}
@@ -275,6 +275,15 @@ func (rs *restorer) run(root *rtask, gadget0 uint64) error {
 		}
 	}
 	start = time.Now()
+	// No task runs before every pages file has been checked.
+	for _, t := range rs.tasks {
+		if err := rs.waitFill(t); err != nil {
+			return fmt.Errorf("pid %d: %w", t.ti.pid, err)
+		}
+	}
+	if err := rs.checkPages(); err != nil {
+		return err
+	}
 	for i := len(rs.tasks) - 1; i >= 0; i-- {
 		t := rs.tasks[i]
 		if t.ti.zombie() {
@@ -793,6 +802,7 @@ func (rs *restorer) buildMemory(t *rtask) error {
 	if rs.fillSem == nil {
 		rs.fillSem = make(chan struct{}, max(1, min(runtime.GOMAXPROCS(0), 4)))
 	}
+	sum := rs.pagesSum(ti)
 	rs.fillSem <- struct{}{}
 	rs.fills.Add(1)
 	go func() {
@@ -804,7 +814,7 @@ func (rs *restorer) buildMemory(t *rtask) error {
 		}
 		var ms mem.Stats
 		if err == nil {
-			ms, err = mem.FillProgress(t.hostPid, runs, pages, rs.progress.counter())
+			ms, err = mem.FillWith(t.hostPid, runs, pages, mem.FillOptions{Progress: rs.progress.counter(), Sum: sum})
 		}
 		pages.Close()
 		if err == nil {

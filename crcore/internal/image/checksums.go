@@ -320,60 +320,119 @@ func (e *ChecksumError) Unwrap() error { return ErrBadImage }
 // file is missing from the list. The first failure names its file. A
 // directory without ChecksumsFile fails too: every dump writes one.
 func (d *Dir) VerifyChecksums() error {
+	_, err := d.VerifyChecksumsExcept(nil)
+	return err
+}
+
+// VerifyChecksumsExcept is VerifyChecksums but for the contents of the
+// files later names (when not nil): those are checked to exist as
+// regular files of the listed size, and their entries returned, for the
+// caller to check their contents as it reads them (VerifyListed, or
+// summing what it reads).
+func (d *Dir) VerifyChecksumsExcept(later func(name string) bool) ([]Checksum, error) {
 	sums, err := d.ReadChecksums()
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return &ChecksumError{File: ChecksumsFile, Reason: "missing: not a complete crhook dump (or one from before checksums)"}
+			return nil, &ChecksumError{File: ChecksumsFile, Reason: "missing: not a complete crhook dump (or one from before checksums)"}
 		}
-		return err
+		return nil, err
 	}
-	listed := map[string]bool{}
-	files := make([]*os.File, 0, len(sums))
+	files, err := d.openListed(sums)
 	defer func() {
 		for _, f := range files {
 			f.Close()
 		}
 	}()
-	for _, c := range sums {
+	if err != nil {
+		return nil, err
+	}
+	listed := map[string]bool{}
+	var deferred, now []Checksum
+	var nowFiles []*os.File
+	for i, c := range sums {
 		listed[c.Name] = true
-		f, err := d.root.OpenFile(c.Name, os.O_RDONLY|syscall.O_CLOEXEC|syscall.O_NOFOLLOW, 0)
-		if err != nil {
-			if errors.Is(err, os.ErrNotExist) {
-				return &ChecksumError{File: c.Name, Reason: "missing"}
-			}
-			return fmt.Errorf("verify image %s: %w", c.Name, err)
-		}
-		files = append(files, f)
-		fi, err := f.Stat()
-		if err != nil {
-			return fmt.Errorf("verify image %s: %w", c.Name, err)
-		}
-		if !fi.Mode().IsRegular() {
-			return &ChecksumError{File: c.Name, Reason: "not a regular file"}
-		}
-		if uint64(fi.Size()) != c.Size {
-			return &ChecksumError{File: c.Name, Reason: fmt.Sprintf("size %d, the dump wrote %d", fi.Size(), c.Size)}
+		if later != nil && later(c.Name) {
+			deferred = append(deferred, c)
+		} else {
+			now, nowFiles = append(now, c), append(nowFiles, files[i])
 		}
 	}
+	if err := compareSums(nowFiles, now); err != nil {
+		return nil, err
+	}
+	names, err := d.imageNames()
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range names {
+		if !listed[n] {
+			return nil, &ChecksumError{File: n, Reason: "not listed in " + ChecksumsFile + ": added after the dump"}
+		}
+	}
+	return deferred, nil
+}
+
+// VerifyListed checks the contents of the files sums lists (entries of
+// ChecksumsFile) against their checksums.
+func (d *Dir) VerifyListed(sums []Checksum) error {
+	files, err := d.openListed(sums)
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	if err != nil {
+		return err
+	}
+	return compareSums(files, sums)
+}
+
+// compareSums sums files and compares each with its entry in sums.
+func compareSums(files []*os.File, sums []Checksum) error {
 	crcs, err := sumFiles(files, sums)
 	if err != nil {
 		return err
 	}
 	for i, c := range sums {
 		if crcs[i] != c.CRC32C {
-			return &ChecksumError{File: c.Name, Reason: fmt.Sprintf("checksum mismatch (crc32c %08x, the dump wrote %08x): the file is corrupt", crcs[i], c.CRC32C)}
-		}
-	}
-	names, err := d.imageNames()
-	if err != nil {
-		return err
-	}
-	for _, n := range names {
-		if !listed[n] {
-			return &ChecksumError{File: n, Reason: "not listed in " + ChecksumsFile + ": added after the dump"}
+			return MismatchError(c, crcs[i])
 		}
 	}
 	return nil
+}
+
+// MismatchError is the error for a file whose contents sum to got
+// instead of c's checksum.
+func MismatchError(c Checksum, got uint32) error {
+	return &ChecksumError{File: c.Name, Reason: fmt.Sprintf("checksum mismatch (crc32c %08x, the dump wrote %08x): the file is corrupt", got, c.CRC32C)}
+}
+
+// openListed opens the files sums lists, each checked to be a regular
+// file of the listed size. The caller closes the files returned, also on
+// error.
+func (d *Dir) openListed(sums []Checksum) ([]*os.File, error) {
+	files := make([]*os.File, 0, len(sums))
+	for _, c := range sums {
+		f, err := d.root.OpenFile(c.Name, os.O_RDONLY|syscall.O_CLOEXEC|syscall.O_NOFOLLOW, 0)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return files, &ChecksumError{File: c.Name, Reason: "missing"}
+			}
+			return files, fmt.Errorf("verify image %s: %w", c.Name, err)
+		}
+		files = append(files, f)
+		fi, err := f.Stat()
+		if err != nil {
+			return files, fmt.Errorf("verify image %s: %w", c.Name, err)
+		}
+		if !fi.Mode().IsRegular() {
+			return files, &ChecksumError{File: c.Name, Reason: "not a regular file"}
+		}
+		if uint64(fi.Size()) != c.Size {
+			return files, &ChecksumError{File: c.Name, Reason: fmt.Sprintf("size %d, the dump wrote %d", fi.Size(), c.Size)}
+		}
+	}
+	return files, nil
 }
 
 // SumPath returns the size and CRC32C of the file at path (for tests and

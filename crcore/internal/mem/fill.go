@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/crhook/crhook/crcore/internal/crc"
 	"github.com/crhook/crhook/crcore/internal/procfs"
 )
 
@@ -20,7 +21,7 @@ import (
 // mapped, not copied): process_vm_writev copies each page once, file ->
 // task, with no read into a buffer of ours first. Writable runs are split
 // by bytes into nw shares as in fillParallel; Force runs follow in order.
-func fillMapped(pid int, runs []Run, f *os.File, base uint64, nw int, progress *atomic.Uint64) (Stats, error) {
+func fillMapped(pid int, runs []Run, f *os.File, base uint64, nw int, o FillOptions) (Stats, error) {
 	shares, forced, end := splitRuns(runs, base, nw)
 	fd := int(f.Fd())
 	var (
@@ -30,7 +31,7 @@ func fillMapped(pid int, runs []Run, f *os.File, base uint64, nw int, progress *
 		stats = make([]Stats, nw)
 	)
 	work := func(w int, ps []piece, force bool) {
-		mr := &mapReader{pid: pid, fd: fd, end: end, stop: &stop, force: force, progress: progress}
+		mr := &mapReader{pid: pid, fd: fd, end: end, stop: &stop, force: force, progress: o.Progress, sum: o.Sum}
 		defer mr.close()
 		for _, p := range ps {
 			if err := mr.add(p); err != nil {
@@ -87,6 +88,11 @@ type mapReader struct {
 	force bool // through /proc/PID/mem
 
 	progress *atomic.Uint64
+	// sum, if set, gets the CRC32C of the file ranges written, merged
+	// while contiguous (run: the range summed so far).
+	sum    func(off, n uint64, crc uint32)
+	run    piece
+	runCRC uint32
 
 	win    []byte
 	winOff uint64
@@ -114,6 +120,9 @@ func (m *mapReader) add(p piece) error {
 		}
 		at := p.off - m.winOff
 		n := min(p.len, uint64(len(m.win))-at)
+		if m.sum != nil {
+			m.summed(p.off, m.win[at:at+n])
+		}
 		if m.force {
 			if err := m.writeMem(m.win[at:at+n], p.addr); err != nil {
 				return err
@@ -132,6 +141,20 @@ func (m *mapReader) add(p piece) error {
 	return nil
 }
 
+// summed adds b, at off in the file, to the range summed so far, or
+// reports that range and starts another.
+func (m *mapReader) summed(off uint64, b []byte) {
+	if m.run.len > 0 && m.run.off+m.run.len != off {
+		m.sum(m.run.off, m.run.len, m.runCRC)
+		m.run.len, m.runCRC = 0, 0
+	}
+	if m.run.len == 0 {
+		m.run.off = off
+	}
+	m.runCRC = crc.Update(m.runCRC, b)
+	m.run.len += uint64(len(b))
+}
+
 func (m *mapReader) flush() error {
 	if m.win == nil {
 		return nil
@@ -148,6 +171,10 @@ func (m *mapReader) flush() error {
 }
 
 func (m *mapReader) close() {
+	if m.sum != nil && m.run.len > 0 {
+		m.sum(m.run.off, m.run.len, m.runCRC)
+		m.run.len = 0
+	}
 	if m.win != nil {
 		unix.Munmap(m.win)
 		m.win = nil

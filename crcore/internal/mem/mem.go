@@ -30,6 +30,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/crhook/crhook/crcore/internal/crc"
 	"github.com/crhook/crhook/crcore/internal/procfs"
 )
 
@@ -135,18 +136,35 @@ func Fill(pid int, runs []Run, pages io.Reader) (Stats, error) {
 // FillProgress is Fill that also adds the bytes written to progress (if
 // not nil) as it goes.
 func FillProgress(pid int, runs []Run, pages io.Reader, progress *atomic.Uint64) (Stats, error) {
+	return FillWith(pid, runs, pages, FillOptions{Progress: progress})
+}
+
+// FillOptions are the extras of FillWith.
+type FillOptions struct {
+	// Progress, if set, counts the bytes written.
+	Progress *atomic.Uint64
+	// Sum, if set, is given the CRC32C of ranges of the pages file the
+	// fill read, by offset, from any of the fill's goroutines, so the
+	// caller can check the file without reading it again. What a fill
+	// skips, or reads in order from a plain io.Reader, is not summed.
+	Sum func(off, n uint64, crc uint32)
+}
+
+// FillWith is Fill with options.
+func FillWith(pid int, runs []Run, pages io.Reader, o FillOptions) (Stats, error) {
+	progress := o.Progress
 	// A small fill (one worker) copies from a mapping of the file: no
 	// buffer to allocate and clear per task, one copy. A large one
 	// preads into per-worker buffers: measured on tmpfs, populating
 	// mapped windows was no faster and costs RSS.
 	if f, ok := pages.(*os.File); ok && fillWorkers(runs) == 1 {
 		if base, err := f.Seek(0, io.SeekCurrent); err == nil && uint64(base)%pageSize == 0 {
-			return fillMapped(pid, runs, f, uint64(base), 1, progress)
+			return fillMapped(pid, runs, f, uint64(base), 1, o)
 		}
 	}
 	if ra, ok := pages.(readerAtSeeker); ok {
 		if w := fillWorkers(runs); w > 1 {
-			return fillParallel(pid, runs, ra, w, progress)
+			return fillParallel(pid, runs, ra, w, o)
 		}
 	}
 	f := &filler{pid: pid, pages: pages, buf: make([]byte, bufSize), progress: progress}
@@ -243,7 +261,7 @@ func splitRuns(runs []Run, base uint64, nw int) (shares [][]piece, forced []piec
 
 // fillParallel fills the writable runs with nw goroutines, then the Force
 // runs in order. Every read is a pread at the run's offset in pages.
-func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int, progress *atomic.Uint64) (Stats, error) {
+func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int, o FillOptions) (Stats, error) {
 	base, err := pages.Seek(0, io.SeekCurrent)
 	if err != nil {
 		return Stats{}, fmt.Errorf("read pages: %w", err)
@@ -259,7 +277,7 @@ func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int, progress *a
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			f := &filler{pid: pid, ra: pages, buf: make([]byte, bufSize), stop: &stop, progress: progress}
+			f := &filler{pid: pid, ra: pages, buf: make([]byte, bufSize), stop: &stop, progress: o.Progress, sum: o.Sum}
 			defer f.close()
 			for _, p := range shares[w] {
 				if err := f.add(p.addr, p.off, p.len); err != nil {
@@ -285,7 +303,7 @@ func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int, progress *a
 			return st, err
 		}
 	}
-	f := &filler{pid: pid, ra: pages, buf: make([]byte, bufSize), progress: progress}
+	f := &filler{pid: pid, ra: pages, buf: make([]byte, bufSize), progress: o.Progress, sum: o.Sum}
 	defer f.close()
 	for _, p := range forced {
 		if err := f.forceAt(p); err != nil {
@@ -316,6 +334,8 @@ type filler struct {
 	stop  *atomic.Bool // another worker failed
 	// progress, if set, counts the bytes written.
 	progress *atomic.Uint64
+	// sum, if set, gets the CRC32C of what is read from ra.
+	sum func(off, n uint64, crc uint32)
 }
 
 func (f *filler) wrote(n uint64) {
@@ -368,8 +388,12 @@ func (f *filler) flush() error {
 	if f.ra != nil {
 		for _, sp := range f.spans {
 			// sp.addr is the span's place in buf.
-			if _, err := f.ra.ReadAt(f.buf[sp.addr:sp.addr+sp.len], int64(sp.off)); err != nil {
+			b := f.buf[sp.addr : sp.addr+sp.len]
+			if _, err := f.ra.ReadAt(b, int64(sp.off)); err != nil {
 				return fmt.Errorf("read pages at %d: %w", sp.off, err)
+			}
+			if f.sum != nil {
+				f.sum(sp.off, sp.len, crc.Update(0, b))
 			}
 		}
 	} else if _, err := io.ReadFull(f.pages, f.buf[:f.used]); err != nil {
@@ -422,6 +446,9 @@ func (f *filler) forceAt(p piece) error {
 		n := min(p.len, uint64(len(f.buf)))
 		if _, err := f.ra.ReadAt(f.buf[:n], int64(p.off)); err != nil {
 			return fmt.Errorf("read pages at %d: %w", p.off, err)
+		}
+		if f.sum != nil {
+			f.sum(p.off, n, crc.Update(0, f.buf[:n]))
 		}
 		if _, err := f.memf.WriteAt(f.buf[:n], int64(p.addr)); err != nil {
 			return fmt.Errorf("write memory of task %d at %#x: %w", f.pid, p.addr, err)

@@ -1,0 +1,205 @@
+//go:build linux && amd64
+
+package crcore
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/crhook/crhook/crcore/internal/crc"
+	"github.com/crhook/crhook/crcore/internal/image"
+)
+
+// Pages files checked as they are read.
+//
+// A restore used to read every image file twice: once to verify its
+// checksum, once to use it. For the pages files, which are nearly all of
+// a large image, the second read is the fill, and it can sum what it
+// reads as it goes (mem.FillOptions.Sum): a 2 GiB restore spent 0.4 s
+// verifying before it created anything. So a restore checks a task's
+// pages file against its checksum from the ranges the fill summed, and
+// reads only the ranges the fill did not (pages a child inherits
+// copy-on-write, whose comparison reads them elsewhere). Every check
+// completes before any restored task runs (restorer.checkPages), and a
+// mismatch fails the restore, which kills the tree it built: a corrupt
+// pages file still never runs. Everything else, including the pages of
+// shared memory and SysV segments, which outlive a failed restore's
+// tasks, is verified before the restore creates anything.
+
+// pagesCheck is the deferred check of one pages file.
+type pagesCheck struct {
+	sum image.Checksum
+
+	mu    sync.Mutex
+	parts []summed
+}
+
+// summed is the CRC32C of n bytes at off.
+type summed struct {
+	off, n uint64
+	crc    uint32
+}
+
+// add records the CRC of a range the fill read (any goroutine).
+func (c *pagesCheck) add(off, n uint64, sum uint32) {
+	if n == 0 {
+		return
+	}
+	c.mu.Lock()
+	c.parts = append(c.parts, summed{off, n, sum})
+	c.mu.Unlock()
+}
+
+// check completes the file's CRC from the ranges summed and the gaps
+// between them, read from f, and compares it with the dump's.
+func (c *pagesCheck) check(f io.ReaderAt, buf []byte) error {
+	c.mu.Lock()
+	parts := c.parts
+	c.parts = nil
+	c.mu.Unlock()
+	sort.Slice(parts, func(i, j int) bool { return parts[i].off < parts[j].off })
+	var (
+		pos uint64 // bytes summed into total
+		all uint32
+	)
+	gap := func(end uint64) error {
+		for pos < end {
+			n := min(uint64(len(buf)), end-pos)
+			if _, err := f.ReadAt(buf[:n], int64(pos)); err != nil {
+				return fmt.Errorf("verify image %s: %w", c.sum.Name, err)
+			}
+			all = crc.Update(all, buf[:n])
+			pos += n
+		}
+		return nil
+	}
+	for _, p := range parts {
+		if p.off < pos || p.off+p.n > c.sum.Size {
+			// Read twice (or past the end): summing the rest from
+			// the file is simpler than splitting CRCs.
+			continue
+		}
+		if err := gap(p.off); err != nil {
+			return err
+		}
+		all = crc.Combine(all, p.crc, p.n)
+		pos += p.n
+	}
+	if err := gap(c.sum.Size); err != nil {
+		return err
+	}
+	if all != c.sum.CRC32C {
+		return image.MismatchError(c.sum, all)
+	}
+	return nil
+}
+
+// isPagesFile says whether an image file is a pages file.
+func isPagesFile(name string) bool { return strings.HasPrefix(name, "pages-") }
+
+// loadDeferringPages is loadVerified for a restore: the pages files of
+// live tasks are checked as they are filled, every
+// other file before the images are decoded.
+// The checks are s.checks.
+func loadDeferringPages(path string) (*imageSet, error) {
+	d, err := image.OpenDir(path)
+	if err != nil {
+		return nil, err
+	}
+	later, err := d.VerifyChecksumsExcept(isPagesFile)
+	d.Close()
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", asBadImage(err))
+	}
+	s, err := loadImages(path)
+	if err != nil {
+		return nil, asBadImage(err)
+	}
+	filled := map[string]bool{}
+	for _, ti := range s.tasks {
+		if !ti.zombie() && len(ti.runs) > 0 {
+			filled[pagesName(int(ti.pages))] = true
+		}
+	}
+	checks := map[string]*pagesCheck{}
+	var now []image.Checksum
+	for _, c := range later {
+		if filled[c.Name] {
+			checks[c.Name] = &pagesCheck{sum: c}
+		} else {
+			now = append(now, c)
+		}
+	}
+	if err := s.dir.VerifyListed(now); err != nil {
+		s.dir.Close()
+		return nil, fmt.Errorf("verify: %w", asBadImage(err))
+	}
+	if err := s.checkKernel(); err != nil {
+		s.dir.Close()
+		return nil, err
+	}
+	s.checks = checks
+	return s, nil
+}
+
+// checkPages completes the deferred checks of the pages files, once every
+// fill is done and before any task runs; the files are summed by one
+// worker per CPU (at most 4).
+func (rs *restorer) checkPages() error {
+	if len(rs.s.checks) == 0 {
+		return nil
+	}
+	names := make([]string, 0, len(rs.s.checks))
+	for n := range rs.s.checks {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	errs := make([]error, len(names))
+	next := make(chan int, len(names))
+	for i := range names {
+		next <- i
+	}
+	close(next)
+	var wg sync.WaitGroup
+	for range max(1, min(runtime.GOMAXPROCS(0), 4, len(names))) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 1<<20)
+			for i := range next {
+				errs[i] = rs.checkPagesFile(names[i], buf)
+			}
+		}()
+	}
+	wg.Wait()
+	rs.s.checks = nil
+	for _, err := range errs {
+		if err != nil {
+			return fmt.Errorf("verify: %w", asBadImage(err))
+		}
+	}
+	return nil
+}
+
+func (rs *restorer) checkPagesFile(name string, buf []byte) error {
+	f, err := rs.s.dir.OpenPages(name)
+	if err != nil {
+		return fmt.Errorf("verify image %s: %w", name, err)
+	}
+	defer f.Close()
+	return rs.s.checks[name].check(f, buf)
+}
+
+// pagesSum returns the fill's Sum for the task's pages file, or nil
+// when the file was verified already.
+func (rs *restorer) pagesSum(ti *taskImage) func(off, n uint64, crc uint32) {
+	c := rs.s.checks[pagesName(int(ti.pages))]
+	if c == nil {
+		return nil
+	}
+	return c.add
+}
