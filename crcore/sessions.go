@@ -37,18 +37,34 @@ import (
 // pid, but for the root's own session and group when those come from
 // outside the tree (the restorer's, as for a shell job).
 //
-// An orphan whose session's leader lives elsewhere in the tree (not a
-// sibling) is rebuilt the way it came about: once the leader exists, a
-// helper is cloned from it, the orphan from the helper, and when the
-// helper exits (with the other helpers) the orphan is reparented to the
-// nearest child subreaper, which must be its parent of the image (that
-// subreaper's flag is set early for it), or to the namespace's init. Its
-// memory is then the leader's, which its copy-on-write plan compares
-// with.
+// An orphan, a task whose session is neither its parent's nor its own,
+// is rebuilt the way it came about: once the session's leader exists
+// (or the helper standing in for it), a spare helper is cloned from it,
+// the orphan from the spare, and when the spare exits (endHelpers) the
+// orphan is reparented to its image parent, which is a child subreaper
+// just for that moment (nothing else in the tree is one before
+// restoreLast, so it is the nearest). Its memory is the leader's, which
+// its copy-on-write plan compares with. This reaches any parent that is
+// an ancestor of the leader, or, for an exited leader, of the helper's
+// parent: the helper is cloned from the deepest parent of the session's
+// members, those under that parent are cloned from it with
+// CLONE_PARENT, those under its ancestors are orphaned to them.
 //
-// What this does not rebuild, and refuses: a session entered by tasks of
-// different parents whose leader is gone, and an orphan of a live leader
-// whose parent would not be the one the kernel reparents it to.
+// Siblings that share an fd table or fs info their parent does not hold
+// are cloned from one another with CLONE_PARENT and CLONE_FILES or
+// CLONE_FS, as the kernel made them (shareSource).
+//
+// What this does not rebuild, and refuses (checkShape says why, at dump
+// and at restore): an orphan whose parent is no ancestor of its live
+// session's leader (the leader itself was reparented past it), members
+// of one exited leader's session under parents not on one line of
+// descent, and a member of the root's outside session under a parent
+// outside it (both mean a parent left the session with setsid after
+// cloning them: crhook creates no task before its parent's setsid);
+// sharing between tasks that are neither parent and child nor siblings
+// (a holder reparented, or one that dropped the object since); and
+// sharing by an orphan or between siblings no one task can be cloned
+// from in the right session.
 
 // sessionRestore is the restore's helper tasks.
 type sessionRestore struct {
