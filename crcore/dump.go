@@ -131,9 +131,10 @@ type dtask struct {
 	runs        []mem.Run
 	fs          *pb.FsEntry
 	attrs       taskAttrs // signals, timers, rlimits, prctl (attrs.go)
-	// sharesFiles, sharesFs: the task shares its parent's fd table
-	// (CLONE_FILES) or fs info (cwd, root, umask: CLONE_FS).
-	sharesFiles, sharesFs bool
+	// filesID, fsID: the images' files_id and fs_id, the ns pid of one
+	// holder of the table or fs info (checkSharing): equal ids, one
+	// object. The task with the files_id as its pid writes the table.
+	filesID, fsID uint32
 }
 
 func (t *dtask) state() uint32 {
@@ -560,36 +561,28 @@ func threadEnded(pid, tid int) bool {
 	return i >= 0 && i+2 < len(b) && (b[i+2] == 'Z' || b[i+2] == 'X')
 }
 
-// checkSharing finds what processes of the tree share with their parent
-// (kcmp): an fd table (CLONE_FILES) or fs info (CLONE_FS) is recorded
-// and restored shared; an address space (vfork, CLONE_VM without
-// CLONE_THREAD) is refused. Sharing with another task than the parent
-// (a CLONE_PARENT child) is not found and comes back unshared.
+// checkSharing finds what processes of the tree share (kcmp): an fd
+// table (CLONE_FILES) or fs info (CLONE_FS) gets one id for all its
+// holders, with their parent or not (CLONE_PARENT siblings), and is
+// restored shared; an address space (vfork, CLONE_VM without
+// CLONE_THREAD) is refused. checkShape then refuses the sharing a
+// restore could not rebuild.
 func (d *dumper) checkSharing(tasks []*dtask) error {
 	for _, t := range tasks {
+		t.filesID, t.fsID = uint32(t.nsPid), uint32(t.nsPid)
 		if t.zombie || t.parent == nil || t.parent.zombie {
 			continue
 		}
-		p := t.parent
-		r, err := kcmp(p.pid, t.pid, kcmpVM, 0, 0)
+		r, err := kcmp(t.parent.pid, t.pid, kcmpVM, 0, 0)
 		if err != nil {
 			return err
 		}
 		if r == 0 {
-			return sharedVMError(t.pid, p.pid)
+			return sharedVMError(t.pid, t.parent.pid)
 		}
-		if r, err = kcmp(p.pid, t.pid, kcmpFiles, 0, 0); err != nil {
-			return err
-		}
-		t.sharesFiles = r == 0
-		if r, err = kcmp(p.pid, t.pid, kcmpFs, 0, 0); err != nil {
-			return err
-		}
-		t.sharesFs = r == 0
 	}
-	// Sharing that does not follow the tree (a CLONE_PARENT child with
-	// its sibling's table) would come back unshared: refuse it. Tasks
-	// sorted by kcmp's order put the holders of one object side by side.
+	// Tasks sorted by kcmp's order put the holders of one object side by
+	// side: each run of them gets the smallest of their pids.
 	live := make([]*dtask, 0, len(tasks))
 	for _, t := range tasks {
 		if !t.zombie {
@@ -597,22 +590,11 @@ func (d *dumper) checkSharing(tasks []*dtask) error {
 		}
 	}
 	for _, k := range []struct {
-		typ   int
-		what  string
-		owner func(*dtask) *dtask
+		typ int
+		id  func(*dtask) *uint32
 	}{
-		{kcmpFiles, "an fd table", func(t *dtask) *dtask {
-			for t.sharesFiles && t.parent != nil {
-				t = t.parent
-			}
-			return t
-		}},
-		{kcmpFs, "fs info (cwd, root, umask)", func(t *dtask) *dtask {
-			for t.sharesFs && t.parent != nil {
-				t = t.parent
-			}
-			return t
-		}},
+		{kcmpFiles, func(t *dtask) *uint32 { return &t.filesID }},
+		{kcmpFs, func(t *dtask) *uint32 { return &t.fsID }},
 	} {
 		var sortErr error
 		sort.SliceStable(live, func(i, j int) bool {
@@ -625,18 +607,33 @@ func (d *dumper) checkSharing(tasks []*dtask) error {
 		if sortErr != nil {
 			return sortErr
 		}
-		for i := 1; i < len(live); i++ {
-			a, b := live[i-1], live[i]
-			r, err := kcmp(a.pid, b.pid, k.typ, 0, 0)
-			if err != nil {
-				return err
+		for i := 0; i < len(live); {
+			j := i + 1
+			for ; j < len(live); j++ {
+				r, err := kcmp(live[i].pid, live[j].pid, k.typ, 0, 0)
+				if err != nil {
+					return err
+				}
+				if r != 0 {
+					break
+				}
 			}
-			if r == 0 && k.owner(a) != k.owner(b) {
-				return fmt.Errorf("pids %d and %d share %s but not through their parents (CLONE_PARENT?): %w", a.pid, b.pid, k.what, ErrNotSupported)
+			id := *k.id(live[i])
+			for _, t := range live[i:j] {
+				id = min(id, uint32(t.nsPid))
 			}
+			for _, t := range live[i:j] {
+				*k.id(t) = id
+			}
+			i = j
 		}
 	}
-	return nil
+	shape := map[int]*shapeTask{}
+	for _, t := range tasks {
+		shape[t.nsPid] = &shapeTask{pid: t.nsPid, ppid: t.nsPpid, sid: t.nsSid, files: t.filesID, fs: t.fsID, zombie: t.zombie}
+	}
+	_, err := checkShape(shape, tasks[0].nsPid, tasks[0].nsPgid)
+	return err
 }
 
 // resumeTask detaches from every thread of t, giving back the signals

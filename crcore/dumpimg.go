@@ -81,25 +81,11 @@ func (d *dumper) writeImages(tasks []*dtask) error {
 // kobjIDs names the kernel objects of a task as CRIU does: tasks with the
 // same id share the object. An mm and signal handlers are never shared
 // between processes here (refused), so their ids are the process's pid;
-// an fd table or fs info shared with the parent takes the parent's id
-// (the first ancestor's that owns it).
+// an fd table or fs info takes the smallest pid of its holders
+// (checkSharing).
 func kobjIDs(t *dtask) *pb.TaskKobjIdsEntry {
 	id := proto.Uint32(uint32(t.nsPid))
-	return &pb.TaskKobjIdsEntry{VmId: id, FilesId: proto.Uint32(filesOwner(t)), FsId: proto.Uint32(fsOwner(t)), SighandId: id}
-}
-
-func filesOwner(t *dtask) uint32 {
-	for t.sharesFiles && t.parent != nil {
-		t = t.parent
-	}
-	return uint32(t.nsPid)
-}
-
-func fsOwner(t *dtask) uint32 {
-	for t.sharesFs && t.parent != nil {
-		t = t.parent
-	}
-	return uint32(t.nsPid)
+	return &pb.TaskKobjIdsEntry{VmId: id, FilesId: proto.Uint32(t.filesID), FsId: proto.Uint32(t.fsID), SighandId: id}
 }
 
 func (d *dumper) writeTask(t *dtask) error {
@@ -165,7 +151,7 @@ func (d *dumper) writeTask(t *dtask) error {
 	if err := w.Close(); err != nil {
 		return err
 	}
-	if t.sharesFiles {
+	if t.filesID != uint32(pid) {
 		// The owner of the table writes it (fdinfo-<files_id>.img).
 		return nil
 	}

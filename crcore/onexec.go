@@ -85,6 +85,11 @@ func restoreOnExec(ctx context.Context, opts RestoreOptions, pid int, log *logru
 			return nil, fmt.Errorf("restore into pid %d: pid %d: %w", pid, ti.pid, err)
 		}
 	}
+	plan, err := imgs.shape()
+	if err != nil {
+		killAndReap(t)
+		return nil, fmt.Errorf("restore into pid %d: %w", pid, err)
+	}
 	ok := false
 	defer func() {
 		if !ok {
@@ -99,6 +104,7 @@ func restoreOnExec(ctx context.Context, opts RestoreOptions, pid int, log *logru
 		return nil, err
 	}
 	rs := newRestorer(ctx, imgs, opts, log)
+	rs.shape = plan
 	rs.keepStdio = true
 	rs.nsTarget = pid
 	defer rs.cl.run()

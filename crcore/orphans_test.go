@@ -4,6 +4,7 @@ package crcore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -19,7 +20,8 @@ import (
 	"github.com/crhook/crhook/crcore/crtest"
 )
 
-// nsIDs describes the processes of the tree rooted at host pid root as
+// nsIDs describes the processes of the tree rooted at host pid root (all
+// its descendants) as
 // its pid namespace sees them: ns pid -> "ppid P pgid G sid S" (0 for a
 // process outside the namespace), from /proc/PID/status.
 func nsIDs(t *testing.T, root int) map[int]string {
@@ -61,7 +63,9 @@ func nsIDs(t *testing.T, root int) map[int]string {
 		return 0
 	}
 	out := map[int]string{}
-	for _, host := range append([]int{root}, kernelChildren(t, root)...) {
+	for queue := []int{root}; len(queue) > 0; queue = queue[1:] {
+		host := queue[0]
+		queue = append(queue, kernelChildren(t, host)...)
 		pid := nsPid(host)
 		out[pid] = fmt.Sprintf("ppid %d pgid %d sid %d", nsPid(field(host, "PPid")), field(host, "NSpgid"), field(host, "NSsid"))
 	}
@@ -250,4 +254,142 @@ func TestOrphanOfLiveSession(t *testing.T) {
 	if st, err := crtest.State(m); err != nil || st == 'Z' {
 		t.Errorf("M after restore: state %c, %v", st, err)
 	}
+}
+
+// startShape starts orphans in mode, waits for its "ready" and its line
+// matching re, and returns it with the matched line; the tree is killed
+// and reaped at the end of the test.
+func startShape(t *testing.T, mode, re string) (*crtest.Proc, []string, []int) {
+	t.Helper()
+	bin := crtest.BuildC(t, "orphans", false)
+	p := crtest.Start(t, bin, mode)
+	p.WaitLine(t, `^ready$`, 10*time.Second)
+	m := p.WaitLine(t, re, time.Second)
+	all := append([]int{p.Pid}, crtest.Descendants(p.Pid)...)
+	t.Cleanup(func() {
+		for _, pid := range all {
+			if pid > 0 {
+				unix.Kill(pid, unix.SIGKILL)
+			}
+		}
+		crtest.ReapGone(t, all, 5*time.Second)
+	})
+	return p, m, all
+}
+
+// restoreShape dumps p's tree, restores it, and checks that every pid,
+// parent, group and session is as dumped, that no helper is left, and
+// that the root got no SIGCHLD; it returns how many log lines predate
+// the restore.
+func restoreShape(t *testing.T, p *crtest.Proc, all []int) int {
+	t.Helper()
+	before := nsIDs(t, p.Pid)
+	if len(before) != len(all) {
+		t.Fatalf("tree %v, descendants %v", before, all)
+	}
+	dir := filepath.Join(t.TempDir(), "img")
+	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	crtest.ReapGone(t, all, 5*time.Second)
+	n := len(p.Lines())
+	rr, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	t.Cleanup(func() { crtest.KillAndReap(rr.Pid) })
+	// The same processes (no helper among them), parents, groups and
+	// sessions.
+	if after := nsIDs(t, p.Pid); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("after restore (pid: ppid pgid sid):\n%v\nbefore:\n%v", after, before)
+	}
+	if got := append([]int{p.Pid}, crtest.Descendants(p.Pid)...); len(got) != len(all) {
+		t.Errorf("after restore the tree holds %v, before %v", got, all)
+	}
+	return n
+}
+
+// waitCounts waits until each of who has logged count lines after line n.
+func waitCounts(t *testing.T, p *crtest.Proc, n int, who ...string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		after := p.Lines()[n:]
+		ok := true
+		for _, w := range who {
+			ok = ok && linesWith(after, w+" count ") >= 5
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%v do not go on after restore:\n%s", who, strings.Join(after, "\n"))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, l := range p.Lines()[n:] {
+		if l == "root sigchld" {
+			t.Errorf("the restored root got a SIGCHLD (a helper's?)")
+		}
+	}
+}
+
+// A session whose leader has exited, with members under two parents:
+// B, cloned by the leader with CLONE_PARENT, is the child of the
+// leader's parent P (no subreaper), and A, the leader's child, went to
+// the root, a subreaper. The restore's helper for the leader is cloned
+// from P, B from it with CLONE_PARENT, and A from a spare helper of it,
+// orphaned to the root when the spare exits.
+func TestOrphansOfGoneLeaderUnderTwoParents(t *testing.T) {
+	crtest.RequireRoot(t)
+	p, m, all := startShape(t, "split", `^split (\d+) (\d+) (\d+) (\d+)$`)
+	var pp, a, b, l int
+	fmt.Sscan(m[1]+" "+m[2]+" "+m[3]+" "+m[4], &pp, &a, &b, &l)
+	ids := nsIDs(t, p.Pid)
+	if ids[a] != fmt.Sprintf("ppid %d pgid %d sid %d", p.Pid, l, l) || ids[b] != fmt.Sprintf("ppid %d pgid %d sid %d", pp, l, l) {
+		t.Fatalf("A %d: %s, B %d: %s; want both in session %d, under the root and P %d", a, ids[a], b, ids[b], l, pp)
+	}
+	n := restoreShape(t, p, all)
+	waitCounts(t, p, n, "A", "B")
+}
+
+// An orphan of a live session leader whose parent G is not the subreaper
+// the kernel would now reparent it to (G dropped its flag after it got
+// the orphan): the restore makes G a subreaper just while the orphan's
+// spare helper exits, and G's flag is off again after restore.
+func TestOrphanOfUnflaggedParent(t *testing.T) {
+	crtest.RequireRoot(t)
+	p, m, all := startShape(t, "unflagged", `^unflagged (\d+) (\d+) (\d+)$`)
+	var g, o, l int
+	fmt.Sscan(m[1]+" "+m[2]+" "+m[3], &g, &o, &l)
+	if ids := nsIDs(t, p.Pid); !strings.HasPrefix(ids[o], fmt.Sprintf("ppid %d ", g)) || !strings.HasSuffix(ids[o], fmt.Sprintf(" sid %d", l)) {
+		t.Fatalf("M %d: %s; want G %d its parent, L %d its session", o, ids[o], g, l)
+	}
+	n := restoreShape(t, p, all)
+	waitCounts(t, p, n, "M")
+	unix.Kill(g, unix.SIGUSR2)
+	if got := lineAfter(t, p, n, `^G subreaper (-?\d+)$`); got[1] != "0" {
+		t.Errorf("G's subreaper flag is %s after restore, want 0", got[1])
+	}
+}
+
+// An orphan whose parent X is no ancestor of its live session leader L
+// (L's parent exited after X dropped its subreaper flag, and L went to
+// the root past X) is refused at dump, with the reason, and the tree
+// goes on.
+func TestOrphanOfMovedLeaderRefused(t *testing.T) {
+	crtest.RequireRoot(t)
+	p, _, all := startShape(t, "moved", `^moved (\d+) (\d+) (\d+)$`)
+	dir := filepath.Join(t.TempDir(), "img")
+	_, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir})
+	if !errors.Is(err, crcore.ErrNotSupported) || !strings.Contains(err.Error(), "not an ancestor of the session's leader") {
+		t.Fatalf("dump: %v, want a refusal saying the parent is no ancestor of the leader", err)
+	}
+	for _, pid := range all {
+		if st, err := crtest.State(pid); err != nil || st == 'Z' || st == 't' {
+			t.Errorf("pid %d after the refused dump: state %c (%v)", pid, st, err)
+		}
+	}
+	n := len(p.Lines())
+	waitCounts(t, p, n, "M")
 }

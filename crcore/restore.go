@@ -82,6 +82,7 @@ type restorer struct {
 	// pagesCache holds small parents' pages (parentPages).
 	pagesCache map[*taskImage][]byte
 	sess       sessionRestore // helper tasks for sessions and groups (sessions.go)
+	shape      *shapePlan     // checkShape's answer for the images
 }
 
 // rtask is a task being restored.
@@ -108,6 +109,13 @@ type rtask struct {
 	// that is not its parent's (an orphan rebuilt under its session's
 	// leader, sessions.go).
 	memSrc *rtask
+	// filesSrc: the sibling whose fd table this task shares, restored
+	// after this task was cloned; create takes its table from there.
+	filesSrc *rtask
+	// reaper, orphans (a spare helper's, sessions.go): the task its
+	// orphans are to be reparented to when it exits, and those orphans.
+	reaper  *rtask
+	orphans []*rtask
 }
 
 type rthread struct {
@@ -161,7 +169,12 @@ func restore(ctx context.Context, opts RestoreOptions, log *logrus.Entry) (*Rest
 			return nil, fmt.Errorf("restore pid %d: %w", ti.pid, err)
 		}
 	}
+	plan, err := imgs.shape()
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: %w", opts.ImageDir, err)
+	}
 	rs := newRestorer(ctx, imgs, opts, log)
+	rs.shape = plan
 	defer rs.cl.run()
 	stdio := [3]uintptr{0, 1, 2}
 	for i, f := range []interface{ Fd() uintptr }{opts.Stdin, opts.Stdout, opts.Stderr} {
@@ -315,6 +328,9 @@ func (rs *restorer) create(t *rtask) error {
 			return err
 		}
 	}
+	if t.filesSrc != nil {
+		t.table = maps.Clone(t.filesSrc.table)
+	}
 	if err := rs.restoreFds(t); err != nil {
 		return fmt.Errorf("pid %d: %w", pid, err)
 	}
@@ -330,7 +346,7 @@ func (rs *restorer) create(t *rtask) error {
 	if err != nil {
 		return err
 	}
-	orphans, err := rs.adoptOrphans(t)
+	orphans, err := rs.adoptOrphans(t, t, pid)
 	if err != nil {
 		return err
 	}
@@ -350,7 +366,7 @@ func (rs *restorer) create(t *rtask) error {
 
 // cloneChild creates the image's task c as a child of p, with its pid.
 func (rs *restorer) cloneChild(p *rtask, c *taskImage) (*rtask, error) {
-	t, hostPid, err := rs.clone(p, c.pid, sharedWithParent(p.ti, c), uint64(unix.SIGCHLD))
+	t, hostPid, err := rs.clone(p, c.pid, sharedWith(p.ti, c), uint64(unix.SIGCHLD))
 	if err != nil {
 		return nil, err
 	}
@@ -360,9 +376,9 @@ func (rs *restorer) cloneChild(p *rtask, c *taskImage) (*rtask, error) {
 	return child, nil
 }
 
-// sharedWithParent returns the clone flags for what the images say c
-// shares with its parent p (CRIU's kobj ids: equal ids, one object).
-func sharedWithParent(p, c *taskImage) uint64 {
+// sharedWith returns the clone flags for what the images say c shares
+// with p (CRIU's kobj ids: equal ids, one object).
+func sharedWith(p, c *taskImage) uint64 {
 	var fl uint64
 	pi, ci := p.core.GetIds(), c.core.GetIds()
 	if pi == nil || ci == nil {

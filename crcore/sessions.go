@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/crhook/crhook/crcore/internal/procfs"
 	"github.com/crhook/crhook/crcore/internal/ptrace"
 )
 
@@ -36,18 +37,34 @@ import (
 // pid, but for the root's own session and group when those come from
 // outside the tree (the restorer's, as for a shell job).
 //
-// An orphan whose session's leader lives elsewhere in the tree (not a
-// sibling) is rebuilt the way it came about: once the leader exists, a
-// helper is cloned from it, the orphan from the helper, and when the
-// helper exits (with the other helpers) the orphan is reparented to the
-// nearest child subreaper, which must be its parent of the image (that
-// subreaper's flag is set early for it), or to the namespace's init. Its
-// memory is then the leader's, which its copy-on-write plan compares
-// with.
+// An orphan, a task whose session is neither its parent's nor its own,
+// is rebuilt the way it came about: once the session's leader exists
+// (or the helper standing in for it), a spare helper is cloned from it,
+// the orphan from the spare, and when the spare exits (endHelpers) the
+// orphan is reparented to its image parent, which is a child subreaper
+// just for that moment (nothing else in the tree is one before
+// restoreLast, so it is the nearest). Its memory is the leader's, which
+// its copy-on-write plan compares with. This reaches any parent that is
+// an ancestor of the leader, or, for an exited leader, of the helper's
+// parent: the helper is cloned from the deepest parent of the session's
+// members, those under that parent are cloned from it with
+// CLONE_PARENT, those under its ancestors are orphaned to them.
 //
-// What this does not rebuild, and refuses: a session entered by tasks of
-// different parents whose leader is gone, and an orphan of a live leader
-// whose parent would not be the one the kernel reparents it to.
+// Siblings that share an fd table or fs info their parent does not hold
+// are cloned from one another with CLONE_PARENT and CLONE_FILES or
+// CLONE_FS, as the kernel made them (shareSource).
+//
+// What this does not rebuild, and refuses (checkShape says why, at dump
+// and at restore): an orphan whose parent is no ancestor of its live
+// session's leader (the leader itself was reparented past it), members
+// of one exited leader's session under parents not on one line of
+// descent, and a member of the root's outside session under a parent
+// outside it (both mean a parent left the session with setsid after
+// cloning them: crhook creates no task before its parent's setsid);
+// sharing between tasks that are neither parent and child nor siblings
+// (a holder reparented, or one that dropped the object since); and
+// sharing by an orphan or between siblings no one task can be cloned
+// from in the right session.
 
 // sessionRestore is the restore's helper tasks.
 type sessionRestore struct {
@@ -113,11 +130,42 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 		p.memReady = true
 	}
 	// Session leaders first: the members of their sessions among their
-	// siblings are cloned from them.
-	leads := func(ti *taskImage) bool { return int(ti.ps.GetSid()) == ti.pid }
-	sort.SliceStable(kids, func(i, j int) bool { return leads(kids[i]) && !leads(kids[j]) })
+	// siblings are cloned from them. But a leader that shares its fd
+	// table or fs info with a sibling outside its session comes last:
+	// it can be cloned from that sibling and then start its session,
+	// where the sibling could not be cloned from it.
+	holders := map[[2]uint32][]*taskImage{} // {kind, id} -> the kids holding it
+	objs := func(ti *taskImage) [][2]uint32 {
+		ids := ti.core.GetIds()
+		return [][2]uint32{{0, ids.GetFilesId()}, {1, ids.GetFsId()}}
+	}
+	for _, k := range kids {
+		for _, o := range objs(k) {
+			holders[o] = append(holders[o], k)
+		}
+	}
+	key := map[*taskImage]int{}
+	for _, ti := range kids {
+		sid := int(ti.ps.GetSid())
+		if sid != ti.pid {
+			key[ti] = 1
+			continue
+		}
+		for i, o := range objs(ti) {
+			if p.ti.core.GetIds() != nil && o == objs(p.ti)[i] {
+				continue // shared through p
+			}
+			for _, k := range holders[o] {
+				if k != ti && int(k.ps.GetSid()) != sid {
+					key[ti] = 2
+				}
+			}
+		}
+	}
+	order := func(ti *taskImage) int { return key[ti] }
+	sort.SliceStable(kids, func(i, j int) bool { return order(kids[i]) < order(kids[j]) })
 	inSession := map[int]*rtask{} // sid -> a task cloned here that is in it
-	var out []*rtask
+	var out, sibs []*rtask
 	for _, c := range kids {
 		sid := int(c.ps.GetSid())
 		src := p
@@ -125,6 +173,14 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 			var err error
 			if src, err = rs.sessionSource(p, c, inSession); err != nil {
 				return nil, err
+			}
+			if h := inSession[sid]; h != nil && h == src && rs.sess.byPid[sid] == h {
+				// A new helper: the orphans its session waits for.
+				more, err := rs.adoptOrphans(h, p, sid)
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, more...)
 			}
 		}
 		if src == nil {
@@ -134,6 +190,10 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 			}
 			rs.sess.orphans[sid] = append(rs.sess.orphans[sid], deferredOrphan{parent: p, ti: c})
 			continue
+		}
+		src, err := rs.shareSource(p, c, src, sibs)
+		if err != nil {
+			return nil, err
 		}
 		child, err := rs.cloneFrom(src, p, c)
 		if err != nil {
@@ -152,8 +212,46 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 			return nil, err
 		}
 		out = append(out, child)
+		sibs = append(sibs, child)
 	}
 	return out, nil
+}
+
+// shareSource returns the task child c of p is to be cloned from so that
+// it shares what the images say it shares (CRIU's files_id and fs_id):
+// src, the task its session asks for, when src holds all of it, else a
+// sibling cloned before c that does and is in c's session (or c starts
+// one of its own). A sibling holding an fd table or fs info p does not
+// hold passes it on with CLONE_PARENT, as the kernel made it.
+// Precondition: no sibling in sibs built yet (its table and fs are
+// still to be restored, its memory still p's).
+func (rs *restorer) shareSource(p *rtask, c *taskImage, src *rtask, sibs []*rtask) (*rtask, error) {
+	// need: what c shares with p or a sibling.
+	need := sharedWith(p.ti, c)
+	for _, k := range sibs {
+		need |= sharedWith(k.ti, c)
+	}
+	if sharedWith(src.ti, c) == need {
+		return src, nil
+	}
+	sid := int(c.ps.GetSid())
+	for _, k := range sibs {
+		if sharedWith(k.ti, c) == need && (sid == c.pid || int(k.ti.ps.GetSid()) == sid) {
+			return k, nil
+		}
+	}
+	return nil, fmt.Errorf("pid %d (session %d) shares %s with its parent %d or a sibling, but no one task it can be cloned from holds all of it in its session: clone shares only the cloner's, and a new task starts in the cloner's session, so it was cloned before a holder left the session (setsid), which crhook does not rebuild: %w",
+		c.pid, sid, shareWhat(need), p.ti.pid, ErrNotSupported)
+}
+
+func shareWhat(fl uint64) string {
+	switch fl {
+	case unix.CLONE_FILES:
+		return "an fd table"
+	case unix.CLONE_FS:
+		return "fs info"
+	}
+	return "an fd table and fs info"
 }
 
 // enterSession makes t the leader of a new session, unless it leads one
@@ -173,26 +271,26 @@ func enterSession(t *rtask) error {
 }
 
 // sessionSource returns the task that child c of p is to be cloned from:
-// one of its siblings in its session, or a new helper leading it.
+// one of its siblings in its session, or a new helper leading it; nil
+// when c is to be rebuilt as an orphan (checkShape chose which).
 func (rs *restorer) sessionSource(p *rtask, c *taskImage, inSession map[int]*rtask) (*rtask, error) {
 	sid := int(c.ps.GetSid())
 	if t := inSession[sid]; t != nil {
 		return t, nil
 	}
 	if !rs.needsHelper(sid) {
-		what := "is not in the tree"
-		if l, ok := rs.s.tasks[sid]; ok {
-			if rs.reparentsTo(l, p.ti) {
-				return nil, nil // adoptOrphans, once the leader exists
-			}
-			what = fmt.Sprintf("is pid %d, child of %d, and an orphan under it would not be reparented to %d", sid, l.ps.GetPpid(), p.ti.pid)
+		if l, ok := rs.s.tasks[sid]; ok && !l.zombie() {
+			return nil, nil // adoptOrphans, once the leader exists
 		}
-		return nil, fmt.Errorf("pid %d is in session %d, which its parent %d is not in, and the session's leader %s: only a leader that is a sibling or has exited can be rebuilt: %w",
-			c.pid, sid, p.ti.pid, what, ErrNotSupported)
+		return nil, fmt.Errorf("pid %d is in session %d, which its parent %d is not in, and whose leader is not in the tree: %w",
+			c.pid, sid, p.ti.pid, ErrNotSupported)
 	}
-	if h := rs.sess.byPid[sid]; h != nil {
-		return nil, fmt.Errorf("pid %d is in session %d, whose leader has exited and which children of %d are in too, but its parent is %d: one session's orphans under several parents cannot be rebuilt: %w",
-			c.pid, sid, h.parent.ti.pid, p.ti.pid, ErrNotSupported)
+	if q, ok := rs.shape.helperParent[sid]; !ok || q != p.ti.pid {
+		if h := rs.sess.byPid[sid]; h != nil || !ok {
+			return nil, fmt.Errorf("pid %d is in session %d, whose leader has exited, under %d, which is not an ancestor of the session's helper's parent %d: %w",
+				c.pid, sid, p.ti.pid, q, ErrNotSupported)
+		}
+		return nil, nil // adoptOrphans, once the helper exists
 	}
 	h, err := rs.newHelper(p, p, sid)
 	if err != nil {
@@ -205,62 +303,39 @@ func (rs *restorer) sessionSource(p *rtask, c *taskImage, inSession map[int]*rta
 	return h, nil
 }
 
-// reparentsTo says whether an orphan left by a child of leader (a helper
-// of the restore) would be reparented to p: p is the nearest child
-// subreaper among leader and its ancestors in the image, or, with none,
-// p is the pid namespace's init.
-func (rs *restorer) reparentsTo(leader, p *taskImage) bool {
-	if leader.zombie() {
-		return false
-	}
-	for a := leader; a != nil; {
-		if a.core.GetTc().GetChildSubreaper() {
-			return a == p
-		}
-		next, ok := rs.s.tasks[int(a.ps.GetPpid())]
-		if !ok || next == a {
-			break
-		}
-		a = next
-	}
-	return p.pid == 1 && int(rs.s.tree[0].GetPid()) == 1
-}
-
-// adoptOrphans creates the orphans deferred for the session that t leads:
-// each is cloned from a helper cloned from t, so that it is born in t's
-// session; the helper's exit (endHelpers) reparents it to its image
-// parent. It returns them to be built like t's children.
-func (rs *restorer) adoptOrphans(t *rtask) ([]*rtask, error) {
-	orphans := rs.sess.orphans[t.ti.pid]
+// adoptOrphans creates the orphans deferred for session sid, whose
+// leader (or the helper standing in for it) src now exists: each is
+// cloned from a spare helper cloned from src, so that it is born in the
+// session, and the spare's exit (endHelpers) reparents it to its image
+// parent, an ancestor of src. Their memory is memSrc's (src's, or for a
+// helper the memory of the task it was cloned from). It returns them to
+// be built like src's children.
+func (rs *restorer) adoptOrphans(src, memSrc *rtask, sid int) ([]*rtask, error) {
+	orphans := rs.sess.orphans[sid]
 	if len(orphans) == 0 {
 		return nil, nil
 	}
-	delete(rs.sess.orphans, t.ti.pid)
-	if !t.memReady {
-		if err := rs.waitFill(t); err != nil {
-			return nil, fmt.Errorf("pid %d: %w", t.ti.pid, err)
+	delete(rs.sess.orphans, sid)
+	if !memSrc.memReady {
+		if err := rs.waitFill(memSrc); err != nil {
+			return nil, fmt.Errorf("pid %d: %w", memSrc.ti.pid, err)
 		}
-		t.memReady = true
+		memSrc.memReady = true
 	}
 	var out []*rtask
 	for _, o := range orphans {
-		if o.parent.ti.core.GetTc().GetChildSubreaper() {
-			// Set now for the reparenting; restoreLast sets it again.
-			if _, err := o.parent.r.call("prctl(PR_SET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1); err != nil {
-				return nil, fmt.Errorf("pid %d: %w", o.parent.ti.pid, err)
-			}
-		}
-		h, err := rs.spareHelper(t)
+		h, err := rs.spareHelper(src, sid)
 		if err != nil {
 			return nil, err
 		}
 		ct, hostPid, err := rs.clone(h, o.ti.pid, 0, uint64(unix.SIGCHLD))
 		if err != nil {
-			return nil, fmt.Errorf("pid %d: create orphan %d in session %d: %w", o.parent.ti.pid, o.ti.pid, t.ti.pid, err)
+			return nil, fmt.Errorf("pid %d: create orphan %d in session %d: %w", o.parent.ti.pid, o.ti.pid, sid, err)
 		}
-		c := &rtask{ti: o.ti, hostPid: hostPid, t: ct, parent: o.parent, memSrc: t}
-		c.r = t.r.forTask(ct)
-		c.table = maps.Clone(t.table)
+		c := &rtask{ti: o.ti, hostPid: hostPid, t: ct, parent: o.parent, memSrc: memSrc}
+		c.r = src.r.forTask(ct)
+		c.table = maps.Clone(src.table)
+		h.reaper, h.orphans = o.parent, []*rtask{c}
 		if err := rs.groupHelper(c); err != nil {
 			return nil, err
 		}
@@ -271,7 +346,7 @@ func (rs *restorer) adoptOrphans(t *rtask) ([]*rtask, error) {
 
 // spareHelper clones from t a helper with a pid that no task of the image
 // needs and nothing holds.
-func (rs *restorer) spareHelper(t *rtask) (*rtask, error) {
+func (rs *restorer) spareHelper(t *rtask, sid int) (*rtask, error) {
 	top := 0
 	for pid := range rs.s.tasks {
 		top = max(top, pid)
@@ -291,7 +366,7 @@ func (rs *restorer) spareHelper(t *rtask) (*rtask, error) {
 			return nil, err
 		}
 	}
-	return nil, fmt.Errorf("no free pid for a helper of session %d: %w", t.ti.pid, err)
+	return nil, fmt.Errorf("no free pid for a helper of session %d: %w", sid, err)
 }
 
 // groupHelper creates, when t's process group's leader has exited, a
@@ -312,20 +387,27 @@ func (rs *restorer) groupHelper(t *rtask) error {
 }
 
 // cloneFrom creates the image's task c, a child of p, cloned from src:
-// p itself, or a task of c's session whose parent is p (CLONE_PARENT).
+// p itself, or a task of c's session or holding its fd table or fs info
+// whose parent is p (CLONE_PARENT).
 func (rs *restorer) cloneFrom(src, p *rtask, c *taskImage) (*rtask, error) {
 	if src == p {
 		return rs.cloneChild(p, c)
 	}
 	// clone3 refuses an exit signal with CLONE_PARENT: the child gets
 	// src's, SIGCHLD.
-	t, hostPid, err := rs.clone(src, c.pid, unix.CLONE_PARENT, 0)
+	share := sharedWith(src.ti, c)
+	t, hostPid, err := rs.clone(src, c.pid, unix.CLONE_PARENT|share, 0)
 	if err != nil {
 		return nil, err
 	}
 	child := &rtask{ti: c, hostPid: hostPid, t: t, parent: p}
 	child.r = src.r.forTask(t)
 	child.table = maps.Clone(src.table)
+	if share&unix.CLONE_FILES != 0 {
+		// src's fds are restored after this clone: c takes the table
+		// src leaves (create).
+		child.filesSrc = src
+	}
 	return child, nil
 }
 
@@ -358,15 +440,39 @@ func (rs *restorer) newHelperWithin(src, parent *rtask, pid int, wait time.Durat
 }
 
 // endHelpers lets every helper exit and has its parent reap it, once the
-// groups are joined. The parent's SIGCHLD for it is swallowed.
+// groups are joined. The parent's SIGCHLD for it is swallowed. A spare
+// helper's orphans go to their image parent, an ancestor of the spare:
+// that task is a child subreaper while the spare exits, the nearest one
+// above it, as no other task of the tree is one before restoreLast;
+// the flag is then taken back (restoreLast sets the image's).
 // Precondition: every task built, none finished.
 func (rs *restorer) endHelpers() error {
 	for i := len(rs.sess.helpers) - 1; i >= 0; i-- {
 		h := rs.sess.helpers[i]
+		if h.reaper != nil {
+			if _, err := h.reaper.r.call("prctl(PR_SET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1); err != nil {
+				return fmt.Errorf("pid %d: %w", h.reaper.ti.pid, err)
+			}
+		}
 		killAndReap(h.t) // we collect its exit, then its parent may
 		rs.sess.gone[h.t] = true
 		if err := rs.reapHelper(h); err != nil {
 			return fmt.Errorf("pid %d: reap helper %d: %w", h.parent.ti.pid, h.ti.pid, err)
+		}
+		if h.reaper == nil {
+			continue
+		}
+		if _, err := h.reaper.r.call("prctl(PR_SET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 0); err != nil {
+			return fmt.Errorf("pid %d: %w", h.reaper.ti.pid, err)
+		}
+		for _, o := range h.orphans {
+			st, err := procfs.ReadStat(o.hostPid)
+			if err != nil {
+				return fmt.Errorf("orphan %d: %w", o.ti.pid, err)
+			}
+			if st.Ppid != h.reaper.hostPid {
+				return fmt.Errorf("orphan %d went to %d (host pid), not to its parent %d (host pid %d)", o.ti.pid, st.Ppid, h.reaper.ti.pid, h.reaper.hostPid)
+			}
 		}
 	}
 	return nil

@@ -4,7 +4,6 @@ package crcore_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -155,27 +154,59 @@ func TestSysvMarkedForRemoval(t *testing.T) {
 	}
 }
 
-// TestSiblingSharingRefused: two siblings sharing an fd table their
-// parent does not hold (CLONE_PARENT | CLONE_FILES) cannot be cloned
-// shared; the dump refuses them by pid and leaves the tree running.
-func TestSiblingSharingRefused(t *testing.T) {
+// TestSiblingSharing restores siblings that share an fd table or fs
+// info their parent does not hold (made with CLONE_PARENT | CLONE_FILES
+// and CLONE_PARENT | CLONE_FS; one of them then starts a session): the
+// restore clones each from the sibling it shares with, so that parents,
+// sessions and groups are as dumped, the objects are shared again (kcmp)
+// and the sharing works, with no helper task left.
+func TestSiblingSharing(t *testing.T) {
 	crtest.RequireRoot(t)
 	bin := crtest.BuildC(t, "sibshare", false)
 	p := crtest.Start(t, bin)
-	m := p.WaitLine(t, `^ready (\d+) (\d+)$`, 10*time.Second)
-	var a, b int
+	m := p.WaitLine(t, `^ready (\d+) (\d+) (\d+)$`, 10*time.Second)
+	var a, b, c int
 	fmt.Sscan(m[1], &a)
 	fmt.Sscan(m[2], &b)
-	t.Cleanup(func() { unix.Kill(a, unix.SIGKILL); unix.Kill(b, unix.SIGKILL) })
-	dir := filepath.Join(t.TempDir(), "img")
-	_, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir})
-	if !errors.Is(err, crcore.ErrNotSupported) || !strings.Contains(err.Error(), "fd table") {
-		t.Fatalf("dump: %v, want a refusal naming the shared fd table", err)
+	fmt.Sscan(m[3], &c)
+	if a <= 0 || b <= 0 || c <= 0 {
+		t.Fatalf("bad pids %v", m)
 	}
-	for _, pid := range []int{p.Pid, a, b} {
-		if st, err := crtest.State(pid); err != nil || st == 'Z' || st == 't' {
-			t.Errorf("pid %d after the refused dump: state %c (%v)", pid, st, err)
+	all := []int{p.Pid, a, b, c}
+	t.Cleanup(func() {
+		for _, pid := range all[1:] {
+			unix.Kill(pid, unix.SIGKILL)
 		}
+		crtest.ReapGone(t, all[1:], 5*time.Second)
+	})
+	check := func(when string) {
+		t.Helper()
+		if !shares(t, a, b, kcmpFiles) || shares(t, p.Pid, a, kcmpFiles) || shares(t, a, c, kcmpFiles) {
+			t.Errorf("%s: B should share A's fd table, which the root and C do not hold", when)
+		}
+		if !shares(t, a, c, kcmpFs) || shares(t, p.Pid, a, kcmpFs) || shares(t, a, b, kcmpFs) {
+			t.Errorf("%s: C should share A's fs info, which the root and B do not hold", when)
+		}
+	}
+	check("before the dump")
+	before := nsIDs(t, p.Pid)
+	if len(before) != 4 || !strings.Contains(before[b], fmt.Sprintf("ppid %d pgid %d sid %d", p.Pid, b, b)) {
+		t.Fatalf("tree %v: want the root, A, B, C, with B a child of the root in a session of its own", before)
+	}
+
+	n := roundTrip(t, p, a, b, c)
+	check("after restore")
+	if after := nsIDs(t, p.Pid); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("after restore (pid: ppid pgid sid) %v, before %v", after, before)
+	}
+
+	unix.Kill(b, unix.SIGUSR1)
+	unix.Kill(c, unix.SIGUSR1)
+	lineAfter(t, p, n, `^B opened 77$`)
+	lineAfter(t, p, n, `^C moved$`)
+	unix.Kill(a, unix.SIGUSR2)
+	if got := lineAfter(t, p, n, `^A fd77 (\d) cwd (\S+) umask (\d+)$`); got[1] != "1" || got[2] != "/tmp" || got[3] != "027" {
+		t.Errorf("A sees %q; want fd 77 open (B's), cwd /tmp and umask 027 (C's)", got[0])
 	}
 }
 

@@ -12,12 +12,30 @@
 // The root reaps A and D, logs "ready" and waits in sigsuspend; it logs
 // "root sigchld" for each SIGCHLD it gets (none after a restore).
 //
-// alive-leader: a shape crhook refuses to restore. The root forks X, X
-// forks L, which starts a session and forks K, which forks M and exits:
-// M, an orphan of the root, is in session L, whose leader lives on
-// elsewhere in the tree. Logs "M started PID" and "ready".
+// alive-leader: the root forks X, X forks L, which starts a session and
+// forks K, which forks M and exits: M, an orphan of the root, is in
+// session L, whose leader lives on elsewhere in the tree. Logs "M
+// started PID" and "ready".
+//
+// split: one session's orphans under two parents. The root forks P (no
+// subreaper), P forks L, which starts a session, forks A and clones B
+// with CLONE_PARENT (B is P's child), logs "split P A B L" and exits;
+// P reaps it and A is reparented to the root. A and B log "A count N"
+// and "B count N"; P logs "ready" once L is reaped.
+//
+// unflagged: an orphan of a live leader whose parent is no subreaper
+// now. The root forks G, a child subreaper, which forks X, which forks
+// L; L starts a session and forks K, which forks M and exits: M goes to
+// G. Then G drops its subreaper flag and logs "unflagged G M L" and
+// "ready"; M logs "M count N"; on SIGUSR2 G logs "G subreaper FLAG".
+//
+// moved: as unflagged, but X is the subreaper M goes to, and once X has
+// dropped its flag L's parent P exits: L goes to the root, and M's
+// parent X is no ancestor of its session's leader L any more. Logs
+// "moved X M L" and "ready".
 #define _GNU_SOURCE
 #include <errno.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -35,6 +53,134 @@ static void on_chld(int sig) {
 	static const char msg[] = "root sigchld\n";
 	if (write(logfd, msg, sizeof msg - 1) < 0)
 		_exit(3);
+}
+
+static volatile sig_atomic_t usr1, usr2;
+static void on_usr1(int sig) { (void)sig; usr1 = 1; }
+static void on_usr2(int sig) { (void)sig; usr2 = 1; }
+
+static void nap(void);
+
+static void count(const char *who) {
+	for (unsigned long n = 1;; n++) {
+		dprintf(logfd, "%s count %lu\n", who, n);
+		nap();
+	}
+}
+
+static int b_main(void *arg) {
+	(void)arg;
+	count("B");
+	return 0;
+}
+
+// leader: L of unflagged and moved. Starts a session, forks K, which
+// forks M and exits; M waits until reaper is its parent, tells it
+// (SIGUSR1) and counts.
+static void leader(pid_t reaper) {
+	setsid();
+	pid_t k = fork();
+	if (k == 0) {
+		if (fork() == 0) {
+			while (getppid() != reaper)
+				nap();
+			kill(reaper, SIGUSR1);
+			count("M");
+		}
+		_exit(0);
+	}
+	waitpid(k, NULL, 0);
+	for (;;)
+		nap();
+}
+
+// shapes runs the modes split, unflagged and moved in the root.
+static void shapes(const char *mode) {
+	struct sigaction sa = {.sa_handler = on_usr1};
+	if (!strcmp(mode, "split")) {
+		pid_t p = fork();
+		if (p == 0) {
+			signal(SIGCHLD, SIG_DFL);
+			pid_t l = fork();
+			if (l == 0) {
+				setsid();
+				pid_t a = fork();
+				if (a == 0)
+					count("A");
+				static char stack[64 << 10];
+				pid_t b = clone(b_main, stack + sizeof stack, CLONE_PARENT, NULL);
+				if (b < 0)
+					_exit(1);
+				dprintf(logfd, "split %d %d %d %d\n", getppid(), a, b, getpid());
+				_exit(0);
+			}
+			waitpid(l, NULL, 0);
+			dprintf(logfd, "ready\n");
+			for (;;)
+				nap();
+		}
+		for (;;)
+			nap();
+	}
+	int moved = !strcmp(mode, "moved");
+	pid_t g = fork();
+	if (g != 0)
+		for (;;)
+			nap();
+	// G
+	signal(SIGCHLD, SIG_DFL);
+	sigaction(SIGUSR1, &sa, NULL);
+	sa.sa_handler = on_usr2;
+	sigaction(SIGUSR2, &sa, NULL);
+	pid_t me = getpid();
+	prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+	pid_t x = moved ? me : fork();
+	if (x == 0) { // X of unflagged
+		if (fork() == 0)
+			leader(me);
+		for (;;)
+			nap();
+	}
+	pid_t p = 0;
+	if (moved) {
+		p = fork();
+		if (p == 0) {
+			if (fork() == 0)
+				leader(me);
+			for (;;)
+				nap();
+		}
+	}
+	while (!usr1)
+		nap();
+	prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0);
+	if (moved) {
+		kill(p, SIGKILL);
+		waitpid(p, NULL, 0);
+	}
+	// M is the one child of ours that is not X (or P).
+	char path[64], buf[256] = "";
+	snprintf(path, sizeof path, "/proc/self/task/%d/children", me);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || read(fd, buf, sizeof buf - 1) < 0)
+		_exit(1);
+	close(fd);
+	pid_t m = 0, c;
+	for (char *s = buf; sscanf(s, "%d", &c) == 1; s = strchr(s + 1, ' ') ? strchr(s + 1, ' ') : s + strlen(s)) {
+		if (c != x && c != p)
+			m = c;
+	}
+	dprintf(logfd, "%s %d %d %d\n", mode, me, m, getsid(m));
+	dprintf(logfd, "ready\n");
+	for (;;) {
+		nap();
+		if (usr2) {
+			usr2 = 0;
+			int on = -1;
+			prctl(PR_GET_CHILD_SUBREAPER, &on, 0, 0, 0);
+			dprintf(logfd, "G subreaper %d\n", on);
+		}
+	}
 }
 
 static void nap(void) {
@@ -55,6 +201,8 @@ int main(int argc, char **argv) {
 	}
 	struct sigaction sa = {.sa_handler = on_chld, .sa_flags = SA_RESTART};
 	sigaction(SIGCHLD, &sa, NULL);
+	if (argc > 2 && strcmp(argv[2], "alive-leader"))
+		shapes(argv[2]);
 	if (argc > 2 && !strcmp(argv[2], "alive-leader")) {
 		if (fork() == 0) { // X
 			if (fork() == 0) { // L
