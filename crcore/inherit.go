@@ -10,10 +10,10 @@ import (
 	"os"
 	"sort"
 	"strings"
-	"sync"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/crhook/crhook/crcore/internal/crc"
 	"github.com/crhook/crhook/crcore/internal/mem"
 	pb "github.com/crhook/crhook/proto"
 )
@@ -174,7 +174,9 @@ func vmaStartOf(ti *taskImage, addr uint64) uint64 {
 // splitInherited marks Skip the pages of runs (the child's, in file order
 // in cpages) that lie in kept mappings and hold the same bytes as the
 // parent's image (parent runs in ppages): the child has them already.
-func (pl *inheritPlan) splitInherited(child *taskImage, runs []mem.Run, cpages, ppages io.ReaderAt) ([]mem.Run, error) {
+// sum, if not nil, gets the CRC32C of the ranges of cpages compared (the
+// pages file's check, pagescheck.go).
+func (pl *inheritPlan) splitInherited(child *taskImage, runs []mem.Run, cpages, ppages io.ReaderAt, sum func(off, n uint64, crc uint32)) ([]mem.Run, error) {
 	parent := pl.parent
 	poff := make([]uint64, len(parent.runs))
 	var o uint64
@@ -194,6 +196,29 @@ func (pl *inheritPlan) splitInherited(child *taskImage, runs []mem.Run, cpages, 
 	cw, pw := newWindow(cpages), newWindow(ppages)
 	defer cw.release()
 	defer pw.release()
+	// The compared ranges come in file order: contiguous ones are
+	// summed as one.
+	var sumOff, sumLen uint64
+	var sumCRC uint32
+	summed := func(off uint64, b []byte) {
+		if sum == nil {
+			return
+		}
+		if sumLen > 0 && sumOff+sumLen != off {
+			sum(sumOff, sumLen, sumCRC)
+			sumLen, sumCRC = 0, 0
+		}
+		if sumLen == 0 {
+			sumOff = off
+		}
+		sumCRC = crc.Update(sumCRC, b)
+		sumLen += uint64(len(b))
+	}
+	defer func() {
+		if sum != nil && sumLen > 0 {
+			sum(sumOff, sumLen, sumCRC)
+		}
+	}()
 	var coff uint64
 	for _, r := range runs {
 		size := r.NrPages * pgSize
@@ -222,6 +247,7 @@ func (pl *inheritPlan) splitInherited(child *taskImage, runs []mem.Run, cpages, 
 			if err != nil {
 				return nil, fmt.Errorf("read pages: %w", err)
 			}
+			summed(coff+(a-r.Addr), c)
 			p, err := pw.at(poff[i]+(a-pr.Addr), n)
 			if err != nil {
 				return nil, fmt.Errorf("read parent's pages: %w", err)
@@ -238,9 +264,11 @@ func (pl *inheritPlan) splitInherited(child *taskImage, runs []mem.Run, cpages, 
 
 // window reads a file through one buffer for reads at rising offsets
 // (both pages files are read in address order, which is file order):
-// one pread per window instead of one per run.
+// one pread per window instead of one per run. A window on bytes in
+// memory (a small parent's pages, parentPages) hands out slices of them.
 type window struct {
 	f   io.ReaderAt
+	mem []byte // the whole file, when in memory
 	bp  *[]byte
 	off uint64 // file offset of buf[0]
 	n   uint64 // valid bytes in buf
@@ -249,20 +277,46 @@ type window struct {
 // windowSize is a window's buffer; at least one comparison chunk.
 const windowSize = 1 << 20
 
-var windowBufs = sync.Pool{New: func() any {
-	b := make([]byte, windowSize)
-	return &b
-}}
+// windowBufs keeps window buffers for reuse. Not a sync.Pool, which a
+// garbage collection empties: a fresh buffer costs a page fault per page
+// on first use, about a millisecond a megabyte on this machine kind, and
+// a tree of small tasks collects garbage many times.
+var windowBufs = make(chan *[]byte, 16)
 
 func newWindow(f io.ReaderAt) *window {
-	return &window{f: f, bp: windowBufs.Get().(*[]byte)}
+	if m, ok := f.(memPages); ok {
+		return &window{mem: m}
+	}
+	var bp *[]byte
+	select {
+	case bp = <-windowBufs:
+	default:
+		b := make([]byte, windowSize)
+		bp = &b
+	}
+	return &window{f: f, bp: bp}
 }
 
-func (w *window) release() { windowBufs.Put(w.bp) }
+func (w *window) release() {
+	if w.bp == nil {
+		return
+	}
+	select {
+	case windowBufs <- w.bp:
+	default:
+	}
+	w.bp = nil
+}
 
 // at returns the n bytes at off (n <= windowSize), valid until the next
 // call.
 func (w *window) at(off, n uint64) ([]byte, error) {
+	if w.mem != nil {
+		if off+n > uint64(len(w.mem)) || off+n < off {
+			return nil, io.ErrUnexpectedEOF
+		}
+		return w.mem[off : off+n], nil
+	}
 	buf := *w.bp
 	if off < w.off || off+n > w.off+w.n {
 		k, err := w.f.ReadAt(buf, int64(off))
@@ -275,6 +329,20 @@ func (w *window) at(off, n uint64) ([]byte, error) {
 		w.off, w.n = off, uint64(k)
 	}
 	return buf[off-w.off : off-w.off+n], nil
+}
+
+// memPages is a pages file held in memory (parentPages).
+type memPages []byte
+
+func (m memPages) ReadAt(b []byte, off int64) (int, error) {
+	if off < 0 || off >= int64(len(m)) {
+		return 0, io.EOF
+	}
+	n := copy(b, m[off:])
+	if n < len(b) {
+		return n, io.EOF
+	}
+	return n, nil
 }
 
 // openParentPages opens the parent's pages file for splitInherited.

@@ -21,9 +21,9 @@ import (
 // a large image, the second read is the fill, and it can sum what it
 // reads as it goes (mem.FillOptions.Sum): a 2 GiB restore spent 0.4 s
 // verifying before it created anything. So a restore checks a task's
-// pages file against its checksum from the ranges the fill summed, and
-// reads only the ranges the fill did not (pages a child inherits
-// copy-on-write, whose comparison reads them elsewhere). Every check
+// pages file against its checksum from the ranges the fill and the
+// copy-on-write comparison (inherit.go) summed as they read them, and
+// reads only what neither did. Every check
 // completes before any restored task runs (restorer.checkPages), and a
 // mismatch fails the restore, which kills the tree it built: a corrupt
 // pages file still never runs. Everything else, including the pages of
@@ -61,7 +61,14 @@ func (c *pagesCheck) check(f io.ReaderAt, buf []byte) error {
 	parts := c.parts
 	c.parts = nil
 	c.mu.Unlock()
-	sort.Slice(parts, func(i, j int) bool { return parts[i].off < parts[j].off })
+	// By offset, the longest first: a range read twice (compared for
+	// copy-on-write, then filled) is summed once.
+	sort.Slice(parts, func(i, j int) bool {
+		if parts[i].off != parts[j].off {
+			return parts[i].off < parts[j].off
+		}
+		return parts[i].n > parts[j].n
+	})
 	var (
 		pos uint64 // bytes summed into total
 		all uint32

@@ -863,7 +863,7 @@ func (rs *restorer) inheritedRuns(plan *inheritPlan, ti *taskImage, runs []mem.R
 	if c, ok := pp.(io.Closer); ok {
 		defer c.Close()
 	}
-	out, err := plan.splitInherited(ti, runs, pages, pp)
+	out, err := plan.splitInherited(ti, runs, pages, pp, rs.pagesSum(ti))
 	if err == nil {
 		var skip, write uint64
 		for _, r := range out {
@@ -893,7 +893,7 @@ func (rs *restorer) parentPages(parent *taskImage) (io.ReaderAt, error) {
 	b, ok := rs.pagesCache[parent]
 	rs.fillMu.Unlock()
 	if ok {
-		return bytes.NewReader(b), nil
+		return memPages(b), nil
 	}
 	f, err := rs.s.openPages(parent)
 	if err != nil {
@@ -914,7 +914,7 @@ func (rs *restorer) parentPages(parent *taskImage) (io.ReaderAt, error) {
 	}
 	rs.pagesCache[parent] = b
 	rs.fillMu.Unlock()
-	return bytes.NewReader(b), nil
+	return memPages(b), nil
 }
 
 // completeMemory waits for the task's pages, then protects and advises
