@@ -90,50 +90,18 @@ func dumpEarly(t *dtask, level int) error {
 	return nil
 }
 
-// dumpAttrs reads with injected syscalls what only the task can tell.
+// dumpAttrs reads the rest of what only the task can tell (dumpTask
+// batches the other injected reads): rlimits, POSIX timers, OOM score
+// and loginuid.
 func (d *dumper) dumpAttrs(t *dtask, r *remote) (err error) {
 	if t.attrs.rlimits, err = readRlimits(t.pid, r); err != nil {
 		return err
 	}
-	out, err := r.alloc(8)
-	if err != nil {
-		return err
-	}
-	if _, err := r.call("prctl(PR_GET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, out); err != nil {
-		return err
-	}
-	var w [4]byte
-	if err := r.read(out, w[:]); err != nil {
-		return err
-	}
-	t.attrs.subreaper = binary.LittleEndian.Uint32(w[:]) != 0
-	dm, err := r.call("prctl(PR_GET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)
-	if err != nil {
-		return err
-	}
-	t.attrs.dumpable = uint32(dm)
 	if err := dumpTimers(t, r); err != nil {
 		return err
 	}
 	if err := dumpOOMLoginuid(&t.attrs.oomLogin, t.pid); err != nil {
 		return err
-	}
-	for _, th := range t.threads {
-		tr := r.forTask(th.t) // crash-safe like the leader's calls
-		if _, err := tr.call("prctl(PR_GET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG, out); err != nil {
-			return fmt.Errorf("thread %d: %w", th.tid, err)
-		}
-		if err := r.read(out, w[:]); err != nil {
-			return err
-		}
-		th.attrs.pdeathsig = binary.LittleEndian.Uint32(w[:])
-		sb, err := tr.call("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS)
-		if err != nil {
-			return fmt.Errorf("thread %d: %w", th.tid, err)
-		}
-		if err := dumpCreds(th, uint32(sb)); err != nil {
-			return fmt.Errorf("thread %d: %w", th.tid, err)
-		}
 	}
 	return nil
 }

@@ -25,9 +25,15 @@ import (
 // in order and stop at the first failure, which is reported by name as a
 // lone call's would be.
 //
-// Restore side only: the dump side's crash-safe injection (safeinject.go)
-// must never leave the task inside crhook's code, so a remote with a safe
-// gadget runs the calls one by one.
+// On the dump side, whose injection must survive crhook's death
+// (safeinject.go), a batch may not end in an int3, whose SIGTRAP would
+// kill a task whose tracer died. There the program ends instead in a
+// tgkill of the thread itself with a signal that would do nothing if
+// delivered (safeStopSignal), then a jump into the trampoline that puts
+// the task's own registers back: the tracer collects the batch at that
+// signal's delivery stop and suppresses the signal; a task whose tracer
+// died gets the harmless signal and goes on where it stood. A thread for
+// which no such signal exists runs the calls one by one.
 type batch struct {
 	r     *remote
 	calls []batchCall
@@ -59,7 +65,11 @@ func (b *batch) run() ([]uint64, error) {
 	b.calls = nil
 	out := make([]uint64, 0, len(calls))
 	r := b.r
-	if r.safe != nil || len(calls) == 1 {
+	var stop *safeStop
+	if r.safe != nil && len(calls) > 1 {
+		stop = r.safe.stopFor(r.t)
+	}
+	if (r.safe != nil && stop == nil) || len(calls) == 1 {
 		for _, c := range calls {
 			v, err := r.call(c.name, c.nr, c.args[:]...)
 			if err != nil {
@@ -71,11 +81,17 @@ func (b *batch) run() ([]uint64, error) {
 	}
 	for len(calls) > 0 {
 		free := int(r.size-r.used) - 64
-		n := min(len(calls), free/(batchCallCode+8))
+		n := min(len(calls), (free-safeEndCode)/(batchCallCode+8))
 		if n < 1 {
 			return out, fmt.Errorf("scratch area of task %d full", r.pid())
 		}
-		res, err := r.runBatch(calls[:n])
+		var res []uint64
+		var err error
+		if stop != nil {
+			res, err = r.runSafeBatch(calls[:n], stop)
+		} else {
+			res, err = r.runBatch(calls[:n])
+		}
 		out = append(out, res...)
 		if err != nil {
 			return out, err
@@ -88,10 +104,25 @@ func (b *batch) run() ([]uint64, error) {
 // runBatch runs calls as one program in the scratch area, which it uses
 // past r.used and leaves as it was.
 func (r *remote) runBatch(calls []batchCall) ([]uint64, error) {
-	res := (r.scratch + r.used + 15) &^ 15
-	code := res + uint64(8*len(calls))
-	end := code + uint64(batchCallCode*len(calls))
-	p := make([]byte, 0, batchCallCode*len(calls)+1)
+	res, code, end, p := batchCode(r.scratch+r.used, calls)
+	p = append(p, 0xcc) // int3
+	if err := writeMem(r.pid(), code, p); err != nil {
+		return nil, err
+	}
+	if err := r.t.RunCode(code, end); err != nil {
+		return nil, fmt.Errorf("inject %d syscalls from %s: %w", len(calls), calls[0].name, err)
+	}
+	return r.batchResults(res, calls)
+}
+
+// batchCode lays out calls from base: their result slots at res, then
+// their code at code, which jumps to end on a failed call; p is the code
+// up to end, for the caller to append the ending to.
+func batchCode(base uint64, calls []batchCall) (res, code, end uint64, p []byte) {
+	res = (base + 15) &^ 15
+	code = res + uint64(8*len(calls))
+	end = code + uint64(batchCallCode*len(calls))
+	p = make([]byte, 0, batchCallCode*len(calls)+safeEndCode)
 	movImm := func(rex, op byte, v uint64) {
 		p = append(p, rex, op)
 		p = binary.LittleEndian.AppendUint64(p, v)
@@ -111,13 +142,12 @@ func (r *remote) runBatch(calls []batchCall) ([]uint64, error) {
 		next := code + uint64(len(p)) + 4
 		p = binary.LittleEndian.AppendUint32(p, uint32(int32(end-next)))
 	}
-	p = append(p, 0xcc) // int3
-	if err := writeMem(r.pid(), code, p); err != nil {
-		return nil, err
-	}
-	if err := r.t.RunCode(code, end); err != nil {
-		return nil, fmt.Errorf("inject %d syscalls from %s: %w", len(calls), calls[0].name, err)
-	}
+	return res, code, end, p
+}
+
+// batchResults reads the result slots of calls at res; the first failed
+// call's error ends them.
+func (r *remote) batchResults(res uint64, calls []batchCall) ([]uint64, error) {
 	raw := make([]byte, 8*len(calls))
 	if err := r.read(res, raw); err != nil {
 		return nil, err

@@ -759,15 +759,30 @@ func (d *dumper) dumpTask(t *dtask) error {
 	}
 	defer undo()
 
-	if t.brk, err = r.call("brk", unix.SYS_BRK, 0); err != nil {
-		return err
-	}
 	if t.personality, err = readPersonality(t.pid, r); err != nil {
 		return err
 	}
+	// What the process shares, in one batch (batch.go): brk, the
+	// signal actions, the interval timers, the subreaper flag, the
+	// dumpable mode.
 	sa, err := r.alloc(kabi.NSig * kabi.SizeofKSigaction)
 	if err != nil {
 		return err
+	}
+	it, err := r.alloc(3 * 32)
+	if err != nil {
+		return err
+	}
+	out, err := r.alloc(8)
+	if err != nil {
+		return err
+	}
+	b := r.batch()
+	b.add("brk", unix.SYS_BRK, 0)
+	b.add("prctl(PR_GET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)
+	b.add("prctl(PR_GET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, out)
+	for which := range 3 {
+		b.add("getitimer", unix.SYS_GETITIMER, uint64(which), it+uint64(32*which))
 	}
 	// Only a caught or ignored signal has an action worth a syscall;
 	// the rest are SIG_DFL. SIGCHLD is always asked: SA_NOCLDWAIT and
@@ -785,10 +800,18 @@ func (d *dumper) dumpTask(t *dtask) error {
 		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) || asked&(1<<(sig-1)) == 0 {
 			continue
 		}
-		if _, err := r.call("rt_sigaction", unix.SYS_RT_SIGACTION, uint64(sig), 0, sa+uint64(sig-1)*kabi.SizeofKSigaction, 8); err != nil {
-			return err
-		}
+		b.add("rt_sigaction", unix.SYS_RT_SIGACTION, uint64(sig), 0, sa+uint64(sig-1)*kabi.SizeofKSigaction, 8)
 	}
+	res, err := b.run()
+	if err != nil {
+		return err
+	}
+	t.brk, t.attrs.dumpable = res[0], uint32(res[1])
+	var w [4]byte
+	if err := r.read(out, w[:]); err != nil {
+		return err
+	}
+	t.attrs.subreaper = binary.LittleEndian.Uint32(w[:]) != 0
 	sab := make([]byte, kabi.NSig*kabi.SizeofKSigaction)
 	if err := r.read(sa, sab); err != nil {
 		return err
@@ -808,45 +831,47 @@ func (d *dumper) dumpTask(t *dtask) error {
 			Mask:     binary.LittleEndian.Uint64(b[24:]),
 		}
 	}
-	it, err := r.alloc(32)
-	if err != nil {
+	var ib [3 * 32]byte
+	if err := r.read(it, ib[:]); err != nil {
 		return err
 	}
-	for which := 0; which < 3; which++ {
-		if _, err := r.call("getitimer", unix.SYS_GETITIMER, uint64(which), it); err != nil {
-			return err
-		}
-		var ib [32]byte
-		if err := r.read(it, ib[:]); err != nil {
-			return err
-		}
-		for k := 0; k < 4; k++ {
-			t.itimers[which][k] = binary.LittleEndian.Uint64(ib[k*8:])
+	for which := range 3 {
+		for k := range 4 {
+			t.itimers[which][k] = binary.LittleEndian.Uint64(ib[32*which+8*k:])
 		}
 	}
 
-	// Per-thread state only the thread itself can report.
-	out, err := r.alloc(8 + kabi.SizeofStackT)
+	// Per-thread state only the thread itself can report, a batch per
+	// thread: clear-tid address, signal stack, parent-death signal,
+	// securebits.
+	tout, err := r.alloc(8 + kabi.SizeofStackT + 8)
 	if err != nil {
 		return err
 	}
 	for _, th := range t.threads {
-		tr := r.forTask(th.t)
-		if _, err := tr.call("prctl(PR_GET_TID_ADDRESS)", unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, out); err != nil {
+		tr := r.forTask(th.t) // crash-safe like the leader's calls
+		b := tr.batch()
+		b.add("prctl(PR_GET_TID_ADDRESS)", unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, tout)
+		b.add("sigaltstack", unix.SYS_SIGALTSTACK, 0, tout+8)
+		b.add("prctl(PR_GET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG, tout+8+kabi.SizeofStackT)
+		b.add("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS)
+		res, err := b.run()
+		if err != nil {
+			return fmt.Errorf("thread %d: %w", th.tid, err)
+		}
+		var o [8 + kabi.SizeofStackT + 8]byte
+		if err := r.read(tout, o[:]); err != nil {
 			return err
 		}
-		if _, err := tr.call("sigaltstack", unix.SYS_SIGALTSTACK, 0, out+8); err != nil {
-			return err
-		}
-		var b [8 + kabi.SizeofStackT]byte
-		if err := r.read(out, b[:]); err != nil {
-			return err
-		}
-		th.tidAddr = binary.LittleEndian.Uint64(b[:])
+		th.tidAddr = binary.LittleEndian.Uint64(o[:])
 		th.altstack = kabi.StackT{
-			SP:    binary.LittleEndian.Uint64(b[8:]),
-			Flags: int32(binary.LittleEndian.Uint32(b[16:])),
-			Size:  binary.LittleEndian.Uint64(b[24:]),
+			SP:    binary.LittleEndian.Uint64(o[8:]),
+			Flags: int32(binary.LittleEndian.Uint32(o[16:])),
+			Size:  binary.LittleEndian.Uint64(o[24:]),
+		}
+		th.attrs.pdeathsig = binary.LittleEndian.Uint32(o[8+kabi.SizeofStackT:])
+		if err := dumpCreds(th, uint32(res[3])); err != nil {
+			return fmt.Errorf("thread %d: %w", th.tid, err)
 		}
 	}
 	return d.dumpAttrs(t, r)

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -140,9 +141,15 @@ func checkCounting(t *testing.T, p *crtest.Proc) {
 func TestDumpKilledMidway(t *testing.T) {
 	crtest.RequireRoot(t)
 	bin := crtest.BuildC(t, "counter", false)
-	for _, point := range []string{"after-seize", "after-inject", "in-inject", "after-memory", "before-checksums"} {
+	for _, point := range []string{"after-seize", "after-inject", "in-inject", "in-syscall", "in-batch", "at-batch-stop", "after-memory", "before-checksums"} {
 		t.Run(point, func(t *testing.T) {
-			p := crtest.Start(t, bin)
+			args := []string{bin}
+			if point == "in-syscall" {
+				// Handlers on every stop signal: no batch, one
+				// syscall a stop (the first, brk, is killed in).
+				args = append(args, "catch")
+			}
+			p := crtest.Start(t, args...)
 			p.WaitLine(t, `^count 3$`, 10*time.Second)
 			before := codeHashes(t, p.Pid)
 			dir := filepath.Join(t.TempDir(), "img")
@@ -158,10 +165,82 @@ func TestDumpKilledMidway(t *testing.T) {
 					t.Errorf("code %s changed", line)
 				}
 			}
+			for _, l := range p.Lines() {
+				if strings.HasPrefix(l, "caught") {
+					t.Errorf("a handler ran: %s", l)
+					break
+				}
+			}
 			if err := crcore.Verify(dir); err == nil {
 				t.Errorf("Verify accepts the images of a dump killed at %s", point)
 			} else if !errors.Is(err, crcore.ErrBadImage) {
 				t.Errorf("Verify: %v, want ErrBadImage", err)
+			}
+		})
+	}
+}
+
+// TestDumpKilledInThreadBatch kills crhook while one thread of a
+// multi-threaded target runs a crash-safe batch of injected syscalls,
+// or sits at its stop signal: the leader's process batch (the first),
+// and another thread's own batch (the third; the second is the
+// leader's). Every thread must run on untraced, counting, with its
+// signal mask and pending signals as they were, no stop signal left
+// pending or run, and the code unchanged.
+func TestDumpKilledInThreadBatch(t *testing.T) {
+	crtest.RequireRoot(t)
+	bin := crtest.BuildC(t, "threads", false)
+	threadState := func(pid int) map[string]string {
+		out := map[string]string{}
+		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		for _, e := range ents {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, e.Name()))
+			var keep []string
+			for _, l := range strings.Split(string(b), "\n") {
+				for _, k := range []string{"SigBlk:", "SigPnd:", "ShdPnd:", "SigIgn:", "SigCgt:", "TracerPid:"} {
+					if strings.HasPrefix(l, k) {
+						keep = append(keep, l)
+					}
+				}
+			}
+			out[e.Name()] = strings.Join(keep, " ")
+		}
+		return out
+	}
+	for _, point := range []string{"in-batch", "at-batch-stop", "in-batch@3", "at-batch-stop@3"} {
+		t.Run(point, func(t *testing.T) {
+			p := crtest.Start(t, bin, "3")
+			p.WaitLine(t, `^thread 2 count 3 `, 10*time.Second)
+			before, code := threadState(p.Pid), codeHashes(t, p.Pid)
+			if len(before) != 4 {
+				t.Fatalf("threads: %v", before)
+			}
+			dir := filepath.Join(t.TempDir(), "img")
+			ws, stderr := runHelper(t, "dump", "dump:"+point, "CRCORE_TEST_PID="+strconv.Itoa(p.Pid), "CRCORE_TEST_DIR="+dir)
+			if !ws.Signaled() || ws.Signal() != unix.SIGKILL {
+				t.Fatalf("helper not killed at %s: %v\n%s", point, ws, stderr)
+			}
+			waitUntraced(t, p.Pid)
+			deadline := time.Now().Add(5 * time.Second)
+			var after map[string]string
+			for {
+				after = threadState(p.Pid)
+				if maps.Equal(after, before) || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(5 * time.Millisecond) // threads still leaving their stops
+			}
+			if !maps.Equal(after, before) {
+				t.Errorf("thread state changed:\nbefore %v\nafter  %v", before, after)
+			}
+			n := len(p.Lines())
+			for i := range 3 {
+				lineAfter(t, p, n, fmt.Sprintf(`^thread %d count \d+ `, i))
+			}
+			for line, h := range code {
+				if codeHashes(t, p.Pid)[line] != h {
+					t.Errorf("code %s changed", line)
+				}
 			}
 		})
 	}

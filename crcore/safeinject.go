@@ -4,10 +4,12 @@ package crcore
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/crhook/crhook/crcore/internal/procfs"
 	"github.com/crhook/crhook/crcore/internal/ptrace"
 )
 
@@ -47,7 +49,7 @@ const (
 	safeGadgetOff  = 16
 	// safeBlockOff: rax rbx rcx rdx rsi rdi rbp r8-r15 rflags rsp rip.
 	safeBlockOff  = 128
-	safeBlockSize = 19 * 8
+	safeBlockSize = 18 * 8
 	// safeArgsOff: the rest of the scratch area is the argument area.
 	safeArgsOff = 512
 )
@@ -66,16 +68,16 @@ func trampolineCode() []byte {
 		0x41, 0x5c, 0x41, 0x5d, 0x41, 0x5e, 0x41, 0x5f, // pop r12 r13 r14 r15
 		0x9d, // popfq
 	)
-	// mov rsp, [rip + disp32] -> block+17*8
+	// mov rsp, [rip + disp32] -> block+16*8 (rsp)
 	c = append(c, 0x48, 0x8b, 0x25, 0, 0, 0, 0)
 	movEnd := len(c)
-	// jmp qword ptr [rip + disp32] -> block+18*8
+	// jmp qword ptr [rip + disp32] -> block+17*8 (rip)
 	c = append(c, 0xff, 0x25, 0, 0, 0, 0)
 	jmpEnd := len(c)
 	block := safeBlockOff - safeGadgetOff // relative to the code's start
 	binary.LittleEndian.PutUint32(c[leaEnd-4:], uint32(int32(block-leaEnd)))
-	binary.LittleEndian.PutUint32(c[movEnd-4:], uint32(int32(block+17*8-movEnd)))
-	binary.LittleEndian.PutUint32(c[jmpEnd-4:], uint32(int32(block+18*8-jmpEnd)))
+	binary.LittleEndian.PutUint32(c[movEnd-4:], uint32(int32(block+16*8-movEnd)))
+	binary.LittleEndian.PutUint32(c[jmpEnd-4:], uint32(int32(block+17*8-jmpEnd)))
 	return c
 }
 
@@ -137,7 +139,7 @@ func (g *safeGadget) call(t *ptrace.Task, name string, nr uintptr, args ...uint6
 		return 0, fmt.Errorf("inject %s: %w", name, err)
 	}
 	faultPoint("dump:in-inject")
-	ret, err := t.SyscallToExit(g.scratch+safeGadgetOff, nr, args...)
+	ret, err := t.SyscallToExitHook(g.scratch+safeGadgetOff, func() { faultPoint("dump:in-syscall") }, nr, args...)
 	if err != nil {
 		return 0, fmt.Errorf("inject %s: %w", name, err)
 	}
@@ -148,4 +150,128 @@ func (g *safeGadget) call(t *ptrace.Task, name string, nr uintptr, args ...uint6
 		return 0, &ptrace.SyscallError{Name: name, Tid: t.Tid, Err: unix.Errno(-int64(ret))}
 	}
 	return ret, nil
+}
+
+// safeStop is how a crash-safe batch of one thread ends (batch.go): the
+// thread sends itself sig (ids in its own pid namespace) and stops at
+// its delivery.
+type safeStop struct {
+	tgid, tid uint64
+	sig       unix.Signal
+}
+
+// Stop signals, in order of preference: each does nothing when
+// delivered without a handler (its default action is to ignore it).
+var safeStopSignals = []unix.Signal{unix.SIGURG, unix.SIGWINCH, unix.SIGCHLD}
+
+// stopFor returns the signal a crash-safe batch of thread t can end in,
+// or nil when every candidate has a handler (which a crhook dying at the
+// stop would run) or is pending already. Whether the thread blocks it
+// does not matter: the batch unblocks it around the stop.
+func (g *safeGadget) stopFor(t *ptrace.Task) *safeStop {
+	st, err := procfs.ReadStatus(t.Tid)
+	if err != nil {
+		return nil
+	}
+	cgt, err1 := st.Uint("SigCgt", 16)
+	pnd, err2 := st.Uint("SigPnd", 16)
+	shd, err3 := st.Uint("ShdPnd", 16)
+	tgids, err4 := st.Ints("NStgid")
+	tids, err5 := st.Ints("NSpid")
+	if err := errors.Join(err1, err2, err3, err4, err5); err != nil || len(tgids) == 0 || len(tids) == 0 {
+		return nil
+	}
+	sig, ok := chooseStopSignal(cgt, pnd|shd)
+	if !ok {
+		return nil
+	}
+	return &safeStop{tgid: uint64(tgids[len(tgids)-1]), tid: uint64(tids[len(tids)-1]), sig: sig}
+}
+
+// chooseStopSignal returns the first stop signal that is neither caught
+// (a handler) nor pending, given those sets as masks.
+func chooseStopSignal(caught, pending uint64) (unix.Signal, bool) {
+	for _, sig := range safeStopSignals {
+		if bit := uint64(1) << (sig - 1); (caught|pending)&bit == 0 {
+			return sig, true
+		}
+	}
+	return 0, false
+}
+
+// safeEndCode bounds the bytes a crash-safe batch needs beyond its calls:
+// its signal sets, alignment, and the ending (three syscalls of up to
+// five immediate loads each, and a jump).
+const safeEndCode = 16 + 16 + 3*(5*10+2) + 5
+
+// runSafeBatch runs calls in r's thread as one program that ends with
+//
+//	rt_sigprocmask(SIG_UNBLOCK, {sig}, &old)
+//	tgkill(tgid, tid, sig)          <- collected at sig's delivery stop
+//	rt_sigprocmask(SIG_SETMASK, &old, NULL)
+//	jmp trampoline (the task's own registers, back where it stood)
+//
+// The tracer collects the results at the stop, suppresses sig, puts the
+// mask and the registers back; only a task whose tracer died runs past
+// the stop. The calls must only read state, as every dump-side injected
+// syscall does: such a task may have run them and goes on unharmed.
+func (r *remote) runSafeBatch(calls []batchCall, stop *safeStop) ([]uint64, error) {
+	g, t := r.safe, r.t
+	sets := (r.scratch + r.used + 15) &^ 15 // {sig}, then old
+	// A failed call jumps to the ending, which batchCode leaves to us.
+	res, code, _, p := batchCode(sets+16, calls)
+	load := func(rex, op byte, v uint64) {
+		p = append(p, rex, op)
+		p = binary.LittleEndian.AppendUint64(p, v)
+	}
+	syscall := func(nr uintptr, rdi, rsi, rdx, r10 uint64) {
+		load(0x48, 0xb8, uint64(nr))
+		load(0x48, 0xbf, rdi)
+		load(0x48, 0xbe, rsi)
+		load(0x48, 0xba, rdx)
+		load(0x49, 0xba, r10)
+		p = append(p, 0x0f, 0x05)
+	}
+	syscall(unix.SYS_RT_SIGPROCMASK, unix.SIG_UNBLOCK, sets, sets+8, 8)
+	syscall(unix.SYS_TGKILL, stop.tgid, stop.tid, uint64(stop.sig), 0)
+	stopAt := code + uint64(len(p))
+	syscall(unix.SYS_RT_SIGPROCMASK, unix.SIG_SETMASK, sets+8, 0, 8)
+	p = append(p, 0xe9) // jmp rel32: into the trampoline, past its syscall
+	next := code + uint64(len(p)) + 4
+	p = binary.LittleEndian.AppendUint32(p, uint32(int32(g.scratch+safeGadgetOff+2-next)))
+	if stopAt > r.scratch+r.size || code+uint64(len(p)) > r.scratch+r.size {
+		return nil, fmt.Errorf("scratch area of task %d full", r.pid())
+	}
+
+	saved, err := t.GetRegs()
+	if err != nil {
+		return nil, err
+	}
+	var set [16]byte
+	binary.LittleEndian.PutUint64(set[:], 1<<(stop.sig-1))
+	if err := writeMem(g.pid, sets, set[:]); err != nil {
+		return nil, err
+	}
+	if err := writeMem(g.pid, code, p); err != nil {
+		return nil, err
+	}
+	if err := writeMem(g.pid, g.scratch+safeBlockOff, encodeBlock(resumeRegs(saved))); err != nil {
+		return nil, err
+	}
+	running := func() { faultPoint("dump:in-batch") }
+	if err := t.RunToSignal(code, stopAt, stop.sig, running); err != nil {
+		return nil, fmt.Errorf("inject %d syscalls from %s: %w", len(calls), calls[0].name, err)
+	}
+	faultPoint("dump:at-batch-stop")
+	var old [8]byte
+	if err := r.read(sets+8, old[:]); err != nil {
+		return nil, err
+	}
+	if err := t.SetSigmask(binary.LittleEndian.Uint64(old[:])); err != nil {
+		return nil, err
+	}
+	if err := t.SetRegs(&saved); err != nil {
+		return nil, err
+	}
+	return r.batchResults(res, calls)
 }

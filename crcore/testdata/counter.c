@@ -1,6 +1,6 @@
 // counter: a test target that counts in memory and logs to a file.
 //
-// usage: counter LOGFILE
+// usage: counter LOGFILE [catch]
 //
 // It sets up memory of every common kind (brk heap, a large malloc that
 // glibc serves with mmap, anonymous mappings with each protection, a
@@ -8,7 +8,10 @@
 // counter, append "count N" to LOGFILE, sleep 10 ms in nanosleep.
 // SIGUSR1 asks for a brk check ("brk OLD NEW END" lines), SIGUSR2 for a
 // CPU migration check ("cpu WANT GOT" lines). The handlers only set flags
-// (with SA_RESTART), so they also test restored sigactions.
+// (with SA_RESTART), so they also test restored sigactions. With "catch",
+// SIGURG, SIGWINCH and SIGCHLD get a handler too, which counts them and
+// logs "caught N" (crhook's crash-safe batches need one of those three
+// without a handler, and fall back to one syscall a stop without).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -30,6 +33,8 @@ static int logfd;
 
 static void on_usr1(int s) { (void)s; want_brk = 1; }
 static void on_usr2(int s) { (void)s; want_cpu = 1; }
+static volatile sig_atomic_t caught;
+static void on_other(int s) { (void)s; caught++; }
 
 static void logf_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void logf_(const char *fmt, ...) {
@@ -87,6 +92,12 @@ int main(int argc, char **argv) {
 	sigaction(SIGUSR1, &sa, NULL);
 	sa.sa_handler = on_usr2;
 	sigaction(SIGUSR2, &sa, NULL);
+	if (argc > 2 && strcmp(argv[2], "catch") == 0) {
+		sa.sa_handler = on_other;
+		sigaction(SIGURG, &sa, NULL);
+		sigaction(SIGWINCH, &sa, NULL);
+		sigaction(SIGCHLD, &sa, NULL);
+	}
 
 	// The kernel rewrites the rseq area with the current CPU on every
 	// return to user mode; tests leave it out of memory hashes.
@@ -95,6 +106,8 @@ int main(int argc, char **argv) {
 	for (;;) {
 		counter++;
 		logf_("count %lu\n", counter);
+		if (caught)
+			logf_("caught %d\n", (int)caught);
 		struct timespec ts = {0, 10 * 1000 * 1000};
 		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
 			;

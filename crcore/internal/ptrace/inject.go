@@ -166,12 +166,62 @@ func (t *Task) RunCode(entry, trap uint64) error {
 	return t.SetRegs(&saved)
 }
 
+// RunToSignal runs the code at entry in the stopped task until the
+// delivery stop of sig with rip at stopAt, and leaves the task there with
+// sig suppressed (it is not delivered when the task resumes) and its
+// registers as the code left them. The code is crhook's own, in the
+// task's scratch area (a crash-safe batch, see crcore's safeinject.go);
+// other signals met on the way are deferred as during any injection.
+// running, if not nil, is called once the task has been let go.
+func (t *Task) RunToSignal(entry, stopAt uint64, sig unix.Signal, running func()) error {
+	r, err := t.GetRegs()
+	if err != nil {
+		return err
+	}
+	r.Rip = entry
+	r.Orig_rax = ^uint64(0)
+	if err := t.SetRegs(&r); err != nil {
+		return err
+	}
+	for {
+		if err := unix.PtraceCont(t.Tid, 0); err != nil {
+			return wrap("cont", t.Tid, err)
+		}
+		if running != nil {
+			running()
+			running = nil
+		}
+		ws, err := t.wait()
+		if err != nil {
+			return err
+		}
+		if ws.Stopped() && ws.StopSignal() == sig && Event(ws) == 0 {
+			r, err := t.GetRegs()
+			if err != nil {
+				return err
+			}
+			if r.Rip == stopAt {
+				return nil
+			}
+		}
+		if _, err := t.classify(ws, 0); err != nil {
+			return err
+		}
+	}
+}
+
 // SyscallToExit runs syscall nr under PTRACE_SYSCALL and leaves the task
 // at its syscall-exit stop, registers not restored. It serves the last
 // call of a sequence, after which the gadget itself may be gone (munmap
 // of the page that holds it): the task never executes the int3.
 // Precondition: PTRACE_O_TRACESYSGOOD is set.
 func (t *Task) SyscallToExit(gadget uint64, nr uintptr, args ...uint64) (uint64, error) {
+	return t.SyscallToExitHook(gadget, nil, nr, args...)
+}
+
+// SyscallToExitHook is SyscallToExit calling atEntry (if not nil) at the
+// syscall-entry stop.
+func (t *Task) SyscallToExitHook(gadget uint64, atEntry func(), nr uintptr, args ...uint64) (uint64, error) {
 	r, err := t.GetRegs()
 	if err != nil {
 		return 0, err
@@ -193,6 +243,9 @@ func (t *Task) SyscallToExit(gadget uint64, nr uintptr, args ...uint64) (uint64,
 		}
 		if ws.Stopped() && ws.StopSignal() == unix.SIGTRAP|0x80 {
 			stops++
+			if stops == 1 && atEntry != nil {
+				atEntry()
+			}
 			continue
 		}
 		if _, err := t.classify(ws, gadget+uint64(len(Gadget))); err != nil {
