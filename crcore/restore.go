@@ -82,7 +82,10 @@ type restorer struct {
 	// pagesCache holds small parents' pages (parentPages).
 	pagesCache map[*taskImage][]byte
 	sess       sessionRestore // helper tasks for sessions and groups (sessions.go)
-	shape      *shapePlan     // checkShape's answer for the images
+	// fsLeft: by fs_id, the tasks sharing that fs info still to finish
+	// (restoreRoot).
+	fsLeft map[uint32]int
+	shape  *shapePlan // checkShape's answer for the images
 }
 
 // rtask is a task being restored.
@@ -296,6 +299,12 @@ func (rs *restorer) run(root *rtask, gadget0 uint64) error {
 	}
 	if err := rs.checkPages(); err != nil {
 		return err
+	}
+	rs.fsLeft = map[uint32]int{}
+	for _, t := range rs.tasks {
+		if id := t.ti.core.GetIds().GetFsId(); !t.ti.zombie() && id != 0 {
+			rs.fsLeft[id]++
+		}
 	}
 	for i := len(rs.tasks) - 1; i >= 0; i-- {
 		t := rs.tasks[i]
@@ -956,6 +965,15 @@ func (rs *restorer) completeMemory(t *rtask) error {
 func (rs *restorer) restoreRoot(t *rtask) error {
 	if t.ti.fs == nil {
 		return nil
+	}
+	// Tasks that share their fs info (CLONE_FS) share the root too: the
+	// last of them to finish chroots, once every one has opened its
+	// paths (a second chroot would look for the path inside the first).
+	if id := t.ti.core.GetIds().GetFsId(); id != 0 {
+		rs.fsLeft[id]--
+		if rs.fsLeft[id] > 0 {
+			return nil
+		}
 	}
 	root := rs.s.files[t.ti.fs.GetRootId()].GetReg().GetName()
 	if root == "" || root == "/" {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -128,6 +129,41 @@ func TestChrootedProcess(t *testing.T) {
 	if v := lineAfter(t, p, n, `^root (ok|lost)$`); v[1] != "ok" {
 		t.Fatal("the restored process left its chroot")
 	}
+}
+
+// TestChrootedSharedFs: a chrooted process and a child that shares its
+// fs info (CLONE_FS) come back sharing it, in their root, both working:
+// the root is set once for both, after every path of both was opened.
+func TestChrootedSharedFs(t *testing.T) {
+	crtest.RequireRoot(t)
+	bin := crtest.BuildC(t, "chrooted", true)
+	jail := t.TempDir()
+	if err := os.WriteFile(filepath.Join(jail, "marker"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := crtest.Start(t, bin, jail, "share")
+	m := p.WaitLine(t, `^ready (\d+) (\d+)$`, 10*time.Second)
+	p.WaitLine(t, `^child count 3$`, 10*time.Second)
+	child, _ := strconv.Atoi(m[2])
+	t.Cleanup(func() { crtest.KillAndReap(child) })
+	n := roundTrip(t, p, child)
+	for _, pid := range []int{p.Pid, child} {
+		if root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", pid)); err != nil || root != jail {
+			t.Errorf("pid %d: restored root %q (%v), want %s", pid, root, err, jail)
+		}
+	}
+	if !shares(t, p.Pid, child, kcmpFs) {
+		t.Error("fs info not shared after restore")
+	}
+	unix.Kill(p.Pid, unix.SIGUSR1)
+	unix.Kill(child, unix.SIGUSR1)
+	if v := lineAfter(t, p, n, `^root (ok|lost)$`); v[1] != "ok" {
+		t.Error("the restored process left its chroot")
+	}
+	if v := lineAfter(t, p, n, `^child root (ok|lost)$`); v[1] != "ok" {
+		t.Error("the restored child left its chroot")
+	}
+	lineAfter(t, p, n, `^child count \d+$`)
 }
 
 // TestSysvMarkedForRemoval restores a SysV segment that was marked for
