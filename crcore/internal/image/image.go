@@ -174,7 +174,7 @@ func (d *Dir) NewWriter(name string, k Kind) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create image: %w", err)
 	}
-	w := &Writer{name: name, dir: d, f: f, bw: bufio.NewWriterSize(f, 64<<10)}
+	w := &Writer{name: name, dir: d, f: f, bw: getBufWriter(f)}
 	var hdr []byte
 	if k.Prefix != 0 {
 		hdr = binary.LittleEndian.AppendUint32(hdr, k.Prefix)
@@ -185,6 +185,31 @@ func (d *Dir) NewWriter(name string, k Kind) (*Writer, error) {
 		return nil, err
 	}
 	return w, nil
+}
+
+// bufWriters keeps the writers' 64 KiB buffers for the next image: a
+// dump of a tree writes thousands of small images, and a fresh buffer
+// each (a page fault a page on first use, about a millisecond a megabyte
+// on this machine kind) was most of the time it spent writing them. Not
+// a sync.Pool, which a garbage collection empties.
+var bufWriters = make(chan *bufio.Writer, 4)
+
+func getBufWriter(f io.Writer) *bufio.Writer {
+	select {
+	case bw := <-bufWriters:
+		bw.Reset(f)
+		return bw
+	default:
+		return bufio.NewWriterSize(f, 64<<10)
+	}
+}
+
+func putBufWriter(bw *bufio.Writer) {
+	bw.Reset(nil)
+	select {
+	case bufWriters <- bw:
+	default:
+	}
 }
 
 func (w *Writer) fail(err error) error {
@@ -218,6 +243,9 @@ func (w *Writer) WriteRaw(b []byte) error {
 	if w.err != nil {
 		return w.err
 	}
+	if w.bw == nil {
+		return w.fail(os.ErrClosed)
+	}
 	n, err := w.bw.Write(b)
 	if err != nil {
 		return w.fail(err)
@@ -242,6 +270,8 @@ func (w *Writer) Close() error {
 		w.fail(err)
 	}
 	w.f = nil
+	putBufWriter(w.bw)
+	w.bw = nil
 	if w.err == nil {
 		w.dir.RecordChecksum(w.name, uint64(w.off), w.crc)
 	}
