@@ -99,6 +99,14 @@ func loadImages(path string) (*imageSet, error) {
 	if err != nil {
 		return nil, err
 	}
+	return loadImagesFrom(d)
+}
+
+// loadImagesFrom is loadImages from the open directory d, which the
+// image set takes over (closed on error). A verified d decodes the
+// small images from the bytes it checked.
+func loadImagesFrom(d *image.Dir) (_ *imageSet, err error) {
+	path := d.Path()
 	s := &imageSet{dir: d, inv: &pb.InventoryEntry{}, ext: &pb.CrhookInventoryEntry{}, files: map[uint32]*pb.FileEntry{}, tasks: map[int]*taskImage{}}
 	ok := false
 	defer func() {

@@ -118,11 +118,11 @@ func loadDeferringPages(path string) (*imageSet, error) {
 		return nil, err
 	}
 	later, err := d.VerifyChecksumsExcept(isPagesFile)
-	d.Close()
 	if err != nil {
+		d.Close()
 		return nil, fmt.Errorf("verify: %w", asBadImage(err))
 	}
-	s, err := loadImages(path)
+	s, err := loadImagesFrom(d)
 	if err != nil {
 		return nil, asBadImage(err)
 	}

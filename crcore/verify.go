@@ -32,12 +32,11 @@ func loadVerified(path string) (*imageSet, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = d.VerifyChecksums()
-	d.Close()
-	if err != nil {
+	if err = d.VerifyChecksums(); err != nil {
+		d.Close()
 		return nil, fmt.Errorf("verify: %w", asBadImage(err))
 	}
-	s, err := loadImages(path)
+	s, err := loadImagesFrom(d)
 	if err != nil {
 		return nil, asBadImage(err)
 	}

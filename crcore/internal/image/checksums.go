@@ -100,7 +100,10 @@ const sumChunk = 16 << 20
 // files are cut into chunks summed by one worker per CPU (at most 4),
 // and each file's chunks combined in order: a restore of a 2 GiB image
 // verified it at the speed of one core before.
-func sumFiles(files []*os.File, sums []Checksum) ([]uint32, error) {
+//
+// A file of at most holdMax bytes is read whole into a buffer of its
+// own, returned in held (by index) for the caller to keep.
+func sumFiles(files []*os.File, sums []Checksum) (crcs []uint32, held [][]byte, err error) {
 	type chunk struct {
 		file     int
 		off, len uint64
@@ -115,6 +118,7 @@ func sumFiles(files []*os.File, sums []Checksum) ([]uint32, error) {
 	}
 	out := make([]uint32, len(chunks))
 	errs := make([]error, len(chunks))
+	held = make([][]byte, len(files))
 	next := atomic.Int64{}
 	var wg sync.WaitGroup
 	for range max(1, min(runtime.GOMAXPROCS(0), 4)) {
@@ -130,6 +134,15 @@ func sumFiles(files []*os.File, sums []Checksum) ([]uint32, error) {
 					return
 				}
 				ch := chunks[k]
+				if size := sums[ch.file].Size; size <= holdMax {
+					b := make([]byte, size)
+					if _, err := files[ch.file].ReadAt(b, 0); err != nil && !(errors.Is(err, io.EOF) && size == 0) {
+						errs[k] = fmt.Errorf("verify image %s: %w", sums[ch.file].Name, err)
+						continue
+					}
+					out[k], held[ch.file] = crc.Update(0, b), b
+					continue
+				}
 				var c uint32
 				for done := uint64(0); done < ch.len; {
 					n := min(uint64(len(buf)), ch.len-done)
@@ -147,10 +160,10 @@ func sumFiles(files []*os.File, sums []Checksum) ([]uint32, error) {
 	wg.Wait()
 	for _, err := range errs {
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	crcs := make([]uint32, len(files))
+	crcs = make([]uint32, len(files))
 	for i := range files {
 		end := len(chunks)
 		if i+1 < len(files) {
@@ -162,7 +175,7 @@ func sumFiles(files []*os.File, sums []Checksum) ([]uint32, error) {
 		}
 		crcs[i] = c
 	}
-	return crcs, nil
+	return crcs, held, nil
 }
 
 var sumBufs = sync.Pool{New: func() any {
@@ -357,7 +370,7 @@ func (d *Dir) VerifyChecksumsExcept(later func(name string) bool) ([]Checksum, e
 			now, nowFiles = append(now, c), append(nowFiles, files[i])
 		}
 	}
-	if err := compareSums(nowFiles, now); err != nil {
+	if err := d.compareSums(nowFiles, now); err != nil {
 		return nil, err
 	}
 	names, err := d.imageNames()
@@ -384,18 +397,29 @@ func (d *Dir) VerifyListed(sums []Checksum) error {
 	if err != nil {
 		return err
 	}
-	return compareSums(files, sums)
+	return d.compareSums(files, sums)
 }
 
-// compareSums sums files and compares each with its entry in sums.
-func compareSums(files []*os.File, sums []Checksum) error {
-	crcs, err := sumFiles(files, sums)
+// compareSums sums files and compares each with its entry in sums; the
+// small ones found good are held for NewReader.
+func (d *Dir) compareSums(files []*os.File, sums []Checksum) error {
+	crcs, held, err := sumFiles(files, sums)
 	if err != nil {
 		return err
 	}
 	for i, c := range sums {
 		if crcs[i] != c.CRC32C {
 			return MismatchError(c, crcs[i])
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.held == nil {
+		d.held = map[string][]byte{}
+	}
+	for i, c := range sums {
+		if held[i] != nil {
+			d.held[c.Name] = held[i]
 		}
 	}
 	return nil

@@ -18,6 +18,7 @@
 package image
 
 import (
+	"bytes"
 	"bufio"
 	"encoding/binary"
 	"errors"
@@ -75,7 +76,14 @@ type Dir struct {
 	// as their bytes went out, so that WriteChecksums need not read them
 	// back.
 	sums map[string]Checksum
+	// held: the contents of small files VerifyChecksums read and found
+	// good; NewReader decodes those bytes instead of the file, so a
+	// restore reads each image once and decodes exactly what it checked.
+	held map[string][]byte
 }
+
+// holdMax is the largest file VerifyChecksums keeps in memory.
+const holdMax = 64 << 10
 
 // RecordChecksum notes the size and CRC32C of file name as its writer
 // computed them. WriteChecksums uses it when the file still has that
@@ -290,6 +298,16 @@ type Reader struct {
 
 // NewReader opens image file name and checks that it is of kind k.
 func (d *Dir) NewReader(name string, k Kind) (*Reader, error) {
+	d.mu.Lock()
+	b, ok := d.held[name]
+	d.mu.Unlock()
+	if ok {
+		r := newReaderSize(bytes.NewReader(b), name, io.NopCloser(nil), max(len(b), 16))
+		if err := r.expect(k); err != nil {
+			return nil, err
+		}
+		return r, nil
+	}
 	f, err := d.open(name)
 	if err != nil {
 		return nil, fmt.Errorf("open image: %w", err)
