@@ -353,6 +353,22 @@ func TestOrphansOfGoneLeaderUnderTwoParents(t *testing.T) {
 	waitCounts(t, p, n, "A", "B")
 }
 
+// A child born before its parent left the session: P forked C, then
+// called setsid, so C, P's child, is in the root's session. The restore
+// clones C from P before P's setsid.
+func TestChildBornBeforeSetsid(t *testing.T) {
+	crtest.RequireRoot(t)
+	p, m, all := startShape(t, "presetsid", `^presetsid (\d+) (\d+)$`)
+	var pp, c int
+	fmt.Sscan(m[1]+" "+m[2], &pp, &c)
+	ids := nsIDs(t, p.Pid)
+	if ids[pp] != fmt.Sprintf("ppid %d pgid %d sid %d", p.Pid, pp, pp) || ids[c] != fmt.Sprintf("ppid %d pgid %d sid %d", pp, p.Pid, p.Pid) {
+		t.Fatalf("P %d: %s, C %d: %s; want P leading its session, C in the root's", pp, ids[pp], c, ids[c])
+	}
+	n := restoreShape(t, p, all)
+	waitCounts(t, p, n, "P", "C")
+}
+
 // An orphan of a live session leader whose parent G is not the subreaper
 // the kernel would now reparent it to (G dropped its flag after it got
 // the orphan): the restore makes G a subreaper just while the orphan's

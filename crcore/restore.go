@@ -108,6 +108,10 @@ type rtask struct {
 	// memReady: the task's pages are all in place; a child cloned now
 	// inherits them.
 	memReady bool
+	// setsidLater: the task leads a session in the images but has
+	// children in the session it was born in, cloned before it calls
+	// setsid (sessions.go, cloneChildren).
+	setsidLater bool
 	// memSrc is the task whose memory this one was cloned with, when
 	// that is not its parent's (an orphan rebuilt under its session's
 	// leader, sessions.go).

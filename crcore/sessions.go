@@ -54,13 +54,20 @@ import (
 // are cloned from one another with CLONE_PARENT and CLONE_FILES or
 // CLONE_FS, as the kernel made them (shareSource).
 //
+// A child born before its parent left the session (the parent forked it,
+// then called setsid) is in its grandparent's session under a parent
+// that leads its own: the parent is cloned without entering its session
+// (setsidLater), clones such children first, and calls setsid before
+// its other children (preSession; checkShape's bornBeforeSetsid).
+//
 // What this does not rebuild, and refuses (checkShape says why, at dump
 // and at restore): an orphan whose parent is no ancestor of its live
 // session's leader (the leader itself was reparented past it), members
 // of one exited leader's session under parents not on one line of
 // descent, and a member of the root's outside session under a parent
-// outside it (both mean a parent left the session with setsid after
-// cloning them: crhook creates no task before its parent's setsid);
+// outside it, but for the child born before its parent's setsid above
+// (both mean an ancestor left the session with setsid after the member
+// was born);
 // sharing between tasks that are neither parent and child nor siblings
 // (a holder reparented, or one that dropped the object since); and
 // sharing by an orphan or between siblings no one task can be cloned
@@ -162,6 +169,18 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 			}
 		}
 	}
+	// A session leader's children in the session it was born in come
+	// before all: p is still in that session, and enters its own once
+	// they exist.
+	early := -1
+	if p.setsidLater {
+		early = rs.preSession(p.ti)
+		for _, ti := range kids {
+			if int(ti.ps.GetSid()) == early {
+				key[ti] = -1
+			}
+		}
+	}
 	order := func(ti *taskImage) int { return key[ti] }
 	sort.SliceStable(kids, func(i, j int) bool { return order(kids[i]) < order(kids[j]) })
 	inSession := map[int]*rtask{} // sid -> a task cloned here that is in it
@@ -169,7 +188,13 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 	for _, c := range kids {
 		sid := int(c.ps.GetSid())
 		src := p
-		if sid != c.pid && sid != int(p.ti.ps.GetSid()) {
+		if p.setsidLater && sid != early {
+			if err := enterSession(p); err != nil {
+				return nil, err
+			}
+			p.setsidLater = false
+		}
+		if sid != c.pid && sid != int(p.ti.ps.GetSid()) && sid != early {
 			var err error
 			if src, err = rs.sessionSource(p, c, inSession); err != nil {
 				return nil, err
@@ -201,7 +226,9 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 		}
 		faultPoint("restore:after-clone")
 		if sid == c.pid {
-			if err := enterSession(child); err != nil {
+			if rs.preSession(c) > 0 {
+				child.setsidLater = true
+			} else if err := enterSession(child); err != nil {
 				return nil, err
 			}
 		}
@@ -214,7 +241,40 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 		out = append(out, child)
 		sibs = append(sibs, child)
 	}
+	if p.setsidLater {
+		if err := enterSession(p); err != nil {
+			return nil, err
+		}
+		p.setsidLater = false
+	}
 	return out, nil
+}
+
+// preSession returns, for a session leader ti that has children in the
+// session its parent is in (born before ti's setsid), that session; else
+// 0. It agrees with checkShape's bornBeforeSetsid.
+func (rs *restorer) preSession(ti *taskImage) int {
+	if int(ti.ps.GetSid()) != ti.pid || ti.zombie() {
+		return 0
+	}
+	pp, ok := rs.s.tasks[int(ti.ps.GetPpid())]
+	if !ok || pp.pid == ti.pid {
+		return 0
+	}
+	pre, found := int(pp.ps.GetSid()), false
+	for _, e := range rs.s.tree {
+		pid, ppid, sid := int(e.GetPid()), int(e.GetPpid()), int(e.GetSid())
+		if ppid == ti.pid && pid != ti.pid && sid == pre {
+			found = true
+		}
+		if ppid == pp.pid && pid != ti.pid && sid == ti.pid {
+			return 0 // a sibling in ti's session is cloned from ti
+		}
+	}
+	if !found {
+		return 0
+	}
+	return pre
 }
 
 // shareSource returns the task child c of p is to be cloned from so that

@@ -81,7 +81,11 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int) (*shapePlan, e
 			if t.pid == root || t.pid == sid {
 				continue
 			}
-			if p, ok := tasks[t.ppid]; !ok || p.sid != sid {
+			p, ok := tasks[t.ppid]
+			if ok && p.sid != sid && bornBeforeSetsid(tasks, p, sid) {
+				continue // cloned from p before p's setsid
+			}
+			if !ok || p.sid != sid {
 				outer = append(outer, t)
 			}
 		}
@@ -110,7 +114,7 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int) (*shapePlan, e
 			// whose parent is not in it was born before its parent (or
 			// an ancestor) left the session with setsid.
 			t := outer[0]
-			return nil, fmt.Errorf("pid %d is in session %d, the root's from outside the tree, but its parent %d is not: it was born before its parent left the session (setsid), and crhook does not create a task before its parent's setsid: %w",
+			return nil, fmt.Errorf("pid %d is in session %d, the root's from outside the tree, but its parent %d is not: it was born before an ancestor left the session (setsid), and crhook rebuilds that only for a child born before its own parent's setsid, whose parent's siblings are not in the parent's new session: %w",
 				t.pid, sid, t.ppid, ErrNotSupported)
 		default:
 			// The leader has exited: a helper with its pid, cloned from
@@ -179,6 +183,28 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int) (*shapePlan, e
 		}
 	}
 	return plan, nil
+}
+
+// bornBeforeSetsid says whether a child of p in session sid, which p is
+// not in, was born before p left sid with setsid: p leads a session of
+// its own, and its parent (in the tree) is in sid. The restore clones
+// such children from p before p calls setsid (sessions.go), provided no
+// sibling of p is in p's session (it would be cloned from p, CLONE_PARENT,
+// which must then have called setsid already).
+func bornBeforeSetsid(tasks map[int]*shapeTask, p *shapeTask, sid int) bool {
+	if p.sid != p.pid || p.zombie {
+		return false
+	}
+	pp, ok := tasks[p.ppid]
+	if !ok || pp.pid == p.pid || pp.sid != sid {
+		return false
+	}
+	for _, t := range tasks {
+		if t.ppid == p.ppid && t.pid != p.pid && t.sid == p.pid {
+			return false
+		}
+	}
+	return true
 }
 
 func otherThan(g []*shapeTask, t *shapeTask) *shapeTask {

@@ -29,6 +29,11 @@
 // G. Then G drops its subreaper flag and logs "unflagged G M L" and
 // "ready"; M logs "M count N"; on SIGUSR2 G logs "G subreaper FLAG".
 //
+// presetsid: a child born before its parent left the session. The root
+// forks P, which forks C and then starts a session of its own: C, P's
+// child, stays in the root's session (and group). Logs "presetsid P C"
+// and "ready"; P and C log "P count N" and "C count N".
+//
 // moved: as unflagged, but X is the subreaper M goes to, and once X has
 // dropped its flag L's parent P exits: L goes to the root, and M's
 // parent X is no ancestor of its session's leader L any more. Logs
@@ -97,6 +102,33 @@ static void leader(pid_t reaper) {
 // shapes runs the modes split, unflagged and moved in the root.
 static void shapes(const char *mode) {
 	struct sigaction sa = {.sa_handler = on_usr1};
+	if (!strcmp(mode, "presetsid")) {
+		int ready[2];
+		if (pipe(ready) < 0)
+			_exit(1);
+		pid_t p = fork();
+		if (p == 0) {
+			pid_t c = fork();
+			if (c == 0) {
+				close(ready[0]);
+				close(ready[1]);
+				count("C");
+			}
+			if (setsid() < 0)
+				_exit(1);
+			dprintf(logfd, "presetsid %d %d\n", getpid(), c);
+			if (write(ready[1], "x", 1) < 0)
+				_exit(1);
+			count("P");
+		}
+		close(ready[1]);
+		char b;
+		if (read(ready[0], &b, 1) < 0)
+			_exit(1);
+		dprintf(logfd, "ready\n");
+		for (;;)
+			nap();
+	}
 	if (!strcmp(mode, "split")) {
 		pid_t p = fork();
 		if (p == 0) {
