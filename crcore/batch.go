@@ -67,7 +67,9 @@ func (b *batch) run() ([]uint64, error) {
 	r := b.r
 	var stop *safeStop
 	if r.safe != nil && len(calls) > 1 {
-		stop = r.safe.stopFor(r.t)
+		if stop = r.stop; stop == nil {
+			stop = r.safe.stopFor(r.t)
+		}
 	}
 	if (r.safe != nil && stop == nil) || len(calls) == 1 {
 		for _, c := range calls {

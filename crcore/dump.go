@@ -777,6 +777,7 @@ func (d *dumper) dumpTask(t *dtask) error {
 	if err != nil {
 		return err
 	}
+	r.stop = stopFromStatus(lead.attrs.status)
 	b := r.batch()
 	b.add("brk", unix.SYS_BRK, 0)
 	b.add("prctl(PR_GET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)
@@ -850,6 +851,7 @@ func (d *dumper) dumpTask(t *dtask) error {
 	}
 	for _, th := range t.threads {
 		tr := r.forTask(th.t) // crash-safe like the leader's calls
+		tr.stop = stopFromStatus(th.attrs.status)
 		b := tr.batch()
 		b.add("prctl(PR_GET_TID_ADDRESS)", unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, tout)
 		b.add("sigaltstack", unix.SYS_SIGALTSTACK, 0, tout+8)

@@ -24,6 +24,9 @@ type remote struct {
 	// safe, when set, runs call through the crash-safe trampoline
 	// (safeinject.go).
 	safe *safeGadget
+	// stop, when set, is how this thread's crash-safe batches end;
+	// unset, batch.run works it out (safeGadget.stopFor).
+	stop *safeStop
 }
 
 func (r *remote) pid() int { return r.t.Tid }

@@ -173,6 +173,15 @@ func (g *safeGadget) stopFor(t *ptrace.Task) *safeStop {
 	if err != nil {
 		return nil
 	}
+	return stopFromStatus(st)
+}
+
+// stopFromStatus is stopFor from a status of the thread read while it
+// was stopped. One read before the first injection will do: the
+// handlers cannot change while the task is stopped, and a signal that
+// became pending since is met at the batch's start and deferred like any
+// other signal met during an injection.
+func stopFromStatus(st procfs.Status) *safeStop {
 	cgt, err1 := st.Uint("SigCgt", 16)
 	pnd, err2 := st.Uint("SigPnd", 16)
 	shd, err3 := st.Uint("ShdPnd", 16)
