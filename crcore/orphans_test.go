@@ -263,10 +263,13 @@ func startShape(t *testing.T, mode, re string) (*crtest.Proc, []string, []int) {
 	t.Helper()
 	bin := crtest.BuildC(t, "orphans", false)
 	p := crtest.Start(t, bin, mode)
-	p.WaitLine(t, `^ready$`, 10*time.Second)
-	m := p.WaitLine(t, re, time.Second)
-	all := append([]int{p.Pid}, crtest.Descendants(p.Pid)...)
+	var all []int
 	t.Cleanup(func() {
+		// The tree as it is now, also when the test failed before
+		// it was ready.
+		if all == nil {
+			all = append([]int{p.Pid}, crtest.Descendants(p.Pid)...)
+		}
 		for _, pid := range all {
 			if pid > 0 {
 				unix.Kill(pid, unix.SIGKILL)
@@ -274,6 +277,9 @@ func startShape(t *testing.T, mode, re string) (*crtest.Proc, []string, []int) {
 		}
 		crtest.ReapGone(t, all, 5*time.Second)
 	})
+	p.WaitLine(t, `^ready$`, 10*time.Second)
+	m := p.WaitLine(t, re, time.Second)
+	all = append([]int{p.Pid}, crtest.Descendants(p.Pid)...)
 	return p, m, all
 }
 
