@@ -1000,7 +1000,7 @@ func (d *dumper) dumpMM(t *dtask, copies *copyGroup) error {
 		}
 	}()
 	for _, v := range vmas {
-		e, err := d.vmaEntry(pid, v, st, t.brk)
+		e, err := d.vmaEntry(pid, v, t.brk)
 		if err != nil {
 			return err
 		}

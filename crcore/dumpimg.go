@@ -3,9 +3,7 @@
 package crcore
 
 import (
-	"bufio"
 	"encoding/binary"
-	"io"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -14,8 +12,6 @@ import (
 	"github.com/crhook/crhook/crcore/internal/image"
 	pb "github.com/crhook/crhook/proto"
 )
-
-func newBufWriter(w io.Writer) *bufio.Writer { return bufio.NewWriterSize(w, 1<<20) }
 
 // writeImages writes every image but the pages (already written).
 func (d *dumper) writeImages(tasks []*dtask) error {

@@ -132,7 +132,7 @@ func (d *dumper) shmemVMA(pid int, v *procfs.VMA, e *pb.VmaEntry, status, flags 
 	case "sysv":
 		*status |= vmaAreaSysvipc
 		e.Shmid = proto.Uint64(st.Ino) // a SysV segment's inode number is its id
-		return d.noteSysvAttach(pid, st.Ino)
+		return d.noteSysvAttach(st.Ino)
 	}
 	return fmt.Errorf("not a shared memory object: %w", ErrNotSupported)
 }

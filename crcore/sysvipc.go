@@ -75,7 +75,7 @@ type sysvDump struct {
 }
 
 // noteSysvAttach records that a task of the tree attaches segment id.
-func (d *dumper) noteSysvAttach(pid int, id uint64) error {
+func (d *dumper) noteSysvAttach(id uint64) error {
 	if d.ipc.attached == nil {
 		d.ipc.attached = map[uint64]bool{}
 	}

@@ -160,7 +160,7 @@ func writeStats(path string, st crcore.Stats) error {
 	return os.WriteFile(path, append(b, '\n'), 0o600)
 }
 
-func checkCmd(g *globals) *cobra.Command {
+func checkCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "check",
 		Short: "Probe every kernel feature crhook needs and say which is missing",

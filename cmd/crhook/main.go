@@ -66,7 +66,7 @@ func run(args []string) int {
 	root.PersistentFlags().DurationVar(&g.progressAfter, "progress-after", time.Second, "show progress on a terminal after this long (negative: never)")
 	root.PersistentFlags().MarkHidden("progress-after")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(dumpCmd(g), restoreCmd(g), showCmd(g), checkCmd(g), verifyCmd(g))
+	root.AddCommand(dumpCmd(g), restoreCmd(g), showCmd(), checkCmd(), verifyCmd())
 	root.AddCommand(containerCmds(g)...)
 	root.SetArgs(args)
 	err := root.Execute()
