@@ -174,8 +174,11 @@ func readThreadCreds(tid int) (*threadCreds, error) {
 		out *[4]uint32
 	}{{"Uid", &c.uids}, {"Gid", &c.gids}} {
 		v, err := st.Ints(k.key)
-		if err != nil || len(v) != 4 {
-			return nil, fmt.Errorf("status %s of %d: %v %v", k.key, tid, v, err)
+		if err != nil {
+			return nil, fmt.Errorf("status %s of %d: %w", k.key, tid, err)
+		}
+		if len(v) != 4 {
+			return nil, fmt.Errorf("status %s of %d: %v, want 4 values", k.key, tid, v)
 		}
 		for i := range v {
 			k.out[i] = uint32(v[i])

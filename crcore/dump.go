@@ -361,8 +361,11 @@ func (d *dumper) seizeTree(root int, extra []int, thaw func() error, cl *cleanup
 			// It exited after its (stopped) parent listed it: it is
 			// the parent's zombie now, dumped as such.
 			st, serr := procfs.ReadStat(t.pid)
-			if serr != nil || st.State != 'Z' {
-				return nil, fmt.Errorf("pid %d: %w (and it is not a zombie: %v)", t.pid, err, serr)
+			if serr != nil {
+				return nil, fmt.Errorf("pid %d: %w (and reading its stat: %w)", t.pid, err, serr)
+			}
+			if st.State != 'Z' {
+				return nil, fmt.Errorf("pid %d: %w (and it is not a zombie: state %c)", t.pid, err, st.State)
 			}
 			t.st, t.zombie, t.stopped = st, true, false
 			t.threads = []*dthread{{tid: t.pid, nsTid: t.nsPid, comm: st.Comm}}

@@ -163,7 +163,7 @@ func (s *imageSet) checkKernel() error {
 				continue
 			}
 			if err := haveFeature("rseq"); err != nil {
-				return fmt.Errorf("%s: thread %d registered rseq, and this kernel lacks it (%v): %w", coreName(th.tid), th.tid, err, ErrNotSupported)
+				return fmt.Errorf("%s: thread %d registered rseq, and this kernel lacks it (%w): %w", coreName(th.tid), th.tid, err, ErrNotSupported)
 			}
 		}
 	}
