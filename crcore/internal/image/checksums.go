@@ -136,7 +136,7 @@ func sumFiles(files []*os.File, sums []Checksum) (crcs []uint32, held [][]byte, 
 				ch := chunks[k]
 				if size := sums[ch.file].Size; size <= holdMax {
 					b := make([]byte, size)
-					if _, err := files[ch.file].ReadAt(b, 0); err != nil && !(errors.Is(err, io.EOF) && size == 0) {
+					if _, err := files[ch.file].ReadAt(b, 0); err != nil && (!errors.Is(err, io.EOF) || size != 0) {
 						errs[k] = fmt.Errorf("verify image %s: %w", sums[ch.file].Name, err)
 						continue
 					}
