@@ -114,6 +114,8 @@ func restoreSeccomp(t *rtask, remotes []*remote) error {
 	for i, th := range t.threads {
 		r := remotes[i]
 		switch th.img.core.GetThreadCore().GetSeccompMode() {
+		case pb.SeccompMode_disabled:
+			// Nothing to install.
 		case pb.SeccompMode_strict:
 			if _, err := r.call("seccomp(SECCOMP_SET_MODE_STRICT)", unix.SYS_SECCOMP, kabi.SECCOMP_SET_MODE_STRICT, 0, 0); err != nil {
 				return fmt.Errorf("thread %d: %w", th.img.tid, err)

@@ -116,6 +116,8 @@ func want(e uint64, p Policy, zeroPFN uint64, st *Stats) bool {
 		return true
 	case Shared:
 		return true
+	case Skip:
+		return false
 	}
 	return false
 }
