@@ -69,7 +69,7 @@ func build(t *testing.T) error {
 		cmd := exec.Command("go", "build", "-o", crhookBin, "./cmd/crhook")
 		cmd.Dir = repoRoot()
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build crhook: %v\n%s", err, out)
+			return fmt.Errorf("go build crhook: %w\n%s", err, out)
 		}
 	}
 	rootfsDir = filepath.Join(d, "rootfs")
@@ -79,14 +79,14 @@ func build(t *testing.T) error {
 		}
 	}
 	if out, err := exec.Command("cp", "/bin/busybox", filepath.Join(rootfsDir, "bin/busybox")).CombinedOutput(); err != nil {
-		return fmt.Errorf("copy busybox: %v: %s", err, out)
+		return fmt.Errorf("copy busybox: %w: %s", err, out)
 	}
 	if out, err := exec.Command("chroot", rootfsDir, "/bin/busybox", "--install", "-s", "/bin").CombinedOutput(); err != nil {
-		return fmt.Errorf("busybox --install: %v: %s", err, out)
+		return fmt.Errorf("busybox --install: %w: %s", err, out)
 	}
 	counter := crtest.BuildC(t, "counter", true)
 	if out, err := exec.Command("cp", counter, filepath.Join(rootfsDir, "bin/counter")).CombinedOutput(); err != nil {
-		return fmt.Errorf("copy counter: %v: %s", err, out)
+		return fmt.Errorf("copy counter: %w: %s", err, out)
 	}
 	return nil
 }
@@ -219,7 +219,7 @@ func (r *runner) startStdio(t *testing.T, id, bundle, data string, out *os.File)
 	t.Cleanup(func() { c.destroy() })
 	if err := cmd.Run(); err != nil {
 		msg, _ := os.ReadFile(logFile)
-		return c, fmt.Errorf("%s run %s: %v: %s", r.name, id, err, strings.TrimSpace(string(msg)))
+		return c, fmt.Errorf("%s run %s: %w: %s", r.name, id, err, strings.TrimSpace(string(msg)))
 	}
 	return c, nil
 }

@@ -192,7 +192,7 @@ func FreezerFor(pid int) (Freezer, error) {
 		}
 		dir := filepath.Join(m.Unified, p)
 		if _, err := os.Stat(filepath.Join(dir, "cgroup.freeze")); err != nil {
-			return nil, fmt.Errorf("cgroup %s: %w (%v)", dir, ErrNoFreezer, err)
+			return nil, fmt.Errorf("cgroup %s: %w (%w)", dir, ErrNoFreezer, err)
 		}
 		return &v2Freezer{dir: dir}, nil
 	}
