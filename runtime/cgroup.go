@@ -238,16 +238,14 @@ func (f *v1Freezer) Freeze(ctx context.Context) error {
 		}
 		s, err := f.state()
 		if err != nil {
-			f.Thaw()
-			return fmt.Errorf("freeze %s: %w", f.dir, err)
+			return fmt.Errorf("freeze %s: %w", f.dir, errors.Join(err, f.Thaw()))
 		}
 		if s == "FROZEN" {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			f.Thaw()
-			return fmt.Errorf("freeze %s: still %s: %w", f.dir, s, ctx.Err())
+			return fmt.Errorf("freeze %s: still %s: %w", f.dir, s, errors.Join(ctx.Err(), f.Thaw()))
 		case <-time.After(freezePoll):
 		}
 	}
@@ -297,16 +295,14 @@ func (f *v2Freezer) Freeze(ctx context.Context) error {
 	for {
 		ok, err := f.Frozen()
 		if err != nil {
-			f.Thaw()
-			return fmt.Errorf("freeze %s: %w", f.dir, err)
+			return fmt.Errorf("freeze %s: %w", f.dir, errors.Join(err, f.Thaw()))
 		}
 		if ok {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			f.Thaw()
-			return fmt.Errorf("freeze %s: %w", f.dir, ctx.Err())
+			return fmt.Errorf("freeze %s: %w", f.dir, errors.Join(ctx.Err(), f.Thaw()))
 		case <-time.After(freezePoll):
 		}
 	}
