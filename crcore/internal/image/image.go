@@ -113,7 +113,7 @@ func Create(path string) (*Dir, error) {
 	}
 	// MkdirAll leaves an existing directory's mode alone, and the umask
 	// applies to a new one.
-	if err := os.Chmod(path, 0o700); err != nil {
+	if err := os.Chmod(path, 0o700); err != nil { //nolint:gosec // a directory: 0700 is owner-only, search needs the x bits
 		return nil, fmt.Errorf("create image dir: %w", err)
 	}
 	return OpenDir(path)
