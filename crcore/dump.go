@@ -1003,7 +1003,7 @@ func (d *dumper) dumpMM(t *dtask, copies *copyGroup) error {
 		}
 	}()
 	for _, v := range vmas {
-		e, err := d.vmaEntry(pid, v, t.brk)
+		e, err := d.vmaEntry(pid, v)
 		if err != nil {
 			return err
 		}

@@ -79,7 +79,7 @@ func protOf(v *procfs.VMA) uint32 {
 
 // vmaEntry describes one VMA; nil for [vsyscall], which is not the
 // task's own.
-func (d *dumper) vmaEntry(pid int, v *procfs.VMA, brk uint64) (*pb.VmaEntry, error) {
+func (d *dumper) vmaEntry(pid int, v *procfs.VMA) (*pb.VmaEntry, error) {
 	e := &pb.VmaEntry{
 		Start: proto.Uint64(v.Start),
 		End:   proto.Uint64(v.End),
