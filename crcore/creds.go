@@ -268,8 +268,8 @@ func restoreCreds(r *remote, th *threadImage, container bool, cache *secbitsCach
 	}
 	capset := func(e, p, i uint64) error {
 		var b bytes.Buffer
-		binary.Write(&b, binary.LittleEndian, kabi.CapUserHeader{Version: kabi.LINUX_CAPABILITY_VERSION_3})
-		binary.Write(&b, binary.LittleEndian, [2]kabi.CapUserData{
+		putLE(&b, kabi.CapUserHeader{Version: kabi.LINUX_CAPABILITY_VERSION_3})
+		putLE(&b, [2]kabi.CapUserData{
 			{Effective: uint32(e), Permitted: uint32(p), Inheritable: uint32(i)},
 			{Effective: uint32(e >> 32), Permitted: uint32(p >> 32), Inheritable: uint32(i >> 32)},
 		})

@@ -422,12 +422,12 @@ func (rs *restorer) cloneThreads(t *rtask, imgs []*threadImage, flags uint64) ([
 				return nil, err
 			}
 			buf.Reset()
-			binary.Write(&buf, binary.LittleEndian, kabi.CloneArgs{
+			putLE(&buf, kabi.CloneArgs{
 				Flags:      flags,
 				SetTid:     argAddr + kabi.SizeofCloneArgs,
 				SetTidSize: 1,
 			})
-			binary.Write(&buf, binary.LittleEndian, int32(imgs[i+k].tid))
+			putLE(&buf, int32(imgs[i+k].tid))
 			if err := writeMem(t.hostPid, argAddr, buf.Bytes()); err != nil {
 				return nil, err
 			}
@@ -479,13 +479,13 @@ func (rs *restorer) cloneWithin(p *rtask, want int, flags uint64, exitSignal uin
 	if err != nil {
 		return nil, 0, err
 	}
-	binary.Write(&buf, binary.LittleEndian, kabi.CloneArgs{
+	putLE(&buf, kabi.CloneArgs{
 		Flags:      flags,
 		ExitSignal: exitSignal,
 		SetTid:     argAddr + kabi.SizeofCloneArgs,
 		SetTidSize: 1,
 	})
-	binary.Write(&buf, binary.LittleEndian, int32(want))
+	putLE(&buf, int32(want))
 	if err := writeMem(p.hostPid, argAddr, buf.Bytes()); err != nil {
 		return nil, 0, err
 	}
@@ -558,7 +558,7 @@ func (rs *restorer) choosePid(p *rtask, want int, argAddr, flags, exitSignal uin
 		rs.cl.add(ps.close)
 	}
 	var buf bytes.Buffer
-	binary.Write(&buf, binary.LittleEndian, kabi.CloneArgs{Flags: flags, ExitSignal: exitSignal})
+	putLE(&buf, kabi.CloneArgs{Flags: flags, ExitSignal: exitSignal})
 	if err := writeMem(p.hostPid, argAddr, buf.Bytes()); err != nil {
 		return err
 	}
@@ -1053,12 +1053,12 @@ func spawnTask(pid int, stdio [3]uintptr, wait time.Duration) (*ptrace.Task, uin
 	// clone_args and the pid array go below the husk's stack pointer.
 	argAddr := (regs.Rsp - 4096) &^ 15
 	var buf bytes.Buffer
-	binary.Write(&buf, binary.LittleEndian, kabi.CloneArgs{
+	putLE(&buf, kabi.CloneArgs{
 		Flags:      unix.CLONE_PARENT,
 		SetTid:     argAddr + kabi.SizeofCloneArgs,
 		SetTidSize: 1,
 	})
-	binary.Write(&buf, binary.LittleEndian, int32(pid))
+	putLE(&buf, int32(pid))
 	if err := writeMem(h.Tid, argAddr, buf.Bytes()); err != nil {
 		return nil, 0, err
 	}
@@ -1308,7 +1308,7 @@ func setMM(r *remote, mm *pb.MmEntry, exeFd uint64) error {
 		Auxv: auxAddr, AuxvSize: uint32(len(ab)), ExeFD: uint32(exeFd),
 	}
 	var b bytes.Buffer
-	binary.Write(&b, binary.LittleEndian, m)
+	putLE(&b, m)
 	addr, err := r.put(b.Bytes())
 	if err != nil {
 		return err

@@ -4,7 +4,6 @@ package crcore
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -166,7 +165,7 @@ func installFilters(r *remote, filters []*pb.CrhookSeccompFilter, flags uint64) 
 			return err
 		}
 		var b bytes.Buffer
-		binary.Write(&b, binary.LittleEndian, kabi.SockFprog{Len: uint16(n), Filter: pp})
+		putLE(&b, kabi.SockFprog{Len: uint16(n), Filter: pp})
 		fp, err := r.put(b.Bytes())
 		if err != nil {
 			return err
