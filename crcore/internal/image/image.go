@@ -189,7 +189,7 @@ func (d *Dir) NewWriter(name string, k Kind) (*Writer, error) {
 	}
 	hdr = binary.LittleEndian.AppendUint32(hdr, k.Magic)
 	if err := w.WriteRaw(hdr); err != nil {
-		f.Close()
+		_ = f.Close()
 		return nil, err
 	}
 	return w, nil
@@ -271,11 +271,11 @@ func (w *Writer) Close() error {
 	}
 	if w.err == nil {
 		if err := w.bw.Flush(); err != nil {
-			w.fail(err)
+			_ = w.fail(err) // kept in w.err, returned below
 		}
 	}
 	if err := w.f.Close(); err != nil && w.err == nil {
-		w.fail(err)
+		_ = w.fail(err)
 	}
 	w.f = nil
 	putBufWriter(w.bw)
@@ -314,7 +314,7 @@ func (d *Dir) NewReader(name string, k Kind) (*Reader, error) {
 	}
 	r := newReaderSize(f, name, f, readerBufSize(f))
 	if err := r.expect(k); err != nil {
-		f.Close()
+		_ = f.Close()
 		return nil, err
 	}
 	return r, nil

@@ -374,7 +374,7 @@ func (f *filler) add(addr, off, n uint64) error {
 
 func (f *filler) close() {
 	if f.memf != nil {
-		f.memf.Close()
+		_ = f.memf.Close()
 	}
 }
 
