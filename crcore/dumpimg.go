@@ -49,7 +49,7 @@ func (d *dumper) writeImages(tasks []*dtask) error {
 			e.Threads = append(e.Threads, uint32(th.nsTid))
 		}
 		if err := pw.Write(e); err != nil {
-			pw.Close()
+			_ = pw.Close()
 			return err
 		}
 	}
@@ -67,7 +67,7 @@ func (d *dumper) writeImages(tasks []*dtask) error {
 	}
 	for _, f := range d.files.entries {
 		if err := files.Write(f); err != nil {
-			files.Close()
+			_ = files.Close()
 			return err
 		}
 	}
@@ -135,12 +135,12 @@ func (d *dumper) writeTask(t *dtask) error {
 		return err
 	}
 	if err := w.Write(&pb.PagemapHead{PagesId: proto.Uint32(uint32(pid))}); err != nil {
-		w.Close()
+		_ = w.Close()
 		return err
 	}
 	for _, r := range t.runs {
 		if err := w.Write(&pb.PagemapEntry{Vaddr: proto.Uint64(r.Addr), NrPages: proto.Uint32(uint32(r.NrPages)), Flags: proto.Uint32(pePresent)}); err != nil {
-			w.Close()
+			_ = w.Close()
 			return err
 		}
 	}
@@ -157,7 +157,7 @@ func (d *dumper) writeTask(t *dtask) error {
 	}
 	for _, f := range t.fds {
 		if err := fw.Write(f); err != nil {
-			fw.Close()
+			_ = fw.Close()
 			return err
 		}
 	}
@@ -170,7 +170,7 @@ func (d *dumper) writeOne(name string, k image.Kind, m proto.Message) error {
 		return err
 	}
 	if err := w.Write(m); err != nil {
-		w.Close()
+		_ = w.Close()
 		return err
 	}
 	return w.Close()
