@@ -301,7 +301,7 @@ func restoreCreds(r *remote, th *threadImage, container bool, cache *secbitsCach
 	}
 	// setfsgid and setfsuid return the old id, never an error: checked
 	// below through the status.
-	r.call("setfsgid", unix.SYS_SETFSGID, uint64(gids[3]))
+	_, _ = r.call("setfsgid", unix.SYS_SETFSGID, uint64(gids[3]))
 	if _, err := r.call("prctl(PR_SET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, sb|kabi.SECBIT_KEEP_CAPS); err != nil {
 		return err
 	}
@@ -313,7 +313,7 @@ func restoreCreds(r *remote, th *threadImage, container bool, cache *secbitsCach
 	if err := capset(cur.prm, cur.prm, inh); err != nil {
 		return err
 	}
-	r.call("setfsuid", unix.SYS_SETFSUID, uint64(uids[3]))
+	_, _ = r.call("setfsuid", unix.SYS_SETFSUID, uint64(uids[3])) // checked like setfsgid
 	if _, err := r.call("prctl(PR_CAP_AMBIENT_CLEAR_ALL)", unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
 		return err
 	}

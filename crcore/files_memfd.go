@@ -131,7 +131,7 @@ func dumpMemfdInode(c *fdDumpCtx, f *openFd, local *os.File) error {
 	}
 	size := f.Stat.Size
 	if err := copyExtents(dst, src, size); err != nil {
-		dst.Close()
+		_ = dst.Close()
 		return err
 	}
 	if err := dst.Close(); err != nil {

@@ -46,6 +46,14 @@ func (r *remote) call(name string, nr uintptr, args ...uint64) (uint64, error) {
 	return r.t.Call(r.gadget, name, nr, args...)
 }
 
+// callBestEffort runs a cleanup syscall (close, munmap) of something the
+// caller made in the task, on a path that already returns its own error
+// or whose next call fails too should the task be gone: its result
+// changes nothing for the caller.
+func (r *remote) callBestEffort(name string, nr uintptr, args ...uint64) {
+	_, _ = r.call(name, nr, args...)
+}
+
 // putLE appends v, a fixed-size kernel struct or integer, to b in the
 // task's byte order. Writing into a bytes.Buffer fails only for a type
 // that is not fixed-size: a programming error, hence the panic.

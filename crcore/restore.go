@@ -649,7 +649,7 @@ func (rs *restorer) die(t *rtask) error {
 	if comm := t.ti.core.GetTc().GetComm(); comm != "" {
 		t.r.reset()
 		if p, err := t.r.cstring(comm); err == nil {
-			t.r.call("prctl(PR_SET_NAME)", unix.SYS_PRCTL, unix.PR_SET_NAME, p)
+			t.r.callBestEffort("prctl(PR_SET_NAME)", unix.SYS_PRCTL, unix.PR_SET_NAME, p) // a zombie's name: cosmetic
 		}
 	}
 	switch {
@@ -706,7 +706,7 @@ func (rs *restorer) buildMemory(t *rtask) error {
 		for _, fd := range fileFds {
 			b.add("close", unix.SYS_CLOSE, fd)
 		}
-		b.run()
+		_, _ = b.run() // closes of our own fds: they fail only if the task is gone
 		clear(fileFds)
 	}
 	defer closeAll()
@@ -841,7 +841,7 @@ func (rs *restorer) buildMemory(t *rtask) error {
 		if err == nil {
 			ms, err = mem.FillWith(t.hostPid, runs, pages, mem.FillOptions{Progress: rs.progress.counter(), Sum: sum})
 		}
-		pages.Close()
+		_ = pages.Close()
 		if err == nil {
 			rs.fillMu.Lock()
 			rs.st.PagesRestored += ms.PagesWritten
@@ -913,7 +913,7 @@ func (rs *restorer) parentPages(parent *taskImage) (io.ReaderAt, error) {
 		return f, err
 	}
 	b, err = io.ReadAll(f)
-	f.Close()
+	_ = f.Close()
 	if err != nil {
 		return nil, err
 	}
@@ -953,7 +953,7 @@ func (rs *restorer) completeMemory(t *rtask) error {
 		if exeFd, err = r.call("open "+f.GetName(), unix.SYS_OPENAT, atFdcwd, p, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
 			return err
 		}
-		defer r.call("close", unix.SYS_CLOSE, exeFd)
+		defer r.callBestEffort("close", unix.SYS_CLOSE, exeFd)
 	}
 	return setMM(r, t.ti.mm, exeFd)
 }
@@ -1025,7 +1025,9 @@ func (rs *restorer) finish(t *rtask) error {
 		return err
 	}
 	if t.ti.core.GetTc().GetTaskState() == taskStopped {
-		unix.Tgkill(t.hostPid, t.hostPid, unix.SIGSTOP)
+		if err := unix.Tgkill(t.hostPid, t.hostPid, unix.SIGSTOP); err != nil {
+			return fmt.Errorf("stop pid %d as it was: %w", t.hostPid, os.NewSyscallError("tgkill", err))
+		}
 	}
 	for _, th := range t.threads {
 		if err := th.t.Detach(0); err != nil {
@@ -1153,7 +1155,7 @@ func killAndReap(t *ptrace.Task) {
 		if err != nil {
 			return
 		}
-		t.Cont(0)
+		_ = t.Cont(0) // if the task is gone, the next WaitStop says so
 	}
 }
 
