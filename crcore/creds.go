@@ -174,8 +174,11 @@ func readThreadCreds(tid int) (*threadCreds, error) {
 		out *[4]uint32
 	}{{"Uid", &c.uids}, {"Gid", &c.gids}} {
 		v, err := st.Ints(k.key)
-		if err != nil || len(v) != 4 {
-			return nil, fmt.Errorf("status %s of %d: %v %v", k.key, tid, v, err)
+		if err != nil {
+			return nil, fmt.Errorf("status %s of %d: %w", k.key, tid, err)
+		}
+		if len(v) != 4 {
+			return nil, fmt.Errorf("status %s of %d: %v, want 4 values", k.key, tid, v)
 		}
 		for i := range v {
 			k.out[i] = uint32(v[i])
@@ -265,8 +268,8 @@ func restoreCreds(r *remote, th *threadImage, container bool, cache *secbitsCach
 	}
 	capset := func(e, p, i uint64) error {
 		var b bytes.Buffer
-		binary.Write(&b, binary.LittleEndian, kabi.CapUserHeader{Version: kabi.LINUX_CAPABILITY_VERSION_3})
-		binary.Write(&b, binary.LittleEndian, [2]kabi.CapUserData{
+		putLE(&b, kabi.CapUserHeader{Version: kabi.LINUX_CAPABILITY_VERSION_3})
+		putLE(&b, [2]kabi.CapUserData{
 			{Effective: uint32(e), Permitted: uint32(p), Inheritable: uint32(i)},
 			{Effective: uint32(e >> 32), Permitted: uint32(p >> 32), Inheritable: uint32(i >> 32)},
 		})
@@ -298,7 +301,7 @@ func restoreCreds(r *remote, th *threadImage, container bool, cache *secbitsCach
 	}
 	// setfsgid and setfsuid return the old id, never an error: checked
 	// below through the status.
-	r.call("setfsgid", unix.SYS_SETFSGID, uint64(gids[3]))
+	_, _ = r.call("setfsgid", unix.SYS_SETFSGID, uint64(gids[3]))
 	if _, err := r.call("prctl(PR_SET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, sb|kabi.SECBIT_KEEP_CAPS); err != nil {
 		return err
 	}
@@ -310,7 +313,7 @@ func restoreCreds(r *remote, th *threadImage, container bool, cache *secbitsCach
 	if err := capset(cur.prm, cur.prm, inh); err != nil {
 		return err
 	}
-	r.call("setfsuid", unix.SYS_SETFSUID, uint64(uids[3]))
+	_, _ = r.call("setfsuid", unix.SYS_SETFSUID, uint64(uids[3])) // checked like setfsgid
 	if _, err := r.call("prctl(PR_CAP_AMBIENT_CLEAR_ALL)", unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
 		return err
 	}

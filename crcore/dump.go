@@ -175,7 +175,8 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 	defer dir.Close()
 	d := &dumper{log: log, dir: dir, files: newFileTable(dir), progress: opts.Progress}
 	d.files.log = log
-	defer d.files.ctx.closeExtra()
+	// For the error paths; the success path checks closeExtra below.
+	defer func() { _ = d.files.ctx.closeExtra() }()
 
 	tasks, err := d.seizeTree(pid, opts.ExtraRoots, opts.Thaw, &cl)
 	if err != nil {
@@ -227,11 +228,11 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 			continue
 		}
 		if err := d.dumpMM(t, copies); err != nil {
-			copies.wait()
+			_ = copies.wait() // let the started copies end; this error is the one to report
 			return nil, fmt.Errorf("dump pid %d: %w", t.pid, err)
 		}
 		if t.fs, err = d.dumpFs(t.pid, t.umask); err != nil {
-			copies.wait()
+			_ = copies.wait() // as above
 			return nil, fmt.Errorf("dump pid %d: %w", t.pid, err)
 		}
 	}
@@ -361,8 +362,11 @@ func (d *dumper) seizeTree(root int, extra []int, thaw func() error, cl *cleanup
 			// It exited after its (stopped) parent listed it: it is
 			// the parent's zombie now, dumped as such.
 			st, serr := procfs.ReadStat(t.pid)
-			if serr != nil || st.State != 'Z' {
-				return nil, fmt.Errorf("pid %d: %w (and it is not a zombie: %v)", t.pid, err, serr)
+			if serr != nil {
+				return nil, fmt.Errorf("pid %d: %w (and reading its stat: %w)", t.pid, err, serr)
+			}
+			if st.State != 'Z' {
+				return nil, fmt.Errorf("pid %d: %w (and it is not a zombie: state %c)", t.pid, err, st.State)
 			}
 			t.st, t.zombie, t.stopped = st, true, false
 			t.threads = []*dthread{{tid: t.pid, nsTid: t.nsPid, comm: st.Comm}}
@@ -528,7 +532,7 @@ func (d *dumper) seizeThreads(t *dtask, wait bool) error {
 	if len(t.threads) == 0 || t.threads[0].tid != t.pid {
 		if threadEnded(t.pid, t.pid) {
 			for _, th := range t.threads {
-				th.t.Detach(0)
+				_ = th.t.Detach(0) // the task is exiting: ESRCH is expected
 			}
 			t.threads = nil
 			return errTaskExited
@@ -644,11 +648,15 @@ func resumeTask(t *dtask, log *logrus.Entry) {
 			continue
 		}
 		for _, s := range th.t.Deferred() {
-			unix.Tgkill(t.pid, th.tid, s)
+			if err := unix.Tgkill(t.pid, th.tid, s); err != nil && !errors.Is(err, unix.ESRCH) {
+				log.WithError(err).WithField("signal", s).Warn("give back a held signal")
+			}
 		}
 	}
 	if t.stopped && len(t.threads) > 0 && t.threads[0].t != nil {
-		unix.Tgkill(t.pid, t.pid, unix.SIGSTOP)
+		if err := unix.Tgkill(t.pid, t.pid, unix.SIGSTOP); err != nil && !errors.Is(err, unix.ESRCH) {
+			log.WithError(err).Warn("stop the task again")
+		}
 	}
 	for _, th := range t.threads {
 		if th.t == nil {
@@ -672,7 +680,7 @@ func resumeTask(t *dtask, log *logrus.Entry) {
 func killTree(tasks []*dtask) error {
 	for _, t := range tasks {
 		if !t.zombie {
-			unix.Kill(t.pid, unix.SIGKILL)
+			_ = unix.Kill(t.pid, unix.SIGKILL)
 		}
 	}
 	reap := func(tid int) {
@@ -714,7 +722,7 @@ func killTree(tasks []*dtask) error {
 
 // dumpTask reads the state of every thread of t and, with syscalls
 // injected into it, what only the task can tell.
-func (d *dumper) dumpTask(t *dtask) error {
+func (d *dumper) dumpTask(t *dtask) (err error) {
 	for _, th := range t.threads {
 		if err := dumpThreadRegs(th); err != nil {
 			return fmt.Errorf("thread %d: %w", th.tid, err)
@@ -757,7 +765,12 @@ func (d *dumper) dumpTask(t *dtask) error {
 	if err != nil {
 		return err
 	}
-	defer undo()
+	// A scratch area left in the task would be dumped with its memory.
+	defer func() {
+		if uerr := undo(); uerr != nil {
+			err = errors.Join(err, fmt.Errorf("unmap the scratch area: %w", uerr))
+		}
+	}()
 
 	if t.personality, err = readPersonality(t.pid, r); err != nil {
 		return err
@@ -990,19 +1003,19 @@ func (d *dumper) dumpMM(t *dtask, copies *copyGroup) error {
 	}
 	md, err := mem.NewDumper(pid, pages)
 	if err != nil {
-		pages.Close()
+		_ = pages.Close()
 		return err
 	}
 	md.Progress = d.progress.counter()
 	handedOff := false
 	defer func() {
 		if !handedOff {
-			md.Close()
-			pages.Close()
+			_ = md.Close()
+			_ = pages.Close()
 		}
 	}()
 	for _, v := range vmas {
-		e, err := d.vmaEntry(pid, v, st, t.brk)
+		e, err := d.vmaEntry(pid, v)
 		if err != nil {
 			return err
 		}

@@ -3,9 +3,7 @@
 package crcore
 
 import (
-	"bufio"
 	"encoding/binary"
-	"io"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -14,8 +12,6 @@ import (
 	"github.com/crhook/crhook/crcore/internal/image"
 	pb "github.com/crhook/crhook/proto"
 )
-
-func newBufWriter(w io.Writer) *bufio.Writer { return bufio.NewWriterSize(w, 1<<20) }
 
 // writeImages writes every image but the pages (already written).
 func (d *dumper) writeImages(tasks []*dtask) error {
@@ -53,7 +49,7 @@ func (d *dumper) writeImages(tasks []*dtask) error {
 			e.Threads = append(e.Threads, uint32(th.nsTid))
 		}
 		if err := pw.Write(e); err != nil {
-			pw.Close()
+			_ = pw.Close()
 			return err
 		}
 	}
@@ -71,7 +67,7 @@ func (d *dumper) writeImages(tasks []*dtask) error {
 	}
 	for _, f := range d.files.entries {
 		if err := files.Write(f); err != nil {
-			files.Close()
+			_ = files.Close()
 			return err
 		}
 	}
@@ -139,12 +135,12 @@ func (d *dumper) writeTask(t *dtask) error {
 		return err
 	}
 	if err := w.Write(&pb.PagemapHead{PagesId: proto.Uint32(uint32(pid))}); err != nil {
-		w.Close()
+		_ = w.Close()
 		return err
 	}
 	for _, r := range t.runs {
 		if err := w.Write(&pb.PagemapEntry{Vaddr: proto.Uint64(r.Addr), NrPages: proto.Uint32(uint32(r.NrPages)), Flags: proto.Uint32(pePresent)}); err != nil {
-			w.Close()
+			_ = w.Close()
 			return err
 		}
 	}
@@ -161,7 +157,7 @@ func (d *dumper) writeTask(t *dtask) error {
 	}
 	for _, f := range t.fds {
 		if err := fw.Write(f); err != nil {
-			fw.Close()
+			_ = fw.Close()
 			return err
 		}
 	}
@@ -174,7 +170,7 @@ func (d *dumper) writeOne(name string, k image.Kind, m proto.Message) error {
 		return err
 	}
 	if err := w.Write(m); err != nil {
-		w.Close()
+		_ = w.Close()
 		return err
 	}
 	return w.Close()

@@ -21,7 +21,7 @@ import (
 // later syscall runs from the scratch area through the crash-safe
 // trampoline of safeinject.go. undo unmaps the scratch area and must run
 // before the task's memory is read.
-func prepareRemote(t *ptrace.Task, codeAddr uint64) (*remote, func(), error) {
+func prepareRemote(t *ptrace.Task, codeAddr uint64) (*remote, func() error, error) {
 	saved := make([]byte, 8)
 	if err := t.Peek(codeAddr, saved); err != nil {
 		return nil, nil, err
@@ -32,7 +32,9 @@ func prepareRemote(t *ptrace.Task, codeAddr uint64) (*remote, func(), error) {
 	}
 	regs, err := t.GetRegs()
 	if err != nil {
-		t.Poke(codeAddr, saved)
+		if perr := t.Poke(codeAddr, saved); perr != nil {
+			return nil, nil, fmt.Errorf("%w (and putting back the code at %#x: %w)", err, codeAddr, perr)
+		}
 		return nil, nil, err
 	}
 	// Collected at its syscall-exit stop: the task never reaches the
@@ -54,9 +56,14 @@ func prepareRemote(t *ptrace.Task, codeAddr uint64) (*remote, func(), error) {
 	}
 	g := &safeGadget{scratch: addr, pid: t.Tid}
 	r := &remote{t: t, gadget: addr + plainGadgetOff, scratch: addr + safeArgsOff, size: scratchSize - safeArgsOff, safe: g}
-	undo := func() { r.call("munmap", unix.SYS_MUNMAP, addr, scratchSize) }
+	undo := func() error {
+		_, err := r.call("munmap", unix.SYS_MUNMAP, addr, scratchSize)
+		return err
+	}
 	if err := g.install(); err != nil {
-		undo()
+		if uerr := undo(); uerr != nil {
+			return nil, nil, fmt.Errorf("%w (and unmapping the scratch area: %w)", err, uerr)
+		}
 		return nil, nil, err
 	}
 	faultPoint("dump:after-inject")
@@ -79,7 +86,7 @@ func protOf(v *procfs.VMA) uint32 {
 
 // vmaEntry describes one VMA; nil for [vsyscall], which is not the
 // task's own.
-func (d *dumper) vmaEntry(pid int, v *procfs.VMA, st *procfs.Stat, brk uint64) (*pb.VmaEntry, error) {
+func (d *dumper) vmaEntry(pid int, v *procfs.VMA) (*pb.VmaEntry, error) {
 	e := &pb.VmaEntry{
 		Start: proto.Uint64(v.Start),
 		End:   proto.Uint64(v.End),

@@ -95,7 +95,7 @@ func (f *openFd) Local() (*os.File, error) {
 
 func (f *openFd) close() {
 	if f.local != nil {
-		f.local.Close()
+		_ = f.local.Close()
 		f.local = nil
 	}
 }

@@ -16,7 +16,7 @@ import (
 // epoll epfd of pid under target number tfd (its first registration).
 func kcmpEpollTfd(pid, fd, epfd, tfd int) (bool, error) {
 	slot := &kabi.KcmpEpollSlot{Efd: uint32(epfd), Tfd: uint32(tfd)}
-	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(pid), kabi.KCMP_EPOLL_TFD, uintptr(fd), uintptr(unsafe.Pointer(slot)), 0)
+	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(pid), kabi.KCMP_EPOLL_TFD, uintptr(fd), uintptr(unsafe.Pointer(slot)), 0) //nolint:gosec // audited: kcmp reads the slot; KeepAlive below
 	runtime.KeepAlive(slot)
 	if e != 0 {
 		return false, os.NewSyscallError("kcmp(KCMP_EPOLL_TFD)", e)

@@ -131,7 +131,7 @@ func dumpMemfdInode(c *fdDumpCtx, f *openFd, local *os.File) error {
 	}
 	size := f.Stat.Size
 	if err := copyExtents(dst, src, size); err != nil {
-		dst.Close()
+		_ = dst.Close()
 		return err
 	}
 	if err := dst.Close(); err != nil {
@@ -173,7 +173,7 @@ func copyExtents(dst, src *os.File, size int64) error {
 		for pos := start; pos < end; {
 			n := int(min(int64(len(buf)), end-pos))
 			m, err := src.ReadAt(buf[:n], pos)
-			if err != nil && !(errors.Is(err, io.EOF) && m == n) {
+			if err != nil && (!errors.Is(err, io.EOF) || m != n) {
 				return err
 			}
 			if _, err := dst.WriteAt(buf[:n], pos); err != nil {

@@ -287,7 +287,7 @@ func (pipeDriver) Restore(c *fdRestoreCtx, r *remote, e *pb.FileEntry) (uint64, 
 			return 0, err
 		}
 		err = fillPipe(lw, de, data)
-		lw.Close()
+		_ = lw.Close()
 		if err != nil {
 			return 0, fmt.Errorf("restore data of pipe %d: %w", pipeID, err)
 		}

@@ -78,7 +78,7 @@ func (regDriver) Restore(c *fdRestoreCtx, r *remote, e *pb.FileEntry) (uint64, e
 			return 0, err
 		}
 		if err := checkRegIdent(r, c.Dir(), f, fd); err != nil {
-			r.call("close", unix.SYS_CLOSE, fd)
+			r.callBestEffort("close", unix.SYS_CLOSE, fd)
 			return 0, err
 		}
 	}

@@ -94,8 +94,9 @@ func dumpGhost(c *fdDumpCtx, f *openFd, id uint32) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	w.Write(g)
-	w.WriteRaw(data)
+	// Write errors stick: Close reports the first.
+	_ = w.Write(g)
+	_ = w.WriteRaw(data)
 	if err := w.Close(); err != nil {
 		return "", err
 	}
@@ -175,11 +176,11 @@ func restoreGhost(r *remote, d *image.Dir, remap uint32, f *pb.RegFileEntry, fla
 	if err != nil {
 		return 0, err
 	}
-	defer r.call("close", unix.SYS_CLOSE, wfd)
+	defer r.callBestEffort("close", unix.SYS_CLOSE, wfd)
 	created := tmp
 	defer func() {
 		if created != "" {
-			pathCall(r, "unlinkat", unix.SYS_UNLINKAT, created, 0)
+			_ = pathCall(r, "unlinkat", unix.SYS_UNLINKAT, created, 0) // best effort on the error path
 		}
 	}()
 	for off := 0; off < len(data); off += ghostChunk {

@@ -57,7 +57,7 @@ func sockDomain(f *openFd) int {
 		return -1
 	}
 	dom := -1
-	sockFd(f, func(fd int) error {
+	_ = sockFd(f, func(fd int) error { // on error dom stays -1: not a socket we can ask
 		v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
 		if err == nil {
 			dom = v
@@ -310,7 +310,7 @@ func checkControl(oob []byte, rflags int) error {
 			return os.NewSyscallError("parse SCM_RIGHTS", err)
 		}
 		for _, fd := range fds {
-			unix.Close(fd)
+			_ = unix.Close(fd)
 		}
 		inFlight += len(fds)
 	}
@@ -385,7 +385,7 @@ func requeue(r *remote, fd uint64, pkts [][]byte, stream bool, dst []byte) error
 		if err != nil {
 			return err
 		}
-		defer r.call("munmap(requeue buffer)", unix.SYS_MUNMAP, tmp, sz)
+		defer r.callBestEffort("munmap(requeue buffer)", unix.SYS_MUNMAP, tmp, sz)
 	}
 	send := func(b []byte) (uint64, error) {
 		r.reset()

@@ -465,7 +465,7 @@ func requeueToName(r *remote, e *pb.UnixSkEntry, q [][]byte) error {
 	if err != nil {
 		return err
 	}
-	defer r.call("close", unix.SYS_CLOSE, tmp)
+	defer r.callBestEffort("close", unix.SYS_CLOSE, tmp)
 	total := 0
 	for _, p := range q {
 		total += len(p) + 1024

@@ -30,13 +30,13 @@ func prepareImageDir(path string) (func(), error) {
 	}
 	return func() {
 		if made {
-			os.RemoveAll(path)
+			_ = os.RemoveAll(path)
 			return
 		}
 		ents, _ := os.ReadDir(path)
 		for _, e := range ents {
 			if !before[e.Name()] {
-				os.Remove(filepath.Join(path, e.Name()))
+				_ = os.Remove(filepath.Join(path, e.Name()))
 			}
 		}
 	}, nil

@@ -111,7 +111,7 @@ func loadImagesFrom(d *image.Dir) (_ *imageSet, err error) {
 	ok := false
 	defer func() {
 		if !ok {
-			d.Close()
+			_ = d.Close()
 		}
 	}()
 	if err := readOne(d, "inventory.img", image.Inventory, s.inv); err != nil {

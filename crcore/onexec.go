@@ -134,7 +134,7 @@ func waitExec(ctx context.Context, pid int, log *logrus.Entry) (*ptrace.Task, er
 	seized := map[int]bool{}
 	detachAll := func() {
 		for tid := range seized {
-			ptrace.Adopt(tid).Detach(0)
+			_ = ptrace.Adopt(tid).Detach(0) // best effort on the error path; ESRCH for a thread that exited
 		}
 	}
 	// Threads may be created while we seize: go over the list until it
@@ -195,14 +195,16 @@ func waitExec(ctx context.Context, pid int, log *logrus.Entry) (*ptrace.Task, er
 			if msg, err := unix.PtraceGetEventMsg(wpid); err == nil {
 				seized[int(msg)] = true
 			}
-			unix.PtraceCont(wpid, 0)
+			// A restart fails only for a thread killed meanwhile; the
+			// wait reports its exit.
+			_ = unix.PtraceCont(wpid, 0)
 		case ev != 0:
 			// Interrupt, group stop or a new thread's first stop.
-			unix.PtraceCont(wpid, 0)
+			_ = unix.PtraceCont(wpid, 0)
 		default:
 			// Signal-delivery stop: deliver it (the Go runtime of runc
 			// init preempts its threads with SIGURG).
-			unix.PtraceCont(wpid, int(ws.StopSignal()))
+			_ = unix.PtraceCont(wpid, int(ws.StopSignal()))
 		}
 	}
 }

@@ -119,7 +119,7 @@ func loadDeferringPages(path string) (*imageSet, error) {
 	}
 	later, err := d.VerifyChecksumsExcept(isPagesFile)
 	if err != nil {
-		d.Close()
+		_ = d.Close()
 		return nil, fmt.Errorf("verify: %w", asBadImage(err))
 	}
 	s, err := loadImagesFrom(d)
@@ -142,11 +142,11 @@ func loadDeferringPages(path string) (*imageSet, error) {
 		}
 	}
 	if err := s.dir.VerifyListed(now); err != nil {
-		s.dir.Close()
+		_ = s.dir.Close()
 		return nil, fmt.Errorf("verify: %w", asBadImage(err))
 	}
 	if err := s.checkKernel(); err != nil {
-		s.dir.Close()
+		_ = s.dir.Close()
 		return nil, err
 	}
 	s.checks = checks

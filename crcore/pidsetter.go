@@ -37,7 +37,7 @@ func newPidSetter(target int, need map[int]bool) (*pidSetter, error) {
 		return nil, os.NewSyscallError("open pid namespace", err)
 	}
 	err = unix.Setns(nsfd, unix.CLONE_NEWPID)
-	unix.Close(nsfd)
+	_ = unix.Close(nsfd)
 	if err != nil {
 		return nil, os.NewSyscallError("setns(CLONE_NEWPID)", err)
 	}

@@ -149,7 +149,7 @@ func writeOwnLoginuid(r *remote, uid int64) error {
 		return err
 	}
 	n, err := r.call("write loginuid", unix.SYS_WRITE, fd, buf, uint64(len(val)))
-	r.call("close", unix.SYS_CLOSE, fd)
+	r.callBestEffort("close", unix.SYS_CLOSE, fd)
 	if err != nil {
 		return err
 	}

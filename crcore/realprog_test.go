@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -324,8 +323,7 @@ func TestRealPythonHTTP(t *testing.T) {
 func TestRealGoHTTP(t *testing.T) {
 	crtest.RequireRoot(t)
 	bin := filepath.Join(t.TempDir(), "gohttp")
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	build := exec.Command(gobin, "build", "-o", bin, "./testdata/gohttp")
+	build := exec.Command("go", "build", "-o", bin, "./testdata/gohttp")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build gohttp: %v\n%s", err, out)
 	}

@@ -3,6 +3,8 @@
 package crcore
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -45,6 +47,23 @@ func (r *remote) call(name string, nr uintptr, args ...uint64) (uint64, error) {
 		return r.safe.call(r.t, name, nr, args...)
 	}
 	return r.t.Call(r.gadget, name, nr, args...)
+}
+
+// callBestEffort runs a cleanup syscall (close, munmap) of something the
+// caller made in the task, on a path that already returns its own error
+// or whose next call fails too should the task be gone: its result
+// changes nothing for the caller.
+func (r *remote) callBestEffort(name string, nr uintptr, args ...uint64) {
+	_, _ = r.call(name, nr, args...)
+}
+
+// putLE appends v, a fixed-size kernel struct or integer, to b in the
+// task's byte order. Writing into a bytes.Buffer fails only for a type
+// that is not fixed-size: a programming error, hence the panic.
+func putLE(b *bytes.Buffer, v any) {
+	if err := binary.Write(b, binary.LittleEndian, v); err != nil {
+		panic(err)
+	}
 }
 
 // reset forgets everything placed in scratch.

@@ -426,12 +426,12 @@ func (rs *restorer) cloneThreads(t *rtask, imgs []*threadImage, flags uint64) ([
 				return nil, err
 			}
 			buf.Reset()
-			binary.Write(&buf, binary.LittleEndian, kabi.CloneArgs{
+			putLE(&buf, kabi.CloneArgs{
 				Flags:      flags,
 				SetTid:     argAddr + kabi.SizeofCloneArgs,
 				SetTidSize: 1,
 			})
-			binary.Write(&buf, binary.LittleEndian, int32(imgs[i+k].tid))
+			putLE(&buf, int32(imgs[i+k].tid))
 			if err := writeMem(t.hostPid, argAddr, buf.Bytes()); err != nil {
 				return nil, err
 			}
@@ -483,13 +483,13 @@ func (rs *restorer) cloneWithin(p *rtask, want int, flags uint64, exitSignal uin
 	if err != nil {
 		return nil, 0, err
 	}
-	binary.Write(&buf, binary.LittleEndian, kabi.CloneArgs{
+	putLE(&buf, kabi.CloneArgs{
 		Flags:      flags,
 		ExitSignal: exitSignal,
 		SetTid:     argAddr + kabi.SizeofCloneArgs,
 		SetTidSize: 1,
 	})
-	binary.Write(&buf, binary.LittleEndian, int32(want))
+	putLE(&buf, int32(want))
 	if err := writeMem(p.hostPid, argAddr, buf.Bytes()); err != nil {
 		return nil, 0, err
 	}
@@ -562,7 +562,7 @@ func (rs *restorer) choosePid(p *rtask, want int, argAddr, flags, exitSignal uin
 		rs.cl.add(ps.close)
 	}
 	var buf bytes.Buffer
-	binary.Write(&buf, binary.LittleEndian, kabi.CloneArgs{Flags: flags, ExitSignal: exitSignal})
+	putLE(&buf, kabi.CloneArgs{Flags: flags, ExitSignal: exitSignal})
 	if err := writeMem(p.hostPid, argAddr, buf.Bytes()); err != nil {
 		return err
 	}
@@ -653,7 +653,7 @@ func (rs *restorer) die(t *rtask) error {
 	if comm := t.ti.core.GetTc().GetComm(); comm != "" {
 		t.r.reset()
 		if p, err := t.r.cstring(comm); err == nil {
-			t.r.call("prctl(PR_SET_NAME)", unix.SYS_PRCTL, unix.PR_SET_NAME, p)
+			t.r.callBestEffort("prctl(PR_SET_NAME)", unix.SYS_PRCTL, unix.PR_SET_NAME, p) // a zombie's name: cosmetic
 		}
 	}
 	switch {
@@ -710,7 +710,7 @@ func (rs *restorer) buildMemory(t *rtask) error {
 		for _, fd := range fileFds {
 			b.add("close", unix.SYS_CLOSE, fd)
 		}
-		b.run()
+		_, _ = b.run() // closes of our own fds: they fail only if the task is gone
 		clear(fileFds)
 	}
 	defer closeAll()
@@ -845,7 +845,7 @@ func (rs *restorer) buildMemory(t *rtask) error {
 		if err == nil {
 			ms, err = mem.FillWith(t.hostPid, runs, pages, mem.FillOptions{Progress: rs.progress.counter(), Sum: sum})
 		}
-		pages.Close()
+		_ = pages.Close()
 		if err == nil {
 			rs.fillMu.Lock()
 			rs.st.PagesRestored += ms.PagesWritten
@@ -917,7 +917,7 @@ func (rs *restorer) parentPages(parent *taskImage) (io.ReaderAt, error) {
 		return f, err
 	}
 	b, err = io.ReadAll(f)
-	f.Close()
+	_ = f.Close()
 	if err != nil {
 		return nil, err
 	}
@@ -957,7 +957,7 @@ func (rs *restorer) completeMemory(t *rtask) error {
 		if exeFd, err = r.call("open "+f.GetName(), unix.SYS_OPENAT, atFdcwd, p, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
 			return err
 		}
-		defer r.call("close", unix.SYS_CLOSE, exeFd)
+		defer r.callBestEffort("close", unix.SYS_CLOSE, exeFd)
 	}
 	return setMM(r, t.ti.mm, exeFd)
 }
@@ -1029,7 +1029,9 @@ func (rs *restorer) finish(t *rtask) error {
 		return err
 	}
 	if t.ti.core.GetTc().GetTaskState() == taskStopped {
-		unix.Tgkill(t.hostPid, t.hostPid, unix.SIGSTOP)
+		if err := unix.Tgkill(t.hostPid, t.hostPid, unix.SIGSTOP); err != nil {
+			return fmt.Errorf("stop pid %d as it was: %w", t.hostPid, os.NewSyscallError("tgkill", err))
+		}
 	}
 	for _, th := range t.threads {
 		if err := th.t.Detach(0); err != nil {
@@ -1057,12 +1059,12 @@ func spawnTask(pid int, stdio [3]uintptr, wait time.Duration) (*ptrace.Task, uin
 	// clone_args and the pid array go below the husk's stack pointer.
 	argAddr := (regs.Rsp - 4096) &^ 15
 	var buf bytes.Buffer
-	binary.Write(&buf, binary.LittleEndian, kabi.CloneArgs{
+	putLE(&buf, kabi.CloneArgs{
 		Flags:      unix.CLONE_PARENT,
 		SetTid:     argAddr + kabi.SizeofCloneArgs,
 		SetTidSize: 1,
 	})
-	binary.Write(&buf, binary.LittleEndian, int32(pid))
+	putLE(&buf, int32(pid))
 	if err := writeMem(h.Tid, argAddr, buf.Bytes()); err != nil {
 		return nil, 0, err
 	}
@@ -1157,7 +1159,7 @@ func killAndReap(t *ptrace.Task) {
 		if err != nil {
 			return
 		}
-		t.Cont(0)
+		_ = t.Cont(0) // if the task is gone, the next WaitStop says so
 	}
 }
 
@@ -1312,7 +1314,7 @@ func setMM(r *remote, mm *pb.MmEntry, exeFd uint64) error {
 		Auxv: auxAddr, AuxvSize: uint32(len(ab)), ExeFD: uint32(exeFd),
 	}
 	var b bytes.Buffer
-	binary.Write(&b, binary.LittleEndian, m)
+	putLE(&b, m)
 	addr, err := r.put(b.Bytes())
 	if err != nil {
 		return err

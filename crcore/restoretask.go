@@ -47,7 +47,7 @@ func (s *imageSet) restoreTaskState(r *remote, ti *taskImage) error {
 			continue
 		}
 		var b bytes.Buffer
-		binary.Write(&b, binary.LittleEndian, kabi.KSigaction{Handler: a.GetSigaction(), Flags: a.GetFlags(), Restorer: a.GetRestorer(), Mask: a.GetMask()})
+		putLE(&b, kabi.KSigaction{Handler: a.GetSigaction(), Flags: a.GetFlags(), Restorer: a.GetRestorer(), Mask: a.GetMask()})
 		p, err := r.put(b.Bytes())
 		if err != nil {
 			return err
@@ -92,7 +92,7 @@ func restoreThreadState(r *remote, th *threadImage) error {
 	}
 	if sas := thc.GetSas(); sas != nil && sas.GetSsFlags()&kabi.SS_DISABLE == 0 {
 		var buf bytes.Buffer
-		binary.Write(&buf, binary.LittleEndian, kabi.StackT{SP: sas.GetSsSp(), Size: sas.GetSsSize(), Flags: int32(sas.GetSsFlags() &^ kabi.SS_ONSTACK)})
+		putLE(&buf, kabi.StackT{SP: sas.GetSsSp(), Size: sas.GetSsSize(), Flags: int32(sas.GetSsFlags() &^ kabi.SS_ONSTACK)})
 		p, err := r.put(buf.Bytes())
 		if err != nil {
 			return err

@@ -4,7 +4,6 @@ package crcore
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -114,6 +113,8 @@ func restoreSeccomp(t *rtask, remotes []*remote) error {
 	for i, th := range t.threads {
 		r := remotes[i]
 		switch th.img.core.GetThreadCore().GetSeccompMode() {
+		case pb.SeccompMode_disabled:
+			// Nothing to install.
 		case pb.SeccompMode_strict:
 			if _, err := r.call("seccomp(SECCOMP_SET_MODE_STRICT)", unix.SYS_SECCOMP, kabi.SECCOMP_SET_MODE_STRICT, 0, 0); err != nil {
 				return fmt.Errorf("thread %d: %w", th.img.tid, err)
@@ -164,7 +165,7 @@ func installFilters(r *remote, filters []*pb.CrhookSeccompFilter, flags uint64) 
 			return err
 		}
 		var b bytes.Buffer
-		binary.Write(&b, binary.LittleEndian, kabi.SockFprog{Len: uint16(n), Filter: pp})
+		putLE(&b, kabi.SockFprog{Len: uint16(n), Filter: pp})
 		fp, err := r.put(b.Bytes())
 		if err != nil {
 			return err

@@ -132,7 +132,7 @@ func (d *dumper) shmemVMA(pid int, v *procfs.VMA, e *pb.VmaEntry, status, flags 
 	case "sysv":
 		*status |= vmaAreaSysvipc
 		e.Shmid = proto.Uint64(st.Ino) // a SysV segment's inode number is its id
-		return d.noteSysvAttach(pid, st.Ino)
+		return d.noteSysvAttach(st.Ino)
 	}
 	return fmt.Errorf("not a shared memory object: %w", ErrNotSupported)
 }
@@ -161,7 +161,7 @@ func (d *dumper) dumpShmemPages(path string, ino uint64) error {
 		return err
 	}
 	if err := w.Write(&pb.PagemapHead{PagesId: proto.Uint32(pagesID)}); err != nil {
-		w.Close()
+		_ = w.Close()
 		return err
 	}
 	ps := int64(pageSize)
@@ -173,29 +173,29 @@ func (d *dumper) dumpShmemPages(path string, ino uint64) error {
 			break
 		}
 		if err != nil {
-			w.Close()
+			_ = w.Close()
 			return os.NewSyscallError("lseek(SEEK_DATA)", err)
 		}
 		end, err := unix.Seek(int(src.Fd()), start, unix.SEEK_HOLE)
 		if err != nil {
-			w.Close()
+			_ = w.Close()
 			return os.NewSyscallError("lseek(SEEK_HOLE)", err)
 		}
 		start, end = start/ps*ps, min((end+ps-1)/ps*ps, size)
 		if err := w.Write(&pb.PagemapEntry{Vaddr: proto.Uint64(uint64(start)), NrPages: proto.Uint32(uint32((end - start) / ps)), Flags: proto.Uint32(pePresent)}); err != nil {
-			w.Close()
+			_ = w.Close()
 			return err
 		}
 		for pos := start; pos < end; {
 			n := int(min(int64(len(buf)), end-pos))
 			m, err := src.ReadAt(buf[:n], pos)
 			if err != nil && !errors.Is(err, io.EOF) {
-				w.Close()
+				_ = w.Close()
 				return err
 			}
 			clear(buf[m:n]) // past the end of the file: zeros, as mapped
 			if _, err := pages.Write(buf[:n]); err != nil {
-				w.Close()
+				_ = w.Close()
 				return err
 			}
 			d.stats.PagesWritten += uint64(n) / uint64(ps)
@@ -243,7 +243,7 @@ func (d *dumper) memfdForVMA(mf string, v *procfs.VMA, st *unix.Stat_t) (uint32,
 		return 0, err
 	}
 	if err := copyExtents(dst, src, st.Size); err != nil {
-		dst.Close()
+		_ = dst.Close()
 		return 0, err
 	}
 	if err := dst.Close(); err != nil {

@@ -12,7 +12,7 @@ import (
 
 // getRobustList asks the kernel for a task's robust futex list head.
 func getRobustList(tid int) (head, length uint64, err error) {
-	_, _, e := unix.Syscall(unix.SYS_GET_ROBUST_LIST, uintptr(tid), uintptr(unsafe.Pointer(&head)), uintptr(unsafe.Pointer(&length)))
+	_, _, e := unix.Syscall(unix.SYS_GET_ROBUST_LIST, uintptr(tid), uintptr(unsafe.Pointer(&head)), uintptr(unsafe.Pointer(&length))) //nolint:gosec // audited: the kernel writes one word into each; KeepAlive below
 	runtime.KeepAlive(&head)
 	runtime.KeepAlive(&length)
 	if e != 0 {
@@ -33,7 +33,7 @@ func kcmp(pid1, pid2, typ int, idx1, idx2 uintptr) (int, error) {
 
 // prctlMMMapSize asks the size of struct prctl_mm_map the kernel expects.
 func prctlMMMapSize(size *uint32) error {
-	_, _, e := unix.Syscall6(unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP_SIZE, uintptr(unsafe.Pointer(size)), 0, 0, 0)
+	_, _, e := unix.Syscall6(unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP_SIZE, uintptr(unsafe.Pointer(size)), 0, 0, 0) //nolint:gosec // audited: the kernel writes one uint32; KeepAlive below
 	runtime.KeepAlive(size)
 	if e != 0 {
 		return os.NewSyscallError("prctl(PR_SET_MM_MAP_SIZE)", e)
@@ -46,7 +46,7 @@ func prctlMMMapSize(size *uint32) error {
 func archGetXcompSupp() (uint64, error) {
 	const archGetXcompSupp = 0x1021
 	var mask uint64
-	_, _, e := unix.Syscall(unix.SYS_ARCH_PRCTL, archGetXcompSupp, uintptr(unsafe.Pointer(&mask)), 0)
+	_, _, e := unix.Syscall(unix.SYS_ARCH_PRCTL, archGetXcompSupp, uintptr(unsafe.Pointer(&mask)), 0) //nolint:gosec // audited: the kernel writes one uint64; KeepAlive below
 	runtime.KeepAlive(&mask)
 	if e != 0 {
 		return 0, os.NewSyscallError("arch_prctl ARCH_GET_XCOMP_SUPP", e)

@@ -75,7 +75,7 @@ type sysvDump struct {
 }
 
 // noteSysvAttach records that a task of the tree attaches segment id.
-func (d *dumper) noteSysvAttach(pid int, id uint64) error {
+func (d *dumper) noteSysvAttach(id uint64) error {
 	if d.ipc.attached == nil {
 		d.ipc.attached = map[uint64]bool{}
 	}
@@ -114,7 +114,7 @@ func inIPCNS(pid int, f func() error) error {
 			return
 		}
 		err = unix.Setns(fd, unix.CLONE_NEWIPC)
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		if err != nil {
 			ch <- os.NewSyscallError("setns(CLONE_NEWIPC)", err)
 			return
@@ -217,7 +217,7 @@ func (d *dumper) dumpSysv(root int) error {
 				return fmt.Errorf("read SysV segment %d: %w", desc.GetId(), os.NewSyscallError("shmat", err))
 			}
 			shmData[desc.GetId()] = bytes.Clone(b)
-			unix.SysvShmDetach(b)
+			_ = unix.SysvShmDetach(b)
 			shms = append(shms, &pb.IpcShmEntry{Desc: desc, Size: proto.Uint64(size), InPagemaps: proto.Bool(true)})
 		}
 		if rows, err = sysvRows("sem"); err != nil {
@@ -266,7 +266,7 @@ func (d *dumper) dumpSysv(root int) error {
 		}
 		for _, e := range shms {
 			if err := w.Write(e); err != nil {
-				w.Close()
+				_ = w.Close()
 				return err
 			}
 		}
@@ -289,7 +289,7 @@ func (d *dumper) dumpSysv(root int) error {
 		}
 		for i, e := range sems {
 			if err := w.Write(e); err != nil {
-				w.Close()
+				_ = w.Close()
 				return err
 			}
 			raw := make([]byte, (len(semVals[i])*2+7)&^7)
@@ -297,7 +297,7 @@ func (d *dumper) dumpSysv(root int) error {
 				binary.LittleEndian.PutUint16(raw[2*k:], v)
 			}
 			if err := w.WriteRaw(raw); err != nil {
-				w.Close()
+				_ = w.Close()
 				return err
 			}
 		}
@@ -351,7 +351,7 @@ func (d *dumper) writeShmemData(id uint64, data []byte) error {
 		return err
 	}
 	if err := w.Write(&pb.PagemapHead{PagesId: proto.Uint32(pagesID)}); err != nil {
-		w.Close()
+		_ = w.Close()
 		return err
 	}
 	ps := pageSize
@@ -366,11 +366,11 @@ func (d *dumper) writeShmemData(id uint64, data []byte) error {
 			end += ps
 		}
 		if err := w.Write(&pb.PagemapEntry{Vaddr: proto.Uint64(uint64(off)), NrPages: proto.Uint32(uint32((end - off) / ps)), Flags: proto.Uint32(pePresent)}); err != nil {
-			w.Close()
+			_ = w.Close()
 			return err
 		}
 		if _, err := pages.Write(pad(data[off:min(end, len(data))], end-off)); err != nil {
-			w.Close()
+			_ = w.Close()
 			return err
 		}
 		d.stats.PagesWritten += uint64((end - off) / ps)
@@ -572,7 +572,7 @@ func makeWithID(kind string, desc *pb.IpcDescEntry, exists func() (key uint32, o
 	}
 	got, err := get()
 	if err != nil {
-		os.WriteFile(next, []byte("-1"), 0)
+		_ = os.WriteFile(next, []byte("-1"), 0) // best effort: get's error is the one to report
 		return err
 	}
 	if got != id {
@@ -616,7 +616,7 @@ func (rs *restorer) restoreShm(e *pb.IpcShmEntry) error {
 	if err != nil {
 		return os.NewSyscallError("shmat", err)
 	}
-	defer unix.SysvShmDetach(b)
+	defer func() { _ = unix.SysvShmDetach(b) }() // our own attach: fails only for a bad address
 	clear(b)
 	pm, err := readShmemPagemap(rs.s.dir, uint64(id))
 	if err != nil {
@@ -781,7 +781,7 @@ func (rs *restorer) attachSysvPart(t *rtask, v *pb.VmaEntry, fl, whole uint64) e
 	}
 	if _, err := r.call(fmt.Sprintf("mremap part of SysV segment %d to %s", v.GetShmid(), vmaName(v)), unix.SYS_MREMAP,
 		tmp+off, length, length, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, v.GetStart()); err != nil {
-		r.call("munmap", unix.SYS_MUNMAP, tmp, whole)
+		r.callBestEffort("munmap", unix.SYS_MUNMAP, tmp, whole)
 		return err
 	}
 	b := r.batch()

@@ -188,9 +188,9 @@ func restoreTimers(r *remote, ti *taskImage) error {
 			sev.ThreadID = e.GetNotifyThreadId()
 		}
 		var b bytes.Buffer
-		binary.Write(&b, binary.LittleEndian, sev)
-		binary.Write(&b, binary.LittleEndian, [2]int32{int32(e.GetItId()), 0})
-		binary.Write(&b, binary.LittleEndian, kabi.Itimerspec{
+		putLE(&b, sev)
+		putLE(&b, [2]int32{int32(e.GetItId()), 0})
+		putLE(&b, kabi.Itimerspec{
 			IntervalSec: int64(e.GetIsec()), IntervalNsec: int64(e.GetInsec()),
 			ValueSec: int64(e.GetVsec()), ValueNsec: int64(e.GetVnsec()),
 		})

@@ -33,7 +33,7 @@ func loadVerified(path string) (*imageSet, error) {
 		return nil, err
 	}
 	if err = d.VerifyChecksums(); err != nil {
-		d.Close()
+		_ = d.Close()
 		return nil, fmt.Errorf("verify: %w", asBadImage(err))
 	}
 	s, err := loadImagesFrom(d)
@@ -41,7 +41,7 @@ func loadVerified(path string) (*imageSet, error) {
 		return nil, asBadImage(err)
 	}
 	if err := s.checkKernel(); err != nil {
-		s.dir.Close()
+		_ = s.dir.Close()
 		return nil, err
 	}
 	return s, nil
@@ -112,7 +112,7 @@ func (s *imageSet) validate() error {
 		}
 		var st unix.Stat_t
 		err = unix.Fstat(int(f.Fd()), &st)
-		f.Close()
+		_ = f.Close()
 		if err != nil {
 			return fmt.Errorf("%s: %w", pn, err)
 		}
@@ -163,7 +163,7 @@ func (s *imageSet) checkKernel() error {
 				continue
 			}
 			if err := haveFeature("rseq"); err != nil {
-				return fmt.Errorf("%s: thread %d registered rseq, and this kernel lacks it (%v): %w", coreName(th.tid), th.tid, err, ErrNotSupported)
+				return fmt.Errorf("%s: thread %d registered rseq, and this kernel lacks it (%w): %w", coreName(th.tid), th.tid, err, ErrNotSupported)
 			}
 		}
 	}

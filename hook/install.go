@@ -99,7 +99,7 @@ func InstallHooks(bundle, self, imageDir string) (bool, error) {
 		return false, fmt.Errorf("install hooks: %w", err)
 	}
 	if err := os.Rename(tmp, p); err != nil {
-		os.Remove(tmp)
+		_ = os.Remove(tmp)
 		return false, fmt.Errorf("install hooks: %w", err)
 	}
 	return true, nil
@@ -136,7 +136,7 @@ func RemoveRestore(bundle string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if err := os.WriteFile(p, append(out, '\n'), 0o644); err != nil {
+	if err := os.WriteFile(p, append(out, '\n'), 0o644); err != nil { //nolint:gosec // p exists (read above): WriteFile keeps its mode, 0644 only if it vanished meanwhile
 		return false, fmt.Errorf("remove restore annotation: %w", err)
 	}
 	return true, nil

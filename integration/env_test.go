@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -67,7 +69,7 @@ func build(t *testing.T) error {
 		cmd := exec.Command("go", "build", "-o", crhookBin, "./cmd/crhook")
 		cmd.Dir = repoRoot()
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build crhook: %v\n%s", err, out)
+			return fmt.Errorf("go build crhook: %w\n%s", err, out)
 		}
 	}
 	rootfsDir = filepath.Join(d, "rootfs")
@@ -77,14 +79,14 @@ func build(t *testing.T) error {
 		}
 	}
 	if out, err := exec.Command("cp", "/bin/busybox", filepath.Join(rootfsDir, "bin/busybox")).CombinedOutput(); err != nil {
-		return fmt.Errorf("copy busybox: %v: %s", err, out)
+		return fmt.Errorf("copy busybox: %w: %s", err, out)
 	}
 	if out, err := exec.Command("chroot", rootfsDir, "/bin/busybox", "--install", "-s", "/bin").CombinedOutput(); err != nil {
-		return fmt.Errorf("busybox --install: %v: %s", err, out)
+		return fmt.Errorf("busybox --install: %w: %s", err, out)
 	}
 	counter := crtest.BuildC(t, "counter", true)
 	if out, err := exec.Command("cp", counter, filepath.Join(rootfsDir, "bin/counter")).CombinedOutput(); err != nil {
-		return fmt.Errorf("copy counter: %v: %s", err, out)
+		return fmt.Errorf("copy counter: %w: %s", err, out)
 	}
 	return nil
 }
@@ -217,7 +219,7 @@ func (r *runner) startStdio(t *testing.T, id, bundle, data string, out *os.File)
 	t.Cleanup(func() { c.destroy() })
 	if err := cmd.Run(); err != nil {
 		msg, _ := os.ReadFile(logFile)
-		return c, fmt.Errorf("%s run %s: %v: %s", r.name, id, err, strings.TrimSpace(string(msg)))
+		return c, fmt.Errorf("%s run %s: %w: %s", r.name, id, err, strings.TrimSpace(string(msg)))
 	}
 	return c, nil
 }
@@ -288,7 +290,8 @@ func crhook(t *testing.T, stdin string, args ...string) (stdout, stderr string, 
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
-	if ee, ok := err.(*exec.ExitError); ok {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
 		return o.String(), e.String(), ee.ExitCode()
 	} else if err != nil {
 		t.Fatalf("run crhook: %v", err)
@@ -309,7 +312,7 @@ func mustCrhook(t *testing.T, args ...string) string {
 func logLines(t *testing.T, path string) []string {
 	t.Helper()
 	b, err := os.ReadFile(path)
-	if err != nil && !os.IsNotExist(err) {
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		t.Fatal(err)
 	}
 	var out []string

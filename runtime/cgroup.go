@@ -192,7 +192,7 @@ func FreezerFor(pid int) (Freezer, error) {
 		}
 		dir := filepath.Join(m.Unified, p)
 		if _, err := os.Stat(filepath.Join(dir, "cgroup.freeze")); err != nil {
-			return nil, fmt.Errorf("cgroup %s: %w (%v)", dir, ErrNoFreezer, err)
+			return nil, fmt.Errorf("cgroup %s: %w (%w)", dir, ErrNoFreezer, err)
 		}
 		return &v2Freezer{dir: dir}, nil
 	}
@@ -238,16 +238,14 @@ func (f *v1Freezer) Freeze(ctx context.Context) error {
 		}
 		s, err := f.state()
 		if err != nil {
-			f.Thaw()
-			return fmt.Errorf("freeze %s: %w", f.dir, err)
+			return fmt.Errorf("freeze %s: %w", f.dir, errors.Join(err, f.Thaw()))
 		}
 		if s == "FROZEN" {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			f.Thaw()
-			return fmt.Errorf("freeze %s: still %s: %w", f.dir, s, ctx.Err())
+			return fmt.Errorf("freeze %s: still %s: %w", f.dir, s, errors.Join(ctx.Err(), f.Thaw()))
 		case <-time.After(freezePoll):
 		}
 	}
@@ -297,16 +295,14 @@ func (f *v2Freezer) Freeze(ctx context.Context) error {
 	for {
 		ok, err := f.Frozen()
 		if err != nil {
-			f.Thaw()
-			return fmt.Errorf("freeze %s: %w", f.dir, err)
+			return fmt.Errorf("freeze %s: %w", f.dir, errors.Join(err, f.Thaw()))
 		}
 		if ok {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			f.Thaw()
-			return fmt.Errorf("freeze %s: %w", f.dir, ctx.Err())
+			return fmt.Errorf("freeze %s: %w", f.dir, errors.Join(ctx.Err(), f.Thaw()))
 		case <-time.After(freezePoll):
 		}
 	}

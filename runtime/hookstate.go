@@ -54,7 +54,7 @@ func ParseHookState(b []byte) (*HookState, error) {
 	}
 	var st HookState
 	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadHookState, err)
+		return nil, fmt.Errorf("%w: %w", ErrBadHookState, err)
 	}
 	switch {
 	case st.ID == "":

@@ -38,18 +38,19 @@ func Lock(ctx context.Context, id string) (func(), error) {
 			break
 		}
 		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			f.Close()
+			_ = f.Close()
 			return nil, fmt.Errorf("lock container %s: %w", id, os.NewSyscallError("flock", err))
 		}
 		select {
 		case <-ctx.Done():
-			f.Close()
+			_ = f.Close()
 			return nil, fmt.Errorf("lock container %s: held by another crhook: %w", id, ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	return func() {
-		unix.Flock(int(f.Fd()), unix.LOCK_UN)
-		f.Close()
+		// Closing the only fd of the lock releases it too.
+		_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
+		_ = f.Close()
 	}, nil
 }

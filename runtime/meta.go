@@ -88,11 +88,11 @@ func WriteCheckpoint(dir string, c *Checkpoint) error {
 		return fmt.Errorf("write %s: %w", p, err)
 	}
 	if _, err := f.Write(append(b, '\n')); err != nil {
-		f.Close()
+		_ = f.Close()
 		return fmt.Errorf("write %s: %w", p, err)
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
+		_ = f.Close()
 		return fmt.Errorf("write %s: %w", p, err)
 	}
 	return f.Close()

@@ -4,6 +4,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -277,7 +278,8 @@ func TestRestoreExitStatus(t *testing.T) {
 			t.Fatal(err)
 		}
 		err := cmd.Wait()
-		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 128+int(unix.SIGKILL) {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 128+int(unix.SIGKILL) {
 			t.Errorf("crhook restore after its root was killed: %v, want exit status %d", err, 128+int(unix.SIGKILL))
 		}
 		noStrays(t)

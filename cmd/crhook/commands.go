@@ -94,8 +94,8 @@ func restoreCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if pidfile != "" {
-				if err := os.WriteFile(pidfile, []byte(strconv.Itoa(res.Pid)+"\n"), 0o644); err != nil {
-					unix.Kill(res.Pid, unix.SIGKILL)
+				if err := os.WriteFile(pidfile, []byte(strconv.Itoa(res.Pid)+"\n"), 0o644); err != nil { //nolint:gosec // a pidfile is for other tools to read, as runc's and podman's are
+					_ = unix.Kill(res.Pid, unix.SIGKILL) // best effort: the write's error is the one to report
 					return fmt.Errorf("write pidfile: %w", err)
 				}
 			}
@@ -124,7 +124,7 @@ func waitRoot(pid int) error {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	go func() {
 		for s := range sigs {
-			unix.Kill(pid, s.(syscall.Signal))
+			_ = unix.Kill(pid, s.(syscall.Signal)) // ESRCH once the root has exited: nothing to forward to
 		}
 	}()
 	var ws unix.WaitStatus
@@ -160,7 +160,7 @@ func writeStats(path string, st crcore.Stats) error {
 	return os.WriteFile(path, append(b, '\n'), 0o600)
 }
 
-func checkCmd(g *globals) *cobra.Command {
+func checkCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "check",
 		Short: "Probe every kernel feature crhook needs and say which is missing",

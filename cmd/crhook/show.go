@@ -16,7 +16,7 @@ import (
 	"github.com/crhook/crhook/crcore"
 )
 
-func showCmd(g *globals) *cobra.Command {
+func showCmd() *cobra.Command {
 	var asJSON bool
 	c := &cobra.Command{
 		Use:   "show DIR|FILE",

@@ -9,7 +9,7 @@ import (
 )
 
 // verifyCmd checks an image directory without restoring it.
-func verifyCmd(g *globals) *cobra.Command {
+func verifyCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "verify DIR",
 		Short: "Check an image directory (checksums, decoding, compatibility) without restoring it",

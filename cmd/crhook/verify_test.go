@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,8 +41,8 @@ func TestVerifyCLI(t *testing.T) {
 	f.WriteAt(b, 100)
 	f.Close()
 	out, err := exec.Command(crhookBin, "verify", dir).CombinedOutput()
-	ee, ok := err.(*exec.ExitError)
-	if !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), name) {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), name) {
 		t.Fatalf("verify of a corrupt %s: %v\n%s", name, err, out)
 	}
 }

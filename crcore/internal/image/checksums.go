@@ -136,7 +136,7 @@ func sumFiles(files []*os.File, sums []Checksum) (crcs []uint32, held [][]byte, 
 				ch := chunks[k]
 				if size := sums[ch.file].Size; size <= holdMax {
 					b := make([]byte, size)
-					if _, err := files[ch.file].ReadAt(b, 0); err != nil && !(errors.Is(err, io.EOF) && size == 0) {
+					if _, err := files[ch.file].ReadAt(b, 0); err != nil && (!errors.Is(err, io.EOF) || size != 0) {
 						errs[k] = fmt.Errorf("verify image %s: %w", sums[ch.file].Name, err)
 						continue
 					}
@@ -251,7 +251,7 @@ func (d *Dir) WriteChecksums() error {
 			return fmt.Errorf("checksum %s: %w", n, err)
 		}
 		size, crc, err := sumFile(f)
-		f.Close()
+		_ = f.Close()
 		if err != nil {
 			return fmt.Errorf("checksum %s: %w", n, err)
 		}
@@ -263,7 +263,7 @@ func (d *Dir) WriteChecksums() error {
 	}
 	for _, c := range sums {
 		if err := w.Write(c.message()); err != nil {
-			w.Close()
+			_ = w.Close()
 			return err
 		}
 	}
@@ -353,7 +353,7 @@ func (d *Dir) VerifyChecksumsExcept(later func(name string) bool) ([]Checksum, e
 	files, err := d.openListed(sums)
 	defer func() {
 		for _, f := range files {
-			f.Close()
+			_ = f.Close()
 		}
 	}()
 	if err != nil {
@@ -391,7 +391,7 @@ func (d *Dir) VerifyListed(sums []Checksum) error {
 	files, err := d.openListed(sums)
 	defer func() {
 		for _, f := range files {
-			f.Close()
+			_ = f.Close()
 		}
 	}()
 	if err != nil {

@@ -113,7 +113,7 @@ func Create(path string) (*Dir, error) {
 	}
 	// MkdirAll leaves an existing directory's mode alone, and the umask
 	// applies to a new one.
-	if err := os.Chmod(path, 0o700); err != nil {
+	if err := os.Chmod(path, 0o700); err != nil { //nolint:gosec // a directory: 0700 is owner-only, search needs the x bits
 		return nil, fmt.Errorf("create image dir: %w", err)
 	}
 	return OpenDir(path)
@@ -189,7 +189,7 @@ func (d *Dir) NewWriter(name string, k Kind) (*Writer, error) {
 	}
 	hdr = binary.LittleEndian.AppendUint32(hdr, k.Magic)
 	if err := w.WriteRaw(hdr); err != nil {
-		f.Close()
+		_ = f.Close()
 		return nil, err
 	}
 	return w, nil
@@ -271,11 +271,11 @@ func (w *Writer) Close() error {
 	}
 	if w.err == nil {
 		if err := w.bw.Flush(); err != nil {
-			w.fail(err)
+			_ = w.fail(err) // kept in w.err, returned below
 		}
 	}
 	if err := w.f.Close(); err != nil && w.err == nil {
-		w.fail(err)
+		_ = w.fail(err)
 	}
 	w.f = nil
 	putBufWriter(w.bw)
@@ -314,7 +314,7 @@ func (d *Dir) NewReader(name string, k Kind) (*Reader, error) {
 	}
 	r := newReaderSize(f, name, f, readerBufSize(f))
 	if err := r.expect(k); err != nil {
-		f.Close()
+		_ = f.Close()
 		return nil, err
 	}
 	return r, nil

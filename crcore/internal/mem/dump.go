@@ -379,7 +379,7 @@ func (c *copier) flush() error {
 
 func (c *copier) close() {
 	if c.memf != nil {
-		c.memf.Close()
+		_ = c.memf.Close() // read-only
 	}
 	if c.pooled != nil {
 		bufPool.Put(c.pooled)

@@ -116,6 +116,8 @@ func want(e uint64, p Policy, zeroPFN uint64, st *Stats) bool {
 		return true
 	case Shared:
 		return true
+	case Skip:
+		return false
 	}
 	return false
 }
@@ -372,7 +374,7 @@ func (f *filler) add(addr, off, n uint64) error {
 
 func (f *filler) close() {
 	if f.memf != nil {
-		f.memf.Close()
+		_ = f.memf.Close()
 	}
 }
 

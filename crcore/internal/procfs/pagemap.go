@@ -4,6 +4,7 @@ package procfs
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -74,7 +75,12 @@ func ZeroPFN() (uint64, error) {
 			return
 		}
 		defer unix.Munmap(b)
-		sink = b[0] // fault in the zero page
+		// Reading the page faults in the kernel's zero page; a fresh
+		// anonymous mapping that reads non-zero is not one.
+		if b[0] != 0 {
+			zeroPFN.err = errors.New("fresh anonymous page reads non-zero")
+			return
+		}
 		pm, err := OpenPagemap(os.Getpid())
 		if err != nil {
 			zeroPFN.err = err
@@ -93,5 +99,3 @@ func ZeroPFN() (uint64, error) {
 	})
 	return zeroPFN.pfn, zeroPFN.err
 }
-
-var sink byte

@@ -46,7 +46,7 @@ func setArgs(r *unix.PtraceRegs, gadget uint64, nr uintptr, args []uint64) error
 	r.Rip = gadget
 	r.Rax = uint64(nr)
 	r.Orig_rax = ^uint64(0)
-	r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
+	r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9 = a[0], a[1], a[2], a[3], a[4], a[5] //nolint:gosec // a is a [6]uint64: constant indices, checked by the compiler
 	return nil
 }
 

@@ -24,7 +24,7 @@ func (t *Task) PeekSiginfo(shared bool) ([][kabi.SizeofSiginfo]byte, error) {
 	}
 	for {
 		r1, _, e := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_PEEKSIGINFO, uintptr(t.Tid),
-			uintptr(unsafe.Pointer(&args)), uintptr(unsafe.Pointer(&buf[0])), 0, 0)
+			uintptr(unsafe.Pointer(&args)), uintptr(unsafe.Pointer(&buf[0])), 0, 0) //nolint:gosec // audited: the kernel writes at most args.Nr siginfos, the length of buf; KeepAlive below
 		runtime.KeepAlive(&args)
 		runtime.KeepAlive(&buf)
 		if e != 0 {
@@ -55,14 +55,14 @@ func (t *Task) SeccompFilters() (progs [][]byte, flags []uint64, err error) {
 		}
 		prog := make([]byte, int(n)*kabi.SizeofSockFilter)
 		if n > 0 {
-			_, _, e = unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SECCOMP_GET_FILTER, uintptr(t.Tid), uintptr(off), uintptr(unsafe.Pointer(&prog[0])), 0, 0)
+			_, _, e = unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SECCOMP_GET_FILTER, uintptr(t.Tid), uintptr(off), uintptr(unsafe.Pointer(&prog[0])), 0, 0) //nolint:gosec // audited: prog holds the n filters the first call counted; KeepAlive below
 			runtime.KeepAlive(prog)
 			if e != 0 {
 				return nil, nil, wrap("seccomp get filter", t.Tid, e)
 			}
 		}
 		md := kabi.SeccompMetadata{FilterOff: uint64(off)}
-		_, _, e = unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SECCOMP_GET_METADATA, uintptr(t.Tid), kabi.SizeofSeccompMetadata, uintptr(unsafe.Pointer(&md)), 0, 0)
+		_, _, e = unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SECCOMP_GET_METADATA, uintptr(t.Tid), kabi.SizeofSeccompMetadata, uintptr(unsafe.Pointer(&md)), 0, 0) //nolint:gosec // audited: the size passed is md's; KeepAlive below
 		runtime.KeepAlive(&md)
 		if e != 0 {
 			return nil, nil, wrap("seccomp get metadata", t.Tid, e)
