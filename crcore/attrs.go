@@ -183,20 +183,13 @@ func (rs *restorer) restoreLast(t *rtask) error {
 	if err := rs.restoreLoginuid(t, remotes); err != nil {
 		return err
 	}
-	// The leader fills sbCache when its credentials stay as they came;
-	// otherwise each thread asks for its securebits.
-	var sbCache secbitsCache
 	for i, th := range t.threads {
 		if th.img.ext.GetNoNewPrivs() {
 			if _, err := remotes[i].call("prctl(PR_SET_NO_NEW_PRIVS)", unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 				return fmt.Errorf("thread %d: %w", th.img.tid, err)
 			}
 		}
-		cache := &sbCache
-		if i > 0 && !sbCache.known {
-			cache = nil
-		}
-		err := restoreCreds(remotes[i], th.img, rs.s.root != "", cache)
+		err := restoreCreds(remotes[i], th.img, rs.s.root != "", &rs.secbits)
 		if errors.Is(err, errLessPrivileged) {
 			rs.log.WithField("tid", th.img.tid).Warn(err.Error())
 			err = nil

@@ -217,11 +217,14 @@ var errLessPrivileged = errors.New("the container's credentials are kept")
 // credentials stand instead (DESIGN section 2: a restore never gives a
 // process more privilege than the container's config grants), and
 // errLessPrivileged says so.
-// secbitsCache carries the leader's securebits to the other threads of a
-// task: they were cloned from the leader before any credential was
-// restored, so while the leader's stay as they came (the common case: an
-// image of the restorer's own credentials) theirs are the same, and one
-// injected prctl per thread is saved.
+// secbitsCache carries the securebits the restored tasks were born with
+// from the first thread that reports them to every other thread of the
+// restore: all of them are cloned, from the husk or from the container's
+// init, before any credential is restored, so until a thread's own
+// credentials are set its securebits are those. It is filled only by a
+// thread whose credentials stay as they came (the common case: an image
+// of the restorer's own credentials), and saves one injected prctl per
+// thread and task.
 type secbitsCache struct {
 	known bool
 	val   uint64

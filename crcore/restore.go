@@ -85,6 +85,9 @@ type restorer struct {
 	// fsLeft: by fs_id, the tasks sharing that fs info still to finish
 	// (restoreRoot).
 	fsLeft map[uint32]int
+	// secbits: the securebits every restored thread was born with, once
+	// known (restoreCreds).
+	secbits secbitsCache
 	shape  *shapePlan // checkShape's answer for the images
 }
 
@@ -943,9 +946,8 @@ func (rs *restorer) completeMemory(t *rtask) error {
 	r, s := t.r, rs.s
 	fixes := t.memFixes
 	t.memFixes = nil
-	if _, err := fixes.run(); err != nil {
-		return err
-	}
+	// The executable is opened in the batch of the protections and
+	// advice: one stop for both.
 	exeFd := ^uint64(0)
 	if !s.keepExe {
 		f := s.files[t.ti.mm.GetExeFileId()].GetReg()
@@ -954,9 +956,14 @@ func (rs *restorer) completeMemory(t *rtask) error {
 		if err != nil {
 			return err
 		}
-		if exeFd, err = r.call("open "+f.GetName(), unix.SYS_OPENAT, atFdcwd, p, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
-			return err
-		}
+		fixes.add("open "+f.GetName(), unix.SYS_OPENAT, atFdcwd, p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	}
+	res, err := fixes.run()
+	if err != nil {
+		return err
+	}
+	if !s.keepExe {
+		exeFd = res[len(res)-1]
 		defer r.callBestEffort("close", unix.SYS_CLOSE, exeFd)
 	}
 	return setMM(r, t.ti.mm, exeFd)
