@@ -88,7 +88,7 @@ type restorer struct {
 	// secbits: the securebits every restored thread was born with, once
 	// known (restoreCreds).
 	secbits secbitsCache
-	shape  *shapePlan // checkShape's answer for the images
+	shape   *shapePlan // checkShape's answer for the images
 }
 
 // rtask is a task being restored.
