@@ -1035,10 +1035,10 @@ func (d *dumper) dumpMM(t *dtask, copies *copyGroup) error {
 		defer pages.Close()
 		defer md.Close()
 		if err := md.Flush(); err != nil {
-			return fmt.Errorf("dump pid %d: %w", pid, err)
+			return fmt.Errorf("copy the pages of pid %d: %w", pid, err)
 		}
 		if err := pages.Close(); err != nil {
-			return fmt.Errorf("dump pid %d: %w", pid, err)
+			return fmt.Errorf("copy the pages of pid %d: %w", pid, err)
 		}
 		if n, c, ok := md.Sum(); ok {
 			d.dir.RecordChecksum(pagesName(t.nsPid), n, c)
