@@ -3,9 +3,13 @@
 package crcore_test
 
 import (
+	"fmt"
+	"maps"
+	"os"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/crhook/crhook/crcore/crtest"
 )
@@ -27,5 +31,48 @@ func TestCredsRoundTrip(t *testing.T) {
 		if !slices.Contains(p.Lines(), want) {
 			t.Errorf("no %q in the log:\n%s", want, strings.Join(p.Lines(), "\n"))
 		}
+	}
+}
+
+// TestThreadCredsRoundTrip: threads of one process with different
+// credentials (one changed its own uids and gids, the others stayed
+// root) each get theirs back, whichever thread the restore asks first,
+// and go on.
+func TestThreadCredsRoundTrip(t *testing.T) {
+	crtest.RequireRoot(t)
+	bin := crtest.BuildC(t, "threadcreds", true)
+	p := crtest.Start(t, bin)
+	p.WaitLine(t, `^ready$`, 10*time.Second)
+	creds := func(pid int) map[string]string {
+		out := map[string]string{}
+		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		for _, e := range ents {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, e.Name()))
+			var keep []string
+			for _, l := range strings.Split(string(b), "\n") {
+				for _, k := range []string{"Uid:", "Gid:", "Groups:", "CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"} {
+					if strings.HasPrefix(l, k) {
+						keep = append(keep, l)
+					}
+				}
+			}
+			out[e.Name()] = strings.Join(keep, " ")
+		}
+		return out
+	}
+	before := creds(p.Pid)
+	distinct := map[string]bool{}
+	for _, c := range before {
+		distinct[c] = true
+	}
+	if len(before) != 3 || len(distinct) != 2 {
+		t.Fatalf("threads' credentials before the dump: %v", before)
+	}
+	n := roundTrip(t, p)
+	if after := creds(p.Pid); !maps.Equal(after, before) {
+		t.Errorf("threads' credentials after restore:\n%v\nbefore:\n%v", after, before)
+	}
+	for _, who := range []string{"t0", "t1", "t2"} {
+		lineAfter(t, p, n, `^`+who+` count \d+ `)
 	}
 }
