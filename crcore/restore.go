@@ -88,7 +88,13 @@ type restorer struct {
 	// secbits: the securebits every restored thread was born with, once
 	// known (restoreCreds).
 	secbits secbitsCache
-	shape   *shapePlan // checkShape's answer for the images
+	// loginuid: the login uid every restored thread was born with, once
+	// read (restoreLoginuid).
+	loginuid struct {
+		known bool
+		val   int64
+	}
+	shape *shapePlan // checkShape's answer for the images
 }
 
 // rtask is a task being restored.
