@@ -43,3 +43,27 @@ func BenchmarkBatchedSyscall(b *testing.B) {
 		return nil
 	})
 }
+
+// BenchmarkSafeBatch is one crash-safe batch of 12 syscalls on the dump
+// side (about what a dump asks of a process, safeinject.go), per batch:
+// compare with 12 BenchmarkInjectedSyscall. The stop signal is chosen
+// once, as the dump does from the status it read.
+func BenchmarkSafeBatch(b *testing.B) {
+	withInjectable(b, func(r *remote, _ int) error {
+		if r.stop = r.safe.stopFor(r.t); r.stop == nil {
+			b.Fatal("no stop signal for sleep(1)")
+		}
+		b.ResetTimer()
+		for range b.N {
+			bt := r.batch()
+			for range 12 {
+				bt.add("getppid", unix.SYS_GETPPID)
+			}
+			if _, err := bt.run(); err != nil {
+				return err
+			}
+		}
+		b.StopTimer()
+		return nil
+	})
+}
