@@ -5,7 +5,6 @@ package crcore
 import (
 	"fmt"
 	"io"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -56,7 +55,8 @@ func (c *pagesCheck) add(off, n uint64, sum uint32) {
 
 // check completes the file's CRC from the ranges summed and the gaps
 // between them, read from f, and compares it with the dump's.
-func (c *pagesCheck) check(f io.ReaderAt, buf []byte) error {
+func (c *pagesCheck) check(f io.ReaderAt) error {
+	var buf []byte // for the gaps, which are rare
 	c.mu.Lock()
 	parts := c.parts
 	c.parts = nil
@@ -74,6 +74,9 @@ func (c *pagesCheck) check(f io.ReaderAt, buf []byte) error {
 		all uint32
 	)
 	gap := func(end uint64) error {
+		if pos < end && buf == nil {
+			buf = make([]byte, 1<<20)
+		}
 		for pos < end {
 			n := min(uint64(len(buf)), end-pos)
 			if _, err := f.ReadAt(buf[:n], int64(pos)); err != nil {
@@ -165,24 +168,14 @@ func (rs *restorer) checkPages() error {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	errs := make([]error, len(names))
-	next := make(chan int, len(names))
-	for i := range names {
-		next <- i
-	}
-	close(next)
-	var wg sync.WaitGroup
-	for range max(1, min(runtime.GOMAXPROCS(0), 4, len(names))) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 1<<20)
-			for i := range next {
-				errs[i] = rs.checkPagesFile(names[i], buf)
-			}
-		}()
-	}
-	wg.Wait()
+	errs := parallel(len(names), func(i int) error {
+		f, err := rs.s.dir.OpenPages(names[i])
+		if err != nil {
+			return fmt.Errorf("verify image %s: %w", names[i], err)
+		}
+		defer f.Close()
+		return rs.s.checks[names[i]].check(f)
+	})
 	rs.s.checks = nil
 	for _, err := range errs {
 		if err != nil {
@@ -190,15 +183,6 @@ func (rs *restorer) checkPages() error {
 		}
 	}
 	return nil
-}
-
-func (rs *restorer) checkPagesFile(name string, buf []byte) error {
-	f, err := rs.s.dir.OpenPages(name)
-	if err != nil {
-		return fmt.Errorf("verify image %s: %w", name, err)
-	}
-	defer f.Close()
-	return rs.s.checks[name].check(f, buf)
 }
 
 // pagesSum returns the fill's Sum for the task's pages file, or nil
