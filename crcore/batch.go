@@ -29,7 +29,7 @@ import (
 // (safeinject.go), a batch may not end in an int3, whose SIGTRAP would
 // kill a task whose tracer died. There the program ends instead in a
 // tgkill of the thread itself with a signal that would do nothing if
-// delivered (safeStopSignal), then a jump into the trampoline that puts
+// delivered (safeStop, chooseStopSignal), then a jump into the trampoline that puts
 // the task's own registers back: the tracer collects the batch at that
 // signal's delivery stop and suppresses the signal; a task whose tracer
 // died gets the harmless signal and goes on where it stood. A thread for
@@ -125,26 +125,35 @@ func batchCode(base uint64, calls []batchCall) (res, code, end uint64, p []byte)
 	code = res + uint64(8*len(calls))
 	end = code + uint64(batchCallCode*len(calls))
 	p = make([]byte, 0, batchCallCode*len(calls)+safeEndCode)
-	movImm := func(rex, op byte, v uint64) {
-		p = append(p, rex, op)
-		p = binary.LittleEndian.AppendUint64(p, v)
-	}
 	for i, c := range calls {
-		movImm(0x48, 0xb8, uint64(c.nr))                  // mov rax
-		movImm(0x48, 0xbf, c.args[0])                     // mov rdi
-		movImm(0x48, 0xbe, c.args[1])                     // mov rsi
-		movImm(0x48, 0xba, c.args[2])                     // mov rdx
-		movImm(0x49, 0xba, c.args[3])                     // mov r10
-		movImm(0x49, 0xb8, c.args[4])                     // mov r8
-		movImm(0x49, 0xb9, c.args[5])                     // mov r9
-		p = append(p, 0x0f, 0x05)                         // syscall
-		movImm(0x48, 0xa3, res+uint64(8*i))               // movabs [slot], rax
+		p = appendSyscall(p, c.nr, c.args)
+		p = appendImm(p, 0x48, 0xa3, res+uint64(8*i))     // movabs [slot], rax
 		p = append(p, 0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff) // cmp rax, -4095
 		p = append(p, 0x0f, 0x83)                         // jae end
 		next := code + uint64(len(p)) + 4
 		p = binary.LittleEndian.AppendUint32(p, uint32(int32(end-next)))
 	}
 	return res, code, end, p
+}
+
+// appendSyscall appends to p the code of one syscall: its number and
+// six arguments loaded as immediates, then syscall.
+func appendSyscall(p []byte, nr uintptr, args [6]uint64) []byte {
+	p = appendImm(p, 0x48, 0xb8, uint64(nr)) // mov rax
+	p = appendImm(p, 0x48, 0xbf, args[0])    // mov rdi
+	p = appendImm(p, 0x48, 0xbe, args[1])    // mov rsi
+	p = appendImm(p, 0x48, 0xba, args[2])    // mov rdx
+	p = appendImm(p, 0x49, 0xba, args[3])    // mov r10
+	p = appendImm(p, 0x49, 0xb8, args[4])    // mov r8
+	p = appendImm(p, 0x49, 0xb9, args[5])    // mov r9
+	return append(p, 0x0f, 0x05)             // syscall
+}
+
+// appendImm appends an instruction of a REX prefix, an opcode and a
+// 64-bit immediate.
+func appendImm(p []byte, rex, op byte, v uint64) []byte {
+	p = append(p, rex, op)
+	return binary.LittleEndian.AppendUint64(p, v)
 }
 
 // batchResults reads the result slots of calls at res; the first failed

@@ -209,9 +209,9 @@ func chooseStopSignal(caught, pending uint64) (unix.Signal, bool) {
 }
 
 // safeEndCode bounds the bytes a crash-safe batch needs beyond its calls:
-// its signal sets, alignment, and the ending (three syscalls of up to
-// five immediate loads each, and a jump).
-const safeEndCode = 16 + 16 + 3*(5*10+2) + 5
+// its signal sets, alignment, and the ending (three syscalls of seven
+// immediate loads each, and a jump).
+const safeEndCode = 16 + 16 + 3*(7*10+2) + 5
 
 // runSafeBatch runs calls in r's thread as one program that ends with
 //
@@ -229,22 +229,10 @@ func (r *remote) runSafeBatch(calls []batchCall, stop *safeStop) ([]uint64, erro
 	sets := (r.scratch + r.used + 15) &^ 15 // {sig}, then old
 	// A failed call jumps to the ending, which batchCode leaves to us.
 	res, code, _, p := batchCode(sets+16, calls)
-	load := func(rex, op byte, v uint64) {
-		p = append(p, rex, op)
-		p = binary.LittleEndian.AppendUint64(p, v)
-	}
-	syscall := func(nr uintptr, rdi, rsi, rdx, r10 uint64) {
-		load(0x48, 0xb8, uint64(nr))
-		load(0x48, 0xbf, rdi)
-		load(0x48, 0xbe, rsi)
-		load(0x48, 0xba, rdx)
-		load(0x49, 0xba, r10)
-		p = append(p, 0x0f, 0x05)
-	}
-	syscall(unix.SYS_RT_SIGPROCMASK, unix.SIG_UNBLOCK, sets, sets+8, 8)
-	syscall(unix.SYS_TGKILL, stop.tgid, stop.tid, uint64(stop.sig), 0)
+	p = appendSyscall(p, unix.SYS_RT_SIGPROCMASK, [6]uint64{unix.SIG_UNBLOCK, sets, sets + 8, 8})
+	p = appendSyscall(p, unix.SYS_TGKILL, [6]uint64{stop.tgid, stop.tid, uint64(stop.sig)})
 	stopAt := code + uint64(len(p))
-	syscall(unix.SYS_RT_SIGPROCMASK, unix.SIG_SETMASK, sets+8, 0, 8)
+	p = appendSyscall(p, unix.SYS_RT_SIGPROCMASK, [6]uint64{unix.SIG_SETMASK, sets + 8, 0, 8})
 	p = append(p, 0xe9) // jmp rel32: into the trampoline, past its syscall
 	next := code + uint64(len(p)) + 4
 	p = binary.LittleEndian.AppendUint32(p, uint32(int32(g.scratch+safeGadgetOff+2-next)))
