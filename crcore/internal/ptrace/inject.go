@@ -141,46 +141,20 @@ func (t *Task) RunCode(entry, trap uint64) error {
 	if err != nil {
 		return err
 	}
-	r := saved
-	r.Rip = entry
-	r.Orig_rax = ^uint64(0)
-	if err := t.SetRegs(&r); err != nil {
+	done := func(ws unix.WaitStatus) (bool, error) { return t.classify(ws, trap+1) }
+	if err := t.runUntil(saved, entry, done, nil); err != nil {
 		return err
-	}
-	for {
-		if err := unix.PtraceCont(t.Tid, 0); err != nil {
-			return wrap("cont", t.Tid, err)
-		}
-		ws, err := t.wait()
-		if err != nil {
-			return err
-		}
-		done, err := t.classify(ws, trap+1)
-		if err != nil {
-			return err
-		}
-		if done {
-			break
-		}
 	}
 	return t.SetRegs(&saved)
 }
 
-// RunToSignal runs the code at entry in the stopped task until the
-// delivery stop of sig with rip at stopAt, and leaves the task there with
-// sig suppressed (it is not delivered when the task resumes) and its
-// registers as the code left them. The code is crhook's own, in the
-// task's scratch area (a crash-safe batch, see crcore's safeinject.go);
-// other signals met on the way are deferred as during any injection.
-// running, if not nil, is called once the task has been let go.
-func (t *Task) RunToSignal(entry, stopAt uint64, sig unix.Signal, running func()) error {
-	r, err := t.GetRegs()
-	if err != nil {
-		return err
-	}
-	r.Rip = entry
-	r.Orig_rax = ^uint64(0)
-	if err := t.SetRegs(&r); err != nil {
+// runUntil lets the task run from entry, with regs otherwise and no
+// syscall to restart, until done says a stop ends the run; running, if
+// not nil, is called once the task has been let go.
+func (t *Task) runUntil(regs unix.PtraceRegs, entry uint64, done func(unix.WaitStatus) (bool, error), running func()) error {
+	regs.Rip = entry
+	regs.Orig_rax = ^uint64(0)
+	if err := t.SetRegs(&regs); err != nil {
 		return err
 	}
 	for {
@@ -195,19 +169,35 @@ func (t *Task) RunToSignal(entry, stopAt uint64, sig unix.Signal, running func()
 		if err != nil {
 			return err
 		}
-		if ws.Stopped() && ws.StopSignal() == sig && Event(ws) == 0 {
-			r, err := t.GetRegs()
-			if err != nil {
-				return err
-			}
-			if r.Rip == stopAt {
-				return nil
-			}
-		}
-		if _, err := t.classify(ws, 0); err != nil {
+		if ok, err := done(ws); ok || err != nil {
 			return err
 		}
 	}
+}
+
+// RunToSignal runs the code at entry in the stopped task until the
+// delivery stop of sig with rip at stopAt, and leaves the task there with
+// sig suppressed (it is not delivered when the task resumes) and its
+// registers as the code left them. The code is crhook's own, in the
+// task's scratch area (a crash-safe batch, see crcore's safeinject.go);
+// other signals met on the way are deferred as during any injection.
+// running, if not nil, is called once the task has been let go.
+func (t *Task) RunToSignal(entry, stopAt uint64, sig unix.Signal, running func()) error {
+	regs, err := t.GetRegs()
+	if err != nil {
+		return err
+	}
+	done := func(ws unix.WaitStatus) (bool, error) {
+		if ws.Stopped() && ws.StopSignal() == sig && Event(ws) == 0 {
+			r, err := t.GetRegs()
+			if err != nil || r.Rip == stopAt {
+				return true, err
+			}
+		}
+		_, err := t.classify(ws, 0)
+		return false, err
+	}
+	return t.runUntil(regs, entry, done, running)
 }
 
 // SyscallToExit runs syscall nr under PTRACE_SYSCALL and leaves the task
