@@ -330,27 +330,9 @@ func runContainer(ctx context.Context, cfg *config, w workload, tool string) (s 
 	if s.imageBytes, err = imageBytes(imgDir); err != nil {
 		return s, "", err
 	}
-	switch tool {
-	case toolCrhook:
-		st, err := readCrhookStats(dstats)
-		if err != nil {
-			return s, "", err
-		}
-		s.frozen, s.memDump, s.pagesWrote = time.Duration(st.FrozenNs), time.Duration(st.MemoryNs), st.PagesWritten
-	case toolCRIU:
-		// CRIU writes its stats in its work directory.
-		st, err := readCRIUStats(filepath.Join(cfg.criuLogs(), tag+"-work", "stats-dump"))
-		if err != nil {
-			return s, "", err
-		}
-		d := st.GetDump()
-		if d == nil {
-			return s, "", errors.New("CRIU stats-dump: no dump entry")
-		}
-		us := func(v uint32) time.Duration { return time.Duration(v) * time.Microsecond }
-		s.frozen = us(d.GetFreezingTime()) + us(d.GetFrozenTime())
-		s.memDump = us(d.GetMemdumpTime()) + us(d.GetMemwriteTime())
-		s.pagesWrote = d.GetPagesWritten()
+	// CRIU writes its stats in its work directory.
+	if err := s.dumpStats(tool, dstats, filepath.Join(cfg.criuLogs(), tag+"-work", "stats-dump")); err != nil {
+		return s, "", err
 	}
 	if err := waitDeleted(ctx, e, id); err != nil {
 		return s, "", err

@@ -62,6 +62,33 @@ type sample struct {
 	pagesWrote uint64
 }
 
+// dumpStats fills the dump's phases of s from the tool's own stats:
+// crhook's --stats file, or CRIU's stats-dump.
+func (s *sample) dumpStats(tool, crhookStats, criuStats string) error {
+	switch tool {
+	case toolCrhook:
+		st, err := readCrhookStats(crhookStats)
+		if err != nil {
+			return err
+		}
+		s.frozen, s.memDump, s.pagesWrote = time.Duration(st.FrozenNs), time.Duration(st.MemoryNs), st.PagesWritten
+	case toolCRIU:
+		st, err := readCRIUStats(criuStats)
+		if err != nil {
+			return err
+		}
+		d := st.GetDump()
+		if d == nil {
+			return errors.New("CRIU stats-dump: no dump entry")
+		}
+		us := func(v uint32) time.Duration { return time.Duration(v) * time.Microsecond }
+		s.frozen = us(d.GetFreezingTime()) + us(d.GetFrozenTime())
+		s.memDump = us(d.GetMemdumpTime()) + us(d.GetMemwriteTime())
+		s.pagesWrote = d.GetPagesWritten()
+	}
+	return nil
+}
+
 type result struct {
 	w       workload
 	tool    string
@@ -186,26 +213,8 @@ func runOnce(ctx context.Context, cfg *config, w workload, tool string, verify b
 	if s.imageBytes, err = imageBytes(imgDir); err != nil {
 		return s, "", err
 	}
-	switch tool {
-	case toolCrhook:
-		st, err := readCrhookStats(dstats)
-		if err != nil {
-			return s, "", err
-		}
-		s.frozen, s.memDump, s.pagesWrote = time.Duration(st.FrozenNs), time.Duration(st.MemoryNs), st.PagesWritten
-	case toolCRIU:
-		st, err := readCRIUStats(filepath.Join(imgDir, "stats-dump"))
-		if err != nil {
-			return s, "", err
-		}
-		d := st.GetDump()
-		if d == nil {
-			return s, "", errors.New("CRIU stats-dump: no dump entry")
-		}
-		us := func(v uint32) time.Duration { return time.Duration(v) * time.Microsecond }
-		s.frozen = us(d.GetFreezingTime()) + us(d.GetFrozenTime())
-		s.memDump = us(d.GetMemdumpTime()) + us(d.GetMemwriteTime())
-		s.pagesWrote = d.GetPagesWritten()
+	if err := s.dumpStats(tool, dstats, filepath.Join(imgDir, "stats-dump")); err != nil {
+		return s, "", err
 	}
 
 	// The dump killed the tree; make sure, reap it, wait for its pids.
