@@ -112,48 +112,33 @@ func (c *pagesCheck) check(f io.ReaderAt) error {
 func isPagesFile(name string) bool { return strings.HasPrefix(name, "pages-") }
 
 // loadDeferringPages is loadVerified for a restore: the pages files of
-// live tasks are checked as they are filled, every
-// other file before the images are decoded.
-// The checks are s.checks.
+// live tasks are checked as they are filled (s.checks), every other file
+// before the images are decoded, or right after for the other pages
+// files.
 func loadDeferringPages(path string) (*imageSet, error) {
-	d, err := image.OpenDir(path)
-	if err != nil {
-		return nil, err
-	}
-	later, err := d.VerifyChecksumsExcept(isPagesFile)
-	if err != nil {
-		_ = d.Close()
-		return nil, fmt.Errorf("verify: %w", asBadImage(err))
-	}
-	s, err := loadImagesFrom(d)
-	if err != nil {
-		return nil, asBadImage(err)
-	}
+	return loadChecked(path, isPagesFile)
+}
+
+// deferChecks takes the pages files whose contents loadChecked left
+// unchecked: those a live task is filled from become s.checks, the rest
+// (shared memory, SysV) are checked now.
+func (s *imageSet) deferChecks(later []image.Checksum) error {
 	filled := map[string]bool{}
 	for _, ti := range s.tasks {
 		if !ti.zombie() && len(ti.runs) > 0 {
 			filled[pagesName(int(ti.pages))] = true
 		}
 	}
-	checks := map[string]*pagesCheck{}
+	s.checks = map[string]*pagesCheck{}
 	var now []image.Checksum
 	for _, c := range later {
 		if filled[c.Name] {
-			checks[c.Name] = &pagesCheck{sum: c}
+			s.checks[c.Name] = &pagesCheck{sum: c}
 		} else {
 			now = append(now, c)
 		}
 	}
-	if err := s.dir.VerifyListed(now); err != nil {
-		_ = s.dir.Close()
-		return nil, fmt.Errorf("verify: %w", asBadImage(err))
-	}
-	if err := s.checkKernel(); err != nil {
-		_ = s.dir.Close()
-		return nil, err
-	}
-	s.checks = checks
-	return s, nil
+	return s.dir.VerifyListed(now)
 }
 
 // checkPages completes the deferred checks of the pages files, once every

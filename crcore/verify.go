@@ -26,19 +26,30 @@ func Verify(dir string) error {
 }
 
 // loadVerified is loadImages behind the integrity and compatibility
-// checks: a restore calls it before it creates anything.
-func loadVerified(path string) (*imageSet, error) {
+// checks (crhook verify); a restore uses loadDeferringPages.
+func loadVerified(path string) (*imageSet, error) { return loadChecked(path, nil) }
+
+// loadChecked is loadVerified but for the files later names, whose
+// contents are left to the caller (loadDeferringPages).
+func loadChecked(path string, later func(name string) bool) (*imageSet, error) {
 	d, err := image.OpenDir(path)
 	if err != nil {
 		return nil, err
 	}
-	if err = d.VerifyChecksums(); err != nil {
+	deferred, err := d.VerifyChecksumsExcept(later)
+	if err != nil {
 		_ = d.Close()
 		return nil, fmt.Errorf("verify: %w", asBadImage(err))
 	}
 	s, err := loadImagesFrom(d)
 	if err != nil {
 		return nil, asBadImage(err)
+	}
+	if len(deferred) > 0 {
+		if err := s.deferChecks(deferred); err != nil {
+			_ = s.dir.Close()
+			return nil, fmt.Errorf("verify: %w", asBadImage(err))
+		}
 	}
 	if err := s.checkKernel(); err != nil {
 		_ = s.dir.Close()
