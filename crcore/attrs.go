@@ -189,7 +189,7 @@ func (rs *restorer) restoreLast(t *rtask) error {
 				return fmt.Errorf("thread %d: %w", th.img.tid, err)
 			}
 		}
-		err := restoreCreds(remotes[i], th.img, rs.s.root != "", &rs.secbits)
+		err := restoreCreds(remotes[i], th.img, rs.s.root != "", &rs.born)
 		if errors.Is(err, errLessPrivileged) {
 			rs.log.WithField("tid", th.img.tid).Warn(err.Error())
 			err = nil

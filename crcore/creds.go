@@ -206,6 +206,24 @@ func readThreadCreds(tid int) (*threadCreds, error) {
 // container's credentials, which grant less than its image's.
 var errLessPrivileged = errors.New("the container's credentials are kept")
 
+// birthState is what every restored thread was born with, learnt once
+// per restore from the first thread that can tell: all of them are
+// cloned, from the husk or from the container's init, before any
+// credential or login uid is restored, so until a thread's own are set
+// they are those. The credentials and securebits are taken only from a
+// thread whose credentials stay as they came (the common case: an image
+// of the restorer's own). This saves a status read and an injected prctl
+// per thread (a tenth of a millisecond a thread for a process of 1000
+// threads), and a loginuid read per thread.
+type birthState struct {
+	credsKnown bool
+	secbits    uint64
+	creds      threadCreds
+
+	loginuidKnown bool
+	loginuid      int64
+}
+
 // restoreCreds gives a restored thread its credentials, from inside it:
 // groups, gids, then the uids with SECBIT_KEEP_CAPS so that the
 // permitted set survives the change, then the capability sets (the
@@ -217,22 +235,7 @@ var errLessPrivileged = errors.New("the container's credentials are kept")
 // credentials stand instead (DESIGN section 2: a restore never gives a
 // process more privilege than the container's config grants), and
 // errLessPrivileged says so.
-// secbitsCache carries the credentials and securebits the restored
-// tasks were born with from the first thread that reports them to every
-// other thread of the restore: all of them are cloned, from the husk or
-// from the container's init, before any credential is restored, so until
-// a thread's own credentials are set they are those. It is filled only
-// by a thread whose credentials stay as they came (the common case: an
-// image of the restorer's own credentials), and saves a status read and
-// an injected prctl per thread and task (a tenth of a millisecond a
-// thread for a process of 1000 threads).
-type secbitsCache struct {
-	known bool
-	val   uint64
-	creds threadCreds
-}
-
-func restoreCreds(r *remote, th *threadImage, container bool, cache *secbitsCache) error {
+func restoreCreds(r *remote, th *threadImage, container bool, born *birthState) error {
 	c := th.core.GetThreadCore().GetCreds()
 	if c == nil {
 		return nil
@@ -245,9 +248,9 @@ func restoreCreds(r *remote, th *threadImage, container bool, cache *secbitsCach
 		cur *threadCreds
 		err error
 	)
-	if cache != nil && cache.known {
-		born := cache.creds
-		sb, cur = cache.val, &born
+	if born != nil && born.credsKnown {
+		c := born.creds
+		sb, cur = born.secbits, &c
 	} else {
 		if cur, err = readThreadCreds(r.pid()); err != nil {
 			return err
@@ -260,9 +263,9 @@ func restoreCreds(r *remote, th *threadImage, container bool, cache *secbitsCach
 	gids := [4]uint32{c.GetGid(), c.GetEgid(), c.GetSgid(), c.GetFsgid()}
 	if uids == cur.uids && gids == cur.gids && slices.Equal(c.GetGroups(), cur.groups) &&
 		inh == cur.inh && prm == cur.prm && eff == cur.eff && bnd == cur.bnd && amb == cur.am && uint64(c.GetSecbits()) == sb {
-		if cache != nil && !cache.known {
-			cache.known, cache.val, cache.creds = true, sb, *cur
-			cache.creds.groups = slices.Clone(cur.groups)
+		if born != nil && !born.credsKnown {
+			born.credsKnown, born.secbits, born.creds = true, sb, *cur
+			born.creds.groups = slices.Clone(cur.groups)
 		}
 		return nil
 	}

@@ -107,11 +107,8 @@ func (rs *restorer) restoreLoginuid(t *rtask, remotes []*remote) error {
 	}
 	want := int64(tc.GetLoginuid())
 	for i, th := range t.threads {
-		// Every restored thread was born with the login uid of the
-		// task it was cloned from, before any was set: one read
-		// answers for all of them (a status read a thread was a
-		// tenth of a millisecond for 1000 threads).
-		if !rs.loginuid.known {
+		// One read answers for every thread (birthState).
+		if !rs.born.loginuidKnown {
 			cur, ok, err := readProcInt(procfs.TaskPath(t.hostPid, th.t.Tid, "loginuid"))
 			if err != nil {
 				return err
@@ -119,9 +116,9 @@ func (rs *restorer) restoreLoginuid(t *rtask, remotes []*remote) error {
 			if !ok {
 				return fmt.Errorf("the image has a login uid (%d) and this kernel has no /proc/PID/loginuid (CONFIG_AUDIT): %w", want, ErrNotSupported)
 			}
-			rs.loginuid.known, rs.loginuid.val = true, cur
+			rs.born.loginuidKnown, rs.born.loginuid = true, cur
 		}
-		cur := rs.loginuid.val
+		cur := rs.born.loginuid
 		if cur == want {
 			continue
 		}

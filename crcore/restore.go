@@ -85,15 +85,9 @@ type restorer struct {
 	// fsLeft: by fs_id, the tasks sharing that fs info still to finish
 	// (restoreRoot).
 	fsLeft map[uint32]int
-	// secbits: the securebits every restored thread was born with, once
-	// known (restoreCreds).
-	secbits secbitsCache
-	// loginuid: the login uid every restored thread was born with, once
-	// read (restoreLoginuid).
-	loginuid struct {
-		known bool
-		val   int64
-	}
+	// born: what every restored thread was born with, once known
+	// (restoreCreds, restoreLoginuid).
+	born  birthState
 	shape *shapePlan // checkShape's answer for the images
 }
 
