@@ -177,11 +177,15 @@ func TestSafeBatch(t *testing.T) {
 		}
 		check("plain", unix.SIGURG)
 
-		// SIGURG blocked and pending: the batch stops at SIGWINCH and
-		// leaves both as they were.
+		// SIGURG blocked: the batch unblocks it around its stop and
+		// blocks it again.
 		if err := r.t.SetSigmask(1 << (unix.SIGURG - 1)); err != nil {
 			return err
 		}
+		check("SIGURG blocked", unix.SIGURG)
+
+		// SIGURG blocked and pending: the batch stops at SIGWINCH and
+		// leaves both as they were.
 		if err := unix.Tgkill(pid, pid, unix.SIGURG); err != nil {
 			return err
 		}
