@@ -96,6 +96,9 @@ type Stats struct {
 	PagesSkipped  uint64        `json:"pages_zero"`
 	PagesWritten  uint64        `json:"pages_written"`
 	PagesRestored uint64        `json:"pages_restored"`
+	// PagesUserfault: of PagesRestored, those installed through a
+	// userfaultfd (UFFDIO_COPY) rather than written.
+	PagesUserfault uint64 `json:"pages_userfault"`
 }
 
 // RestoreOptions says what to restore.

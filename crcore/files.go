@@ -80,17 +80,27 @@ func (f *openFd) Local() (*os.File, error) {
 	if f.local != nil {
 		return f.local, nil
 	}
-	pfd, err := unix.PidfdOpen(f.Pid, 0)
+	l, err := takeFd(f.Pid, f.Fd, f.Link)
+	if err != nil {
+		return nil, err
+	}
+	f.local = l
+	return l, nil
+}
+
+// takeFd returns a duplicate of fd of process pid in our own process
+// (pidfd_getfd), named name.
+func takeFd(pid, fd int, name string) (*os.File, error) {
+	pfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return nil, os.NewSyscallError("pidfd_open", err)
 	}
 	defer unix.Close(pfd)
-	fd, err := unix.PidfdGetfd(pfd, f.Fd, 0)
+	l, err := unix.PidfdGetfd(pfd, fd, 0)
 	if err != nil {
-		return nil, fmt.Errorf("pidfd_getfd fd %d of pid %d: %w", f.Fd, f.Pid, os.NewSyscallError("pidfd_getfd", err))
+		return nil, fmt.Errorf("pidfd_getfd fd %d of pid %d: %w", fd, pid, os.NewSyscallError("pidfd_getfd", err))
 	}
-	f.local = os.NewFile(uintptr(fd), f.Link)
-	return f.local, nil
+	return os.NewFile(uintptr(l), name), nil
 }
 
 func (f *openFd) close() {

@@ -185,12 +185,14 @@ func (pl *inheritPlan) splitInherited(child *taskImage, runs []mem.Run, cpages, 
 		o += r.NrPages * pgSize
 	}
 	var out []mem.Run
-	emit := func(addr, n uint64, skip, force bool) {
-		if k := len(out) - 1; k >= 0 && out[k].Skip == skip && out[k].Force == force && out[k].Addr+out[k].NrPages*pgSize == addr {
+	// emit adds n pages at addr, with the flags of their run from.
+	emit := func(addr, n uint64, skip bool, from mem.Run) {
+		if k := len(out) - 1; k >= 0 && out[k].Skip == skip && out[k].Force == from.Force && out[k].Missing == from.Missing &&
+			out[k].Addr+out[k].NrPages*pgSize == addr {
 			out[k].NrPages += n
 			return
 		}
-		out = append(out, mem.Run{Addr: addr, NrPages: n, Skip: skip, Force: force})
+		out = append(out, mem.Run{Addr: addr, NrPages: n, Skip: skip, Force: from.Force, Missing: from.Missing})
 	}
 	const chunk = 256 // pages compared at a time
 	cw, pw := newWindow(cpages), newWindow(ppages)
@@ -223,7 +225,7 @@ func (pl *inheritPlan) splitInherited(child *taskImage, runs []mem.Run, cpages, 
 	for _, r := range runs {
 		size := r.NrPages * pgSize
 		if !pl.kept[vmaStartOf(child, r.Addr)] {
-			emit(r.Addr, r.NrPages, false, r.Force)
+			emit(r.Addr, r.NrPages, false, r)
 			coff += size
 			continue
 		}
@@ -237,7 +239,7 @@ func (pl *inheritPlan) splitInherited(child *taskImage, runs []mem.Run, cpages, 
 				if i < len(parent.runs) {
 					next = min(end, parent.runs[i].Addr)
 				}
-				emit(a, (next-a)/pgSize, false, r.Force)
+				emit(a, (next-a)/pgSize, false, r)
 				a = next
 				continue
 			}
@@ -253,7 +255,7 @@ func (pl *inheritPlan) splitInherited(child *taskImage, runs []mem.Run, cpages, 
 				return nil, fmt.Errorf("read parent's pages: %w", err)
 			}
 			for k := uint64(0); k < n; k += pgSize {
-				emit(a+k, 1, bytes.Equal(c[k:k+pgSize], p[k:k+pgSize]), r.Force)
+				emit(a+k, 1, bytes.Equal(c[k:k+pgSize], p[k:k+pgSize]), r)
 			}
 			a += n
 		}

@@ -746,11 +746,13 @@ func (rs *restorer) buildMemory(t *rtask) error {
 	type fix struct{ start, len, prot uint64 }
 	var fixes []fix
 	force := map[uint64]bool{}
+	// fresh: the anonymous mappings made here, empty until filled.
+	var fresh [][2]uint64
 	// The plain mappings go in one batch; a mapping of shared memory and
 	// the opening of a mapped file run at once, which is safe as every
 	// mapping is MAP_FIXED over its own range.
 	maps := r.batch()
-	for _, v := range vmas {
+	for i, v := range vmas {
 		status := v.GetStatus()
 		if status&(vmaAreaVdso|vmaAreaVvar) != 0 {
 			continue
@@ -793,6 +795,10 @@ func (rs *restorer) buildMemory(t *rtask) error {
 		}
 		maps.add(fmt.Sprintf("mmap %#x-%#x", v.GetStart(), v.GetEnd()), unix.SYS_MMAP,
 			v.GetStart(), v.GetEnd()-v.GetStart(), mprot, flags, fd, v.GetPgoff())
+		if status&vmaAnonPrivate != 0 && fd == ^uint64(0) && mprot&unix.PROT_WRITE != 0 &&
+			flags&(unix.MAP_POPULATE|unix.MAP_LOCKED|unix.MAP_GROWSDOWN) == 0 && !mergeableNeighbour(vmas, i) {
+			fresh = append(fresh, [2]uint64{v.GetStart(), v.GetEnd()})
+		}
 		if mprot != prot {
 			fixes = append(fixes, fix{v.GetStart(), v.GetEnd() - v.GetStart(), prot})
 		}
@@ -817,6 +823,11 @@ func (rs *restorer) buildMemory(t *rtask) error {
 				break
 			}
 		}
+	}
+	uf, registered, err := rs.userfault(t, fresh, runs)
+	if err != nil {
+		_ = pages.Close()
+		return err
 	}
 	fin := r.batch()
 	for _, f := range fixes {
@@ -846,18 +857,203 @@ func (rs *restorer) buildMemory(t *rtask) error {
 		}
 		var ms mem.Stats
 		if err == nil {
-			ms, err = mem.FillWith(t.hostPid, runs, pages, mem.FillOptions{Progress: rs.progress.counter(), Sum: sum})
+			if uf != nil {
+				runs = markMissing(runs, registered)
+			}
+			ms, err = mem.FillWith(t.hostPid, runs, pages, mem.FillOptions{Progress: rs.progress.counter(), Sum: sum, Userfault: uf})
+		}
+		var installed uint64
+		if uf != nil {
+			installed = uf.Installed() / pgSize
+			// Before the task may run or be cloned from.
+			err = errors.Join(err, uf.Close())
 		}
 		_ = pages.Close()
 		if err == nil {
 			rs.fillMu.Lock()
 			rs.st.PagesRestored += ms.PagesWritten
+			rs.st.PagesUserfault += installed
 			rs.fillMu.Unlock()
 		}
 		t.filled <- err
 	}()
 	return nil
 }
+
+// userfaultMin is the bytes of fresh anonymous memory from which a
+// task's fill goes through a userfaultfd (mem.Userfault): setting one up
+// costs two stops of the task and a pidfd_getfd.
+var userfaultMin uint64 = 8 << 20
+
+// userfault sets up a userfaultfd for the fill of t (mem.Userfault): the
+// fresh mappings, anonymous and empty since they were just mapped, are
+// registered; it returns them, for markMissing. It returns nil, leaving
+// every run to process_vm_writev, where that does not pay or the kernel
+// refuses one (an older kernel, a seccomp filter); that is no error. Nor
+// is it used where the kernel would back fresh memory with transparent
+// huge pages (THP "always"): UFFDIO_COPY installs small pages.
+//
+// The mappings holding the threads' rseq areas stay out: registering
+// rseq, done while the fill runs, writes there from the kernel, which
+// fails on a registered missing page (UFFD_USER_MODE_ONLY).
+func (rs *restorer) userfault(t *rtask, fresh [][2]uint64, runs []mem.Run) (*mem.Userfault, [][2]uint64, error) {
+	if len(fresh) == 0 || thpAlways() {
+		return nil, nil, nil
+	}
+	// A mapping holding a thread's rseq area stays out whole: splitting
+	// it for registration would leave it split.
+	var avoid [][2]uint64
+	for _, th := range t.ti.threads {
+		if e := th.core.GetThreadCore().GetRseqEntry(); e != nil && e.GetRseqAbiPointer() != 0 {
+			if i := rangeHolding(fresh, e.GetRseqAbiPointer(), 1); i >= 0 {
+				avoid = append(avoid, fresh[i])
+			}
+		}
+	}
+	regs := subtractRanges(fresh, avoid)
+	var total uint64
+	used := make([]bool, len(regs))
+	for _, r := range splitRunsAt(runs, regs) {
+		if i := rangeHolding(regs, r.Addr, r.NrPages*pgSize); i >= 0 && !r.Force {
+			total += r.NrPages * pgSize
+			used[i] = true
+		}
+	}
+	if total < userfaultMin {
+		return nil, nil, nil
+	}
+	log := rs.log.WithField("pid", t.ti.pid)
+	r := t.r
+	fd, err := r.call("userfaultfd", unix.SYS_USERFAULTFD, unix.O_CLOEXEC|kabi.UFFD_USER_MODE_ONLY)
+	if err != nil {
+		log.WithError(err).Debug("no userfaultfd: pages go in with process_vm_writev")
+		return nil, nil, nil
+	}
+	f, err := takeFd(t.hostPid, int(fd), "userfaultfd")
+	// The task must not keep it: its children would inherit it.
+	if _, cerr := r.call("close userfaultfd", unix.SYS_CLOSE, fd); cerr != nil {
+		if f != nil {
+			_ = f.Close()
+		}
+		return nil, nil, cerr
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	uf, err := mem.NewUserfault(f)
+	if err != nil {
+		log.WithError(err).Debug("no userfaultfd: pages go in with process_vm_writev")
+		return nil, nil, nil
+	}
+	var registered [][2]uint64
+	for i, g := range regs {
+		if !used[i] {
+			continue
+		}
+		if err := uf.Register(g[0], g[1]-g[0]); err != nil {
+			log.WithError(err).Debug("no userfaultfd: pages go in with process_vm_writev")
+			return nil, nil, uf.Close()
+		}
+		registered = append(registered, g)
+	}
+	return uf, registered, nil
+}
+
+// markMissing cuts runs where a registered range starts or ends and marks
+// Missing the pieces inside one (Force runs excepted): a UFFDIO_COPY must
+// stay inside one mapping.
+func markMissing(runs []mem.Run, registered [][2]uint64) []mem.Run {
+	out := splitRunsAt(runs, registered)
+	for i, r := range out {
+		if !r.Force && !r.Skip && rangeHolding(registered, r.Addr, r.NrPages*pgSize) >= 0 {
+			out[i].Missing = true
+		}
+	}
+	return out
+}
+
+// mergeableNeighbour reports whether vmas[i] touches an anonymous
+// private mapping with its protection and flags. The kernel could merge
+// the two, and registering or unregistering a userfaultfd range tries
+// to, where filling them otherwise leaves them apart as dumped.
+func mergeableNeighbour(vmas []*pb.VmaEntry, i int) bool {
+	v := vmas[i]
+	like := func(w *pb.VmaEntry) bool {
+		return w.GetStatus()&vmaAnonPrivate != 0 && w.GetProt() == v.GetProt() && w.GetFlags() == v.GetFlags()
+	}
+	return (i > 0 && vmas[i-1].GetEnd() == v.GetStart() && like(vmas[i-1])) ||
+		(i+1 < len(vmas) && vmas[i+1].GetStart() == v.GetEnd() && like(vmas[i+1]))
+}
+
+// rangeHolding returns the index of the range of rs (sorted, disjoint
+// [start, end) pairs) that holds all of [a, a+n), or -1.
+func rangeHolding(rs [][2]uint64, a, n uint64) int {
+	i := sort.Search(len(rs), func(i int) bool { return rs[i][1] > a })
+	if i < len(rs) && rs[i][0] <= a && a+n <= rs[i][1] {
+		return i
+	}
+	return -1
+}
+
+// subtractRanges returns the parts of rs (sorted, disjoint) outside every
+// range of cut, in order.
+func subtractRanges(rs, cut [][2]uint64) [][2]uint64 {
+	out := make([][2]uint64, 0, len(rs))
+	for _, r := range rs {
+		parts := [][2]uint64{r}
+		for _, c := range cut {
+			var next [][2]uint64
+			for _, p := range parts {
+				if c[1] <= p[0] || p[1] <= c[0] {
+					next = append(next, p)
+					continue
+				}
+				if p[0] < c[0] {
+					next = append(next, [2]uint64{p[0], c[0]})
+				}
+				if c[1] < p[1] {
+					next = append(next, [2]uint64{c[1], p[1]})
+				}
+			}
+			parts = next
+		}
+		out = append(out, parts...)
+	}
+	return out
+}
+
+// splitRunsAt cuts runs (in pages-file order) where a range of rs starts
+// or ends, so that each piece lies wholly inside one range or outside
+// all; the pieces keep the file order.
+func splitRunsAt(runs []mem.Run, rs [][2]uint64) []mem.Run {
+	out := make([]mem.Run, 0, len(runs))
+	for _, r := range runs {
+		a, end := r.Addr, r.Addr+r.NrPages*pgSize
+		for a < end {
+			cut := end
+			i := sort.Search(len(rs), func(i int) bool { return rs[i][1] > a })
+			if i < len(rs) {
+				if rs[i][0] > a {
+					cut = min(cut, rs[i][0])
+				} else {
+					cut = min(cut, rs[i][1])
+				}
+			}
+			p := r
+			p.Addr, p.NrPages = a, (cut-a)/pgSize
+			out = append(out, p)
+			a = cut
+		}
+	}
+	return out
+}
+
+// thpAlways reports whether the kernel backs anonymous memory with
+// transparent huge pages without being asked (THP "always").
+var thpAlways = sync.OnceValue(func() bool {
+	b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
+	return err == nil && strings.Contains(string(b), "[always]")
+})
 
 // waitFill waits for the copy of the task's pages, once.
 func (rs *restorer) waitFill(t *rtask) error {

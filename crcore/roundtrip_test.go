@@ -28,14 +28,29 @@ func rseqMask(t *testing.T, p *crtest.Proc) crtest.Mask {
 	return crtest.Mask{Addr: addr, Len: max(n, 32)}
 }
 
+// TestCounterRoundTrip restores counter, static and dynamic, and checks
+// its mappings, their contents, its exe, its counting, brk and rseq. Each
+// twice: filled as usual and with every fresh anonymous mapping filled
+// through a userfaultfd (restore.go, userfault), which must leave no
+// trace in the mappings.
 func TestCounterRoundTrip(t *testing.T) {
 	crtest.RequireRoot(t)
-	for _, static := range []bool{true, false} {
+	for _, c := range []struct {
+		static    bool
+		userfault bool
+	}{{true, false}, {false, false}, {true, true}, {false, true}} {
 		name := "dynamic"
-		if static {
+		if c.static {
 			name = "static"
 		}
+		if c.userfault {
+			name += "-userfaultfd"
+		}
+		static := c.static
 		t.Run(name, func(t *testing.T) {
+			if c.userfault {
+				defer crcore.SetUserfaultMin(0)()
+			}
 			bin := crtest.BuildC(t, "counter", static)
 			p := crtest.Start(t, bin)
 			p.WaitLine(t, `^count 5$`, 10*time.Second)
@@ -65,6 +80,9 @@ func TestCounterRoundTrip(t *testing.T) {
 			t.Cleanup(func() { crtest.KillAndReap(res.Pid) })
 			if res.Pid != p.Pid {
 				t.Fatalf("restored pid %d, dumped %d", res.Pid, p.Pid)
+			}
+			if c.userfault && res.Stats.PagesUserfault == 0 {
+				t.Errorf("no page went in through a userfaultfd (%d restored)", res.Stats.PagesRestored)
 			}
 			// Dumped stopped, restored stopped: compare before it runs.
 			crtest.WaitState(t, res.Pid, 'T', 5*time.Second)

@@ -25,6 +25,10 @@ func TestSizes(t *testing.T) {
 		{"__user_cap_header_struct", unsafe.Sizeof(CapUserHeader{}), SizeofCapUserHeader},
 		{"__user_cap_data_struct", unsafe.Sizeof(CapUserData{}), SizeofCapUserData},
 		{"itimerspec", unsafe.Sizeof(Itimerspec{}), SizeofItimerspec},
+		{"uffdio_api", unsafe.Sizeof(UffdioAPI{}), SizeofUffdioAPI},
+		{"uffdio_range", unsafe.Sizeof(UffdioRange{}), SizeofUffdioRange},
+		{"uffdio_register", unsafe.Sizeof(UffdioRegister{}), SizeofUffdioRegister},
+		{"uffdio_copy", unsafe.Sizeof(UffdioCopy{}), SizeofUffdioCopy},
 	} {
 		if c.got != c.want {
 			t.Errorf("sizeof(%s) = %d, kernel expects %d", c.name, c.got, c.want)

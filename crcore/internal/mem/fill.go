@@ -31,7 +31,7 @@ func fillMapped(pid int, runs []Run, f *os.File, base uint64, nw int, o FillOpti
 		stats = make([]Stats, nw)
 	)
 	work := func(w int, ps []piece, force bool) {
-		mr := &mapReader{pid: pid, fd: fd, end: end, stop: &stop, force: force, progress: o.Progress, sum: o.Sum}
+		mr := &mapReader{pid: pid, fd: fd, end: end, stop: &stop, force: force, progress: o.Progress, sum: o.Sum, uf: o.Userfault}
 		defer mr.close()
 		for _, p := range ps {
 			if err := mr.add(p); err != nil {
@@ -98,6 +98,8 @@ type mapReader struct {
 	winOff uint64
 	local  []unix.Iovec
 	rem    []unix.RemoteIovec
+	miss   []bool // per iovec: install through uf
+	uf     *Userfault
 	memf   *os.File
 	st     Stats
 }
@@ -131,6 +133,7 @@ func (m *mapReader) add(p piece) error {
 			m.local = append(m.local, unix.Iovec{Base: &m.win[at]})
 			m.local[len(m.local)-1].SetLen(int(n))
 			m.rem = append(m.rem, unix.RemoteIovec{Base: uintptr(p.addr), Len: int(n)})
+			m.miss = append(m.miss, p.missing)
 		}
 		m.st.PagesWritten += n / pageSize
 		if m.progress != nil {
@@ -161,12 +164,12 @@ func (m *mapReader) flush() error {
 	}
 	var err error
 	if len(m.rem) > 0 {
-		err = writev(m.pid, m.local, m.rem)
+		err = put(m.pid, m.uf, m.local, m.rem, m.miss)
 	}
 	if uerr := unix.Munmap(m.win); err == nil && uerr != nil {
 		err = os.NewSyscallError("munmap pages file", uerr)
 	}
-	m.win, m.local, m.rem = nil, m.local[:0], m.rem[:0]
+	m.win, m.local, m.rem, m.miss = nil, m.local[:0], m.rem[:0], m.miss[:0]
 	return err
 }
 

@@ -45,6 +45,9 @@ type Run struct {
 	// from its parent, equal to the image's); Fill passes over their
 	// bytes in the pages file.
 	Skip bool
+	// Missing: the task holds none of these pages and they lie in a
+	// range registered with FillOptions.Userfault, which installs them.
+	Missing bool
 }
 
 // Policy says which pages of a VMA are dumped.
@@ -150,6 +153,8 @@ type FillOptions struct {
 	// caller can check the file without reading it again. What a fill
 	// skips, or reads in order from a plain io.Reader, is not summed.
 	Sum func(off, n uint64, crc uint32)
+	// Userfault, if set, installs the runs marked Missing.
+	Userfault *Userfault
 }
 
 // FillWith is Fill with options.
@@ -169,7 +174,7 @@ func FillWith(pid int, runs []Run, pages io.Reader, o FillOptions) (Stats, error
 			return fillParallel(pid, runs, ra, w, o)
 		}
 	}
-	f := &filler{pid: pid, pages: pages, buf: make([]byte, bufSize), progress: progress}
+	f := &filler{pid: pid, pages: pages, buf: make([]byte, bufSize), progress: progress, uf: o.Userfault}
 	defer f.close()
 	for _, r := range runs {
 		if r.Skip {
@@ -187,7 +192,7 @@ func FillWith(pid int, runs []Run, pages io.Reader, o FillOptions) (Stats, error
 			}
 			continue
 		}
-		if err := f.add(r.Addr, 0, r.NrPages*pageSize); err != nil {
+		if err := f.add(piece{r.Addr, 0, r.NrPages * pageSize, r.Missing}); err != nil {
 			return f.st, err
 		}
 	}
@@ -217,9 +222,11 @@ func fillWorkers(runs []Run) int {
 	return min(runtime.GOMAXPROCS(0), maxWorkers)
 }
 
-// piece is part of a run: where it goes, where it is in the pages file.
+// piece is part of a run: where it goes, where it is in the pages file;
+// missing: see Run.Missing.
 type piece struct {
 	addr, off, len uint64
+	missing        bool
 }
 
 // splitRuns cuts the writable runs, whose bytes lie in order in the
@@ -238,13 +245,13 @@ func splitRuns(runs []Run, base uint64, nw int) (shares [][]piece, forced []piec
 	shares = make([][]piece, nw)
 	off, done := base, uint64(0) // file offset; writable bytes handed out
 	for _, r := range runs {
-		addr, left := r.Addr, r.NrPages*pageSize
+		addr, left, miss := r.Addr, r.NrPages*pageSize, r.Missing
 		if r.Skip {
 			off += left
 			continue
 		}
 		if r.Force {
-			forced = append(forced, piece{addr, off, left})
+			forced = append(forced, piece{addr, off, left, false})
 			off += left
 			continue
 		}
@@ -254,7 +261,7 @@ func splitRuns(runs []Run, base uint64, nw int) (shares [][]piece, forced []piec
 			if w < nw-1 {
 				n = min(left, uint64(w+1)*share-done)
 			}
-			shares[w] = append(shares[w], piece{addr, off, n})
+			shares[w] = append(shares[w], piece{addr, off, n, miss})
 			addr, off, done, left = addr+n, off+n, done+n, left-n
 		}
 	}
@@ -279,10 +286,10 @@ func fillParallel(pid int, runs []Run, pages readerAtSeeker, nw int, o FillOptio
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			f := &filler{pid: pid, ra: pages, buf: make([]byte, bufSize), stop: &stop, progress: o.Progress, sum: o.Sum}
+			f := &filler{pid: pid, ra: pages, buf: make([]byte, bufSize), stop: &stop, progress: o.Progress, sum: o.Sum, uf: o.Userfault}
 			defer f.close()
 			for _, p := range shares[w] {
-				if err := f.add(p.addr, p.off, p.len); err != nil {
+				if err := f.add(p); err != nil {
 					errs[w] = err
 					stop.Store(true)
 					return
@@ -327,6 +334,8 @@ type filler struct {
 	buf   []byte
 	local []unix.Iovec
 	rem   []unix.RemoteIovec
+	miss  []bool // per iovec: install through uf
+	uf    *Userfault
 	// spans are the preads that fill buf[:used] from ra, contiguous
 	// file ranges merged.
 	spans []piece
@@ -347,8 +356,10 @@ func (f *filler) wrote(n uint64) {
 	}
 }
 
-// add queues n bytes for addr, found at off in ra (ignored without ra).
-func (f *filler) add(addr, off, n uint64) error {
+// add queues p: p.len bytes for p.addr, found at p.off in ra (ignored
+// without ra).
+func (f *filler) add(p piece) error {
+	addr, off, n := p.addr, p.off, p.len
 	for n > 0 {
 		if f.used == len(f.buf) || len(f.rem) == iovMax {
 			if err := f.flush(); err != nil {
@@ -359,6 +370,7 @@ func (f *filler) add(addr, off, n uint64) error {
 		f.local = append(f.local, unix.Iovec{Base: &f.buf[f.used]})
 		f.local[len(f.local)-1].SetLen(int(k))
 		f.rem = append(f.rem, unix.RemoteIovec{Base: uintptr(addr), Len: int(k)})
+		f.miss = append(f.miss, p.missing)
 		if f.ra != nil {
 			if j := len(f.spans) - 1; j >= 0 && f.spans[j].off+f.spans[j].len == off {
 				f.spans[j].len += k
@@ -401,33 +413,11 @@ func (f *filler) flush() error {
 	} else if _, err := io.ReadFull(f.pages, f.buf[:f.used]); err != nil {
 		return fmt.Errorf("read pages: %w", err)
 	}
-	done := 0
-	for done < f.used {
-		loc, rm, skip := f.local, f.rem, done
-		for len(rm) > 0 && skip >= rm[0].Len {
-			skip -= rm[0].Len
-			loc, rm = loc[1:], rm[1:]
-		}
-		if skip > 0 {
-			l0 := unix.Iovec{Base: &f.buf[done]}
-			l0.SetLen(rm[0].Len - skip)
-			loc = append([]unix.Iovec{l0}, loc[1:]...)
-			rm = append([]unix.RemoteIovec{{Base: rm[0].Base + uintptr(skip), Len: rm[0].Len - skip}}, rm[1:]...)
-		}
-		n, err := unix.ProcessVMWritev(f.pid, loc, rm, 0)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("write memory of task %d at %#x: %w", f.pid, rm[0].Base, os.NewSyscallError("process_vm_writev", err))
-		}
-		if n == 0 {
-			return fmt.Errorf("write memory of task %d at %#x: no progress", f.pid, rm[0].Base)
-		}
-		done += n
+	if err := put(f.pid, f.uf, f.local, f.rem, f.miss); err != nil {
+		return err
 	}
 	f.wrote(uint64(f.used))
-	f.used, f.local, f.rem, f.spans = 0, f.local[:0], f.rem[:0], f.spans[:0]
+	f.used, f.local, f.rem, f.miss, f.spans = 0, f.local[:0], f.rem[:0], f.miss[:0], f.spans[:0]
 	return nil
 }
 
