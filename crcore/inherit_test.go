@@ -117,3 +117,53 @@ func TestCopyOnWriteInherited(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestDumpKeepsCopyOnWriteShared dumps, leaving it running, a parent and
+// its forked child that share most of a region copy-on-write: after the
+// dump the child still shares it (process_vm_readv would have made the
+// kernel give it a private copy of every shared page it read), and both
+// still hold exactly what they held.
+func TestDumpKeepsCopyOnWriteShared(t *testing.T) {
+	crtest.RequireRoot(t)
+	bin := crtest.BuildC(t, "cow", false)
+	p := crtest.Start(t, bin)
+	p.WaitLine(t, `^parent ready`, 10*time.Second)
+	p.WaitLine(t, `^child ready`, 10*time.Second)
+	var ppid, cpid int
+	var addr uint64
+	for _, l := range p.Lines() {
+		var name string
+		var pid int
+		var a uint64
+		if n, _ := fmt.Sscanf(l, "%s ready %d %x", &name, &pid, &a); n == 3 {
+			if name == "parent" {
+				ppid = pid
+			} else {
+				cpid = pid
+			}
+			addr = a
+		}
+	}
+	t.Cleanup(func() { unix.Kill(cpid, unix.SIGKILL); unix.Kill(ppid, unix.SIGKILL) })
+	const wantShared = 12 << 10 // KiB: see TestCopyOnWriteInherited
+	if got := sharedKiB(t, cpid, addr); got < wantShared {
+		t.Fatalf("before the dump the child shares %d KiB, want >= %d: the program did not set up", got, wantShared)
+	}
+	dir := filepath.Join(t.TempDir(), "img")
+	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: ppid, ImageDir: dir, LeaveRunning: true}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	if got := sharedKiB(t, cpid, addr); got < wantShared {
+		t.Errorf("after the dump the child shares %d KiB of the region, want >= %d: the dump unshared its pages", got, wantShared)
+	}
+	n := len(p.Lines())
+	unix.Kill(ppid, unix.SIGUSR1)
+	unix.Kill(cpid, unix.SIGUSR1)
+	p.WaitLine(t, `^parent (ok|bad)`, 10*time.Second)
+	p.WaitLine(t, `^child (ok|bad)`, 10*time.Second)
+	for _, l := range p.Lines()[n:] {
+		if strings.Contains(l, " bad ") {
+			t.Errorf("after the dump: %s", l)
+		}
+	}
+}

@@ -47,7 +47,7 @@ type Dumper struct {
 }
 
 // job is a run to copy; mem: read it through /proc/PID/mem (the task
-// itself cannot read the mapping).
+// itself cannot read the mapping, or the pages are shared: sharedAnon).
 type job struct {
 	addr, len uint64
 	mem       bool
@@ -104,19 +104,35 @@ func (d *Dumper) Dump(v *procfs.VMA, p Policy) ([]Run, error) {
 			} else {
 				runs = append(runs, Run{Addr: a, NrPages: 1})
 			}
+			d.addJob(a, !v.Read || sharedAnon(e))
 		}
 		addr += n * pageSize
 	}
-	for _, r := range runs {
-		n := r.NrPages * pageSize
-		if k := len(d.jobs) - 1; k >= 0 && d.jobs[k].mem == !v.Read && d.jobs[k].addr+d.jobs[k].len == r.Addr {
-			d.jobs[k].len += n
-		} else {
-			d.jobs = append(d.jobs, job{addr: r.Addr, len: n, mem: !v.Read})
-		}
-		d.total += n
-	}
 	return runs, nil
+}
+
+// sharedAnon reports whether pagemap entry e is an anonymous page mapped
+// more than once: shared copy-on-write with a parent or a child. Such a
+// page is read through /proc/PID/mem. process_vm_readv pins the pages it
+// reads, and the kernel does not let a read-only pin see a page that a
+// later write could replace: it unshares it first, giving the task its
+// own copy. Dumping a tree of forked workers that way made each of them
+// a private copy of everything it shared (memory the dump would add to
+// the running tree), at the cost of fresh memory per page; reading
+// /proc/PID/mem takes plain references and copies nothing.
+func sharedAnon(e uint64) bool {
+	return e&(procfs.PMPresent|procfs.PMFileShared|procfs.PMExclusive) == procfs.PMPresent
+}
+
+// addJob records the page at a, to be read through /proc/PID/mem if
+// viaMem.
+func (d *Dumper) addJob(a uint64, viaMem bool) {
+	if k := len(d.jobs) - 1; k >= 0 && d.jobs[k].mem == viaMem && d.jobs[k].addr+d.jobs[k].len == a {
+		d.jobs[k].len += pageSize
+	} else {
+		d.jobs = append(d.jobs, job{addr: a, len: pageSize, mem: viaMem})
+	}
+	d.total += pageSize
 }
 
 // Flush copies every run recorded since the last Flush; call it once
