@@ -748,6 +748,19 @@ func (rs *restorer) buildMemory(t *rtask) error {
 	force := map[uint64]bool{}
 	// fresh: the anonymous mappings made here, empty until filled.
 	var fresh [][2]uint64
+	// rseqIn: the mappings holding a thread's rseq area. Registering
+	// rseq, done while the fill runs, writes there from the kernel, and
+	// so does every return to user mode after it (a failure is a
+	// SIGSEGV): they stay writable and out of the userfaultfd.
+	rseqIn := make([]bool, len(vmas))
+	for _, th := range ti.threads {
+		if e := th.core.GetThreadCore().GetRseqEntry(); e != nil && e.GetRseqAbiPointer() != 0 {
+			a := e.GetRseqAbiPointer()
+			if i := sort.Search(len(vmas), func(i int) bool { return vmas[i].GetEnd() > a }); i < len(vmas) && vmas[i].GetStart() <= a {
+				rseqIn[i] = true
+			}
+		}
+	}
 	// The plain mappings go in one batch; a mapping of shared memory and
 	// the opening of a mapped file run at once, which is safe as every
 	// mapping is MAP_FIXED over its own range.
@@ -766,6 +779,15 @@ func (rs *restorer) buildMemory(t *rtask) error {
 		accounted := !known || strings.Contains(" "+fl+" ", " ac ")
 		switch {
 		case shared && status&vmaFileShared != 0:
+		case prot&unix.PROT_WRITE != 0 && i > 0 && touchesLike(vmas[i-1], v) && (plan == nil || !plan.kept[v.GetStart()]) && !rseqIn[i]:
+			// The kernel kept it apart from the mapping it touches
+			// (their anon_vmas differ); mapped like it, it would
+			// merge into it. Mapped without write, it stays apart,
+			// gets an anon_vma of its own as it is filled through
+			// /proc/PID/mem, and the mprotect that makes it
+			// writable (and accounted, as it was) cannot merge it.
+			mprot = prot &^ unix.PROT_WRITE
+			force[v.GetStart()] = true
 		case accounted || prot&unix.PROT_WRITE != 0:
 			mprot |= unix.PROT_READ | unix.PROT_WRITE
 		default:
@@ -795,7 +817,7 @@ func (rs *restorer) buildMemory(t *rtask) error {
 		}
 		maps.add(fmt.Sprintf("mmap %#x-%#x", v.GetStart(), v.GetEnd()), unix.SYS_MMAP,
 			v.GetStart(), v.GetEnd()-v.GetStart(), mprot, flags, fd, v.GetPgoff())
-		if status&vmaAnonPrivate != 0 && fd == ^uint64(0) && mprot&unix.PROT_WRITE != 0 &&
+		if status&vmaAnonPrivate != 0 && fd == ^uint64(0) && mprot&unix.PROT_WRITE != 0 && !rseqIn[i] &&
 			flags&(unix.MAP_POPULATE|unix.MAP_LOCKED|unix.MAP_GROWSDOWN) == 0 && !mergeableNeighbour(vmas, i) {
 			fresh = append(fresh, [2]uint64{v.GetStart(), v.GetEnd()})
 		}
@@ -892,29 +914,16 @@ var userfaultMin uint64 = 8 << 20
 // refuses one (an older kernel, a seccomp filter); that is no error. Nor
 // is it used where the kernel would back fresh memory with transparent
 // huge pages (THP "always"): UFFDIO_COPY installs small pages.
-//
-// The mappings holding the threads' rseq areas stay out: registering
-// rseq, done while the fill runs, writes there from the kernel, which
-// fails on a registered missing page (UFFD_USER_MODE_ONLY).
+// buildMemory leaves out of fresh the mappings holding an rseq area and
+// those touching a like neighbour (mergeableNeighbour).
 func (rs *restorer) userfault(t *rtask, fresh [][2]uint64, runs []mem.Run) (*mem.Userfault, [][2]uint64, error) {
 	if len(fresh) == 0 || thpAlways() {
 		return nil, nil, nil
 	}
-	// A mapping holding a thread's rseq area stays out whole: splitting
-	// it for registration would leave it split.
-	var avoid [][2]uint64
-	for _, th := range t.ti.threads {
-		if e := th.core.GetThreadCore().GetRseqEntry(); e != nil && e.GetRseqAbiPointer() != 0 {
-			if i := rangeHolding(fresh, e.GetRseqAbiPointer(), 1); i >= 0 {
-				avoid = append(avoid, fresh[i])
-			}
-		}
-	}
-	regs := subtractRanges(fresh, avoid)
 	var total uint64
-	used := make([]bool, len(regs))
-	for _, r := range splitRunsAt(runs, regs) {
-		if i := rangeHolding(regs, r.Addr, r.NrPages*pgSize); i >= 0 && !r.Force {
+	used := make([]bool, len(fresh))
+	for _, r := range splitRunsAt(runs, fresh) {
+		if i := rangeHolding(fresh, r.Addr, r.NrPages*pgSize); i >= 0 && !r.Force {
 			total += r.NrPages * pgSize
 			used[i] = true
 		}
@@ -946,7 +955,7 @@ func (rs *restorer) userfault(t *rtask, fresh [][2]uint64, runs []mem.Run) (*mem
 		return nil, nil, nil
 	}
 	var registered [][2]uint64
-	for i, g := range regs {
+	for i, g := range fresh {
 		if !used[i] {
 			continue
 		}
@@ -977,12 +986,15 @@ func markMissing(runs []mem.Run, registered [][2]uint64) []mem.Run {
 // the two, and registering or unregistering a userfaultfd range tries
 // to, where filling them otherwise leaves them apart as dumped.
 func mergeableNeighbour(vmas []*pb.VmaEntry, i int) bool {
-	v := vmas[i]
-	like := func(w *pb.VmaEntry) bool {
-		return w.GetStatus()&vmaAnonPrivate != 0 && w.GetProt() == v.GetProt() && w.GetFlags() == v.GetFlags()
-	}
-	return (i > 0 && vmas[i-1].GetEnd() == v.GetStart() && like(vmas[i-1])) ||
-		(i+1 < len(vmas) && vmas[i+1].GetStart() == v.GetEnd() && like(vmas[i+1]))
+	return (i > 0 && touchesLike(vmas[i-1], vmas[i])) || (i+1 < len(vmas) && touchesLike(vmas[i], vmas[i+1]))
+}
+
+// touchesLike reports whether the anonymous private mappings a and b
+// touch (a ends where b starts) with one protection and one set of flags:
+// the kernel would merge them unless their anon_vmas differ.
+func touchesLike(a, b *pb.VmaEntry) bool {
+	return a.GetEnd() == b.GetStart() && a.GetStatus()&vmaAnonPrivate != 0 && b.GetStatus()&vmaAnonPrivate != 0 &&
+		a.GetProt() == b.GetProt() && a.GetFlags() == b.GetFlags()
 }
 
 // rangeHolding returns the index of the range of rs (sorted, disjoint
@@ -993,33 +1005,6 @@ func rangeHolding(rs [][2]uint64, a, n uint64) int {
 		return i
 	}
 	return -1
-}
-
-// subtractRanges returns the parts of rs (sorted, disjoint) outside every
-// range of cut, in order.
-func subtractRanges(rs, cut [][2]uint64) [][2]uint64 {
-	out := make([][2]uint64, 0, len(rs))
-	for _, r := range rs {
-		parts := [][2]uint64{r}
-		for _, c := range cut {
-			var next [][2]uint64
-			for _, p := range parts {
-				if c[1] <= p[0] || p[1] <= c[0] {
-					next = append(next, p)
-					continue
-				}
-				if p[0] < c[0] {
-					next = append(next, [2]uint64{p[0], c[0]})
-				}
-				if c[1] < p[1] {
-					next = append(next, [2]uint64{c[1], p[1]})
-				}
-			}
-			parts = next
-		}
-		out = append(out, parts...)
-	}
-	return out
 }
 
 // splitRunsAt cuts runs (in pages-file order) where a range of rs starts
