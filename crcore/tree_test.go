@@ -163,13 +163,18 @@ func TestThreadsRoundTrip(t *testing.T) {
 		for _, e := range ents {
 			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/comm", pid, e.Name()))
 			st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, e.Name()))
-			var blk string
+			// The CPUs too: the restore runs the threads on
+			// its tracer's CPU until it lets them go.
+			var blk, cpus string
 			for _, l := range strings.Split(string(st), "\n") {
 				if strings.HasPrefix(l, "SigBlk:") {
 					blk = l
 				}
+				if strings.HasPrefix(l, "Cpus_allowed_list:") {
+					cpus = strings.Join(strings.Fields(l), " ")
+				}
 			}
-			out[e.Name()] = strings.TrimSpace(string(comm)) + " " + blk
+			out[e.Name()] = strings.TrimSpace(string(comm)) + " " + blk + " " + cpus
 		}
 		return out
 	}
@@ -199,7 +204,7 @@ func TestThreadsRoundTrip(t *testing.T) {
 	t.Cleanup(func() { crtest.KillAndReap(res.Pid) })
 	after := tasks(res.Pid)
 	if fmt.Sprint(after) != fmt.Sprint(before) {
-		t.Errorf("threads (tid: name mask) after restore %v, before %v", after, before)
+		t.Errorf("threads (tid: name mask cpus) after restore %v, before %v", after, before)
 	}
 	p.WaitLine(t, fmt.Sprintf(`^thread 0 count %d `, last["0"]+20), 10*time.Second)
 	first := map[string]bool{}
