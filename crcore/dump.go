@@ -206,33 +206,35 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 	}
 	log.WithField("took", time.Since(frozen)).Debug("files dumped")
 	phase := time.Now()
-	for _, t := range tasks {
-		if t.zombie {
-			continue
-		}
-		if err := d.dumpTask(t); err != nil {
-			return nil, fmt.Errorf("dump pid %d: %w", t.pid, err)
-		}
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-	}
-	memStart := time.Now()
-	log.WithField("took", memStart.Sub(phase)).Debug("task state dumped")
-	// Each task's pages are copied by a worker while the next task's
-	// address space is scanned: the copies need no ptrace, and in a tree
-	// of small tasks they are most of the memory phase.
+	// Each task's pages are copied by a worker while the tracer goes on
+	// to the next task, its state and then the scan of its address
+	// space: the copies need no ptrace, and the tracer mostly waits for
+	// the tasks' stops. (A tree of 200 once took its task states and its
+	// memory one after the other: 189 + 250 ms.)
 	copies := newCopyGroup(ctx)
+	var memStart time.Time
 	for _, t := range tasks {
 		if t.zombie {
 			continue
 		}
-		if err := d.dumpMM(t, copies); err != nil {
-			_ = copies.wait() // let the started copies end; this error is the one to report
-			return nil, fmt.Errorf("dump pid %d: %w", t.pid, err)
+		err := d.dumpTask(t)
+		if err == nil {
+			err = ctx.Err()
 		}
-		if t.fs, err = d.dumpFs(t.pid, t.umask); err != nil {
-			_ = copies.wait() // as above
+		if err == nil {
+			if memStart.IsZero() {
+				memStart = time.Now()
+			}
+			err = d.dumpMM(t, copies)
+		}
+		if err == nil {
+			t.fs, err = d.dumpFs(t.pid, t.umask)
+		}
+		if err != nil {
+			_ = copies.wait() // let the started copies end; this error is the one to report
+			if errors.Is(err, ctx.Err()) {
+				return nil, err
+			}
 			return nil, fmt.Errorf("dump pid %d: %w", t.pid, err)
 		}
 	}
@@ -242,8 +244,11 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 	if err := d.dumpSysv(pid); err != nil {
 		return nil, fmt.Errorf("dump pid %d: %w", pid, err)
 	}
+	if memStart.IsZero() {
+		memStart = time.Now()
+	}
 	d.stats.MemoryTime = time.Since(memStart)
-	log.WithField("took", d.stats.MemoryTime).Debug("memory dumped")
+	log.WithFields(logrus.Fields{"took": time.Since(phase), "memory": d.stats.MemoryTime}).Debug("task state and memory dumped")
 	phase = time.Now()
 	faultPoint("dump:after-memory")
 
