@@ -44,19 +44,15 @@ func sharedKiB(t *testing.T, pid int, addr uint64) int {
 	return kib
 }
 
-// TestCopyOnWriteInherited restores a parent and its forked child whose
-// memory is mostly shared: the child keeps what it had of the parent's
-// pages shared (not one private copy per task), its own changes, and
-// the zeros of the pages it dropped; the parent keeps its changes
-// unseen by the child.
-func TestCopyOnWriteInherited(t *testing.T) {
-	crtest.RequireRoot(t)
+// startCow starts cow.c and waits for its parent and child: it returns
+// them and the address of their shared region. Both are killed when the
+// test ends.
+func startCow(t *testing.T) (p *crtest.Proc, ppid, cpid int, addr uint64) {
+	t.Helper()
 	bin := crtest.BuildC(t, "cow", false)
-	p := crtest.Start(t, bin)
+	p = crtest.Start(t, bin)
 	p.WaitLine(t, `^parent ready`, 10*time.Second)
 	p.WaitLine(t, `^child ready`, 10*time.Second)
-	var ppid, cpid int
-	var addr uint64
 	for _, l := range p.Lines() {
 		var name string
 		var pid int
@@ -70,7 +66,21 @@ func TestCopyOnWriteInherited(t *testing.T) {
 			addr = a
 		}
 	}
+	if ppid == 0 || cpid == 0 {
+		t.Fatalf("want a parent and a child, got %d and %d", ppid, cpid)
+	}
 	t.Cleanup(func() { unix.Kill(cpid, unix.SIGKILL); unix.Kill(ppid, unix.SIGKILL) })
+	return p, ppid, cpid, addr
+}
+
+// TestCopyOnWriteInherited restores a parent and its forked child whose
+// memory is mostly shared: the child keeps what it had of the parent's
+// pages shared (not one private copy per task), its own changes, and
+// the zeros of the pages it dropped; the parent keeps its changes
+// unseen by the child.
+func TestCopyOnWriteInherited(t *testing.T) {
+	crtest.RequireRoot(t)
+	p, ppid, cpid, addr := startCow(t)
 	// 16 MiB, of which the child wrote 1, dropped 1, and the parent
 	// wrote 1 after the fork: 13 MiB shared.
 	const wantShared = 12 << 10
@@ -125,26 +135,7 @@ func TestCopyOnWriteInherited(t *testing.T) {
 // still hold exactly what they held.
 func TestDumpKeepsCopyOnWriteShared(t *testing.T) {
 	crtest.RequireRoot(t)
-	bin := crtest.BuildC(t, "cow", false)
-	p := crtest.Start(t, bin)
-	p.WaitLine(t, `^parent ready`, 10*time.Second)
-	p.WaitLine(t, `^child ready`, 10*time.Second)
-	var ppid, cpid int
-	var addr uint64
-	for _, l := range p.Lines() {
-		var name string
-		var pid int
-		var a uint64
-		if n, _ := fmt.Sscanf(l, "%s ready %d %x", &name, &pid, &a); n == 3 {
-			if name == "parent" {
-				ppid = pid
-			} else {
-				cpid = pid
-			}
-			addr = a
-		}
-	}
-	t.Cleanup(func() { unix.Kill(cpid, unix.SIGKILL); unix.Kill(ppid, unix.SIGKILL) })
+	p, ppid, cpid, addr := startCow(t)
 	const wantShared = 12 << 10 // KiB: see TestCopyOnWriteInherited
 	if got := sharedKiB(t, cpid, addr); got < wantShared {
 		t.Fatalf("before the dump the child shares %d KiB, want >= %d: the program did not set up", got, wantShared)

@@ -299,22 +299,8 @@ func TestCorruptPagesFoundWhileFilling(t *testing.T) {
 		flipEachPagesFile(t, p.Pid, []int{p.Pid})
 	})
 	t.Run("copy-on-write", func(t *testing.T) {
-		bin := crtest.BuildC(t, "cow", false)
-		p := crtest.Start(t, bin)
-		p.WaitLine(t, `^parent ready`, 10*time.Second)
-		p.WaitLine(t, `^child ready`, 10*time.Second)
-		pids := make([]int, 2) // parent, child
-		for _, l := range p.Lines() {
-			var name string
-			var pid int
-			if n, _ := fmt.Sscanf(l, "%s ready %d", &name, &pid); n == 2 {
-				pids[map[string]int{"parent": 0, "child": 1}[name]] = pid
-			}
-		}
-		if pids[0] == 0 || pids[1] == 0 {
-			t.Fatalf("want a parent and a child, got %v", pids)
-		}
-		flipEachPagesFile(t, pids[0], pids)
+		_, ppid, cpid, _ := startCow(t)
+		flipEachPagesFile(t, ppid, []int{ppid, cpid})
 	})
 }
 
