@@ -104,23 +104,28 @@ func (u *Userfault) copy(pid int, dst uint64, src []byte) error {
 	return nil
 }
 
-// put writes local into task pid at rem: the pairs marked in miss
-// through u, the others with process_vm_writev. miss may be nil (none).
+// put writes local into task pid at rem: the pairs marked in miss (one
+// flag a pair) through u, the others with process_vm_writev. Without u
+// everything is written.
 func put(pid int, u *Userfault, local []unix.Iovec, rem []unix.RemoteIovec, miss []bool) error {
+	if u == nil {
+		return writev(pid, local, rem)
+	}
 	for i := 0; i < len(rem); {
 		j := i + 1
-		for j < len(rem) && (miss == nil || miss[j] == miss[i]) {
+		for j < len(rem) && miss[j] == miss[i] {
 			j++
 		}
-		if u != nil && miss != nil && miss[i] {
-			for k := i; k < j; k++ {
-				b := unsafe.Slice(local[k].Base, local[k].Len) //nolint:gosec // audited: the iovec describes our own buffer or mapping
-				if err := u.copy(pid, uint64(rem[k].Base), b); err != nil {
-					return err
-				}
+		if !miss[i] {
+			if err := writev(pid, local[i:j], rem[i:j]); err != nil {
+				return err
 			}
-		} else if err := writev(pid, local[i:j], rem[i:j]); err != nil {
-			return err
+		}
+		for k := i; k < j && miss[i]; k++ {
+			b := unsafe.Slice(local[k].Base, local[k].Len) //nolint:gosec // audited: the iovec describes our own buffer or mapping
+			if err := u.copy(pid, uint64(rem[k].Base), b); err != nil {
+				return err
+			}
 		}
 		i = j
 	}
