@@ -89,13 +89,18 @@ type DumpResult struct {
 
 // Stats are the figures of one dump or restore.
 type Stats struct {
-	FrozenTime    time.Duration `json:"frozen_ns"`
-	MemoryTime    time.Duration `json:"memory_ns"`
-	TotalTime     time.Duration `json:"total_ns"`
-	PagesScanned  uint64        `json:"pages_scanned"`
-	PagesSkipped  uint64        `json:"pages_zero"`
-	PagesWritten  uint64        `json:"pages_written"`
-	PagesRestored uint64        `json:"pages_restored"`
+	FrozenTime   time.Duration `json:"frozen_ns"`
+	MemoryTime   time.Duration `json:"memory_ns"`
+	TotalTime    time.Duration `json:"total_ns"`
+	PagesScanned uint64        `json:"pages_scanned"`
+	PagesSkipped uint64        `json:"pages_zero"`
+	PagesWritten uint64        `json:"pages_written"`
+	// PagesParent: pages a dump recorded as shared with the parent
+	// process (copy-on-write after a fork), written once, in the
+	// parent's image. A restore counts those it had to copy from there
+	// in PagesRestored.
+	PagesParent   uint64 `json:"pages_parent"`
+	PagesRestored uint64 `json:"pages_restored"`
 	// PagesUserfault: of PagesRestored, those installed through a
 	// userfaultfd (UFFDIO_COPY) rather than written.
 	PagesUserfault uint64 `json:"pages_userfault"`

@@ -47,14 +47,22 @@ const (
 	vmaAreaVvar     = 1 << 12
 )
 
-// pagemap_entry flags (CRIU's PE_*).
-const pePresent = 1 << 2
+// pagemap_entry flags: CRIU's PE_PRESENT (the pages are in this task's
+// pages file, in entry order), and crhook's own peInParent (mem.Run.Parent:
+// the pages are the parent process's at the same address, and have no
+// room in this task's file). CRIU's PE_PARENT means another thing (a
+// previous dump's image) and is not used.
+const (
+	pePresent  = 1 << 2
+	peInParent = 1 << 16
+)
 
 // imgVersion is CRIU's CRTOOLS_IMAGES_V1_1.
 const imgVersion = 2
 
-// formatVersion is crhook's own image format version.
-const formatVersion = 1
+// formatVersion is crhook's own image format version: 2 added
+// peInParent; a version 1 image (without it) reads as before.
+const formatVersion = 2
 
 const scratchSize = 64 << 10
 
@@ -1019,6 +1027,13 @@ func (d *dumper) dumpMM(t *dtask, copies *copyGroup) error {
 			_ = pages.Close()
 		}
 	}()
+	like := likeParent(t)
+	var ppm *procfs.Pagemap
+	defer func() {
+		if ppm != nil {
+			_ = ppm.Close()
+		}
+	}()
 	for _, v := range vmas {
 		e, err := d.vmaEntry(pid, v)
 		if err != nil {
@@ -1029,7 +1044,16 @@ func (d *dumper) dumpMM(t *dtask, copies *copyGroup) error {
 		}
 		t.mm.Vmas = append(t.mm.Vmas, e)
 		t.vmas = append(t.vmas, &pb.CrhookVmaEntry{Start: proto.Uint64(v.Start), VmFlags: proto.String(v.FlagsText)})
-		r, err := md.Dump(v, mem.PolicyFor(v))
+		var parent *procfs.Pagemap
+		if inheritable(e) && like[keyOf(e, v.FlagsText)] {
+			if ppm == nil {
+				if ppm, err = procfs.OpenPagemap(t.parent.pid); err != nil {
+					return err
+				}
+			}
+			parent = ppm
+		}
+		r, err := md.DumpShared(v, mem.PolicyFor(v), parent)
 		if err != nil {
 			return fmt.Errorf("dump memory %s: %w", v.Line(), err)
 		}
@@ -1052,8 +1076,32 @@ func (d *dumper) dumpMM(t *dtask, copies *copyGroup) error {
 		d.stats.PagesScanned += md.Stats.PagesScanned
 		d.stats.PagesSkipped += md.Stats.PagesZero
 		d.stats.PagesWritten += md.Stats.PagesWritten
+		d.stats.PagesParent += md.Stats.PagesParent
 		copies.mu.Unlock()
 		return nil
 	})
 	return nil
+}
+
+// likeParent returns the keys of the mappings of t's parent that a fork
+// shares (inherit.go), when the parent's memory is dumped already: a page
+// of t in a like mapping that is still the parent's page is recorded as
+// the parent's (mem.DumpShared), which a restore that clones t from its
+// parent inherits as such (planInherit keeps exactly these mappings).
+func likeParent(t *dtask) map[vmaKey]bool {
+	p := t.parent
+	if p == nil || p.zombie || p.mm == nil {
+		return nil
+	}
+	flags := make(map[uint64]string, len(p.vmas))
+	for _, e := range p.vmas {
+		flags[e.GetStart()] = e.GetVmFlags()
+	}
+	keys := map[vmaKey]bool{}
+	for _, v := range p.mm.GetVmas() {
+		if inheritable(v) {
+			keys[keyOf(v, flags[v.GetStart()])] = true
+		}
+	}
+	return keys
 }

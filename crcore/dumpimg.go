@@ -141,7 +141,11 @@ func (d *dumper) writeTask(t *dtask) error {
 		return err
 	}
 	for _, r := range t.runs {
-		if err := w.Write(&pb.PagemapEntry{Vaddr: proto.Uint64(r.Addr), NrPages: proto.Uint32(uint32(r.NrPages)), Flags: proto.Uint32(pePresent)}); err != nil {
+		flags := uint32(pePresent)
+		if r.Parent {
+			flags = peInParent
+		}
+		if err := w.Write(&pb.PagemapEntry{Vaddr: proto.Uint64(r.Addr), NrPages: proto.Uint32(uint32(r.NrPages)), Flags: proto.Uint32(flags)}); err != nil {
 			_ = w.Close()
 			return err
 		}

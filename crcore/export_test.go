@@ -10,3 +10,12 @@ func SetUserfaultMin(n uint64) (restore func()) {
 	userfaultMin = n
 	return func() { userfaultMin = old }
 }
+
+// SetInheritCopyOnWrite turns off (or on) the copy-on-write inheritance
+// of a restore: each child then starts from an empty address space, and
+// gets the pages it shared with its parent from the parent's image.
+func SetInheritCopyOnWrite(on bool) (restore func()) {
+	old := inheritCopyOnWrite
+	inheritCopyOnWrite = on
+	return func() { inheritCopyOnWrite = old }
+}

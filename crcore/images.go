@@ -120,8 +120,8 @@ func loadImagesFrom(d *image.Dir) (_ *imageSet, err error) {
 	if err := readOne(d, "crhook-inventory.img", image.CrhookInventory, s.ext); err != nil {
 		return nil, fmt.Errorf("not a crhook image directory: %w", err)
 	}
-	if v := s.ext.GetFormatVersion(); v != formatVersion {
-		return nil, fmt.Errorf("%s: image format version %d, this crhook reads %d: %w", path, v, formatVersion, ErrBadImage)
+	if v := s.ext.GetFormatVersion(); v < 1 || v > formatVersion {
+		return nil, fmt.Errorf("%s: image format version %d, this crhook reads 1 to %d: %w", path, v, formatVersion, ErrBadImage)
 	}
 	if a := s.ext.GetArch(); a != machineArch {
 		return nil, fmt.Errorf("%s: images of a %s machine cannot be restored on %s: %w", path, a, machineArch, ErrNotSupported)
@@ -171,6 +171,9 @@ func loadImagesFrom(d *image.Dir) (_ *imageSet, err error) {
 		if _, ok := s.tasks[int(p.GetPpid())]; !ok {
 			return nil, fmt.Errorf("pstree.img: pid %d has parent %d, which is not in the tree: %w", p.GetPid(), p.GetPpid(), ErrBadImage)
 		}
+	}
+	if err := s.checkParentRuns(); err != nil {
+		return nil, err
 	}
 	if err := s.validate(); err != nil {
 		return nil, err
@@ -260,6 +263,18 @@ func loadTask(d *image.Dir, p *pb.PstreeEntry) (*taskImage, error) {
 	return ti, nil
 }
 
+// ownPages is the number of pages in ti's own pages file: its runs but
+// those in the parent.
+func (ti *taskImage) ownPages() uint64 {
+	var n uint64
+	for _, r := range ti.runs {
+		if !r.Parent {
+			n += r.NrPages
+		}
+	}
+	return n
+}
+
 func (ti *taskImage) readPagemap(d *image.Dir) error {
 	name := pagemapName(ti.pid)
 	r, err := d.NewReader(name, image.Pagemap)
@@ -283,6 +298,14 @@ func (ti *taskImage) readPagemap(d *image.Dir) error {
 			return err
 		}
 		run := mem.Run{Addr: e.GetVaddr(), NrPages: uint64(e.GetNrPages())}
+		switch e.GetFlags() {
+		case pePresent:
+		case peInParent:
+			run.Parent = true
+		default:
+			return fmt.Errorf("%s: pages at %#x (+%d) have flags %#x, not PE_PRESENT (%#x) or crhook's in-parent (%#x): %w",
+				name, run.Addr, run.NrPages, e.GetFlags(), pePresent, peInParent, ErrBadImage)
+		}
 		// Every run must lie inside one dumped VMA: an image must not
 		// make us write anywhere else.
 		end := run.Addr + run.NrPages*uint64(pageSize)

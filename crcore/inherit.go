@@ -35,6 +35,11 @@ import (
 
 var pgSize = uint64(pageSize)
 
+// inheritCopyOnWrite: a child keeps what it can of its parent's address
+// space. Off only in tests (SetInheritCopyOnWrite), to restore every
+// child into an empty one.
+var inheritCopyOnWrite = true
+
 // vmaKey is what must be equal for a child to keep a parent's mapping.
 type vmaKey struct {
 	start, end, pgoff, shmid uint64
@@ -182,7 +187,9 @@ func (pl *inheritPlan) splitInherited(child *taskImage, runs []mem.Run, cpages, 
 	var o uint64
 	for i, r := range parent.runs {
 		poff[i] = o
-		o += r.NrPages * pgSize
+		if !r.Parent {
+			o += r.NrPages * pgSize
+		}
 	}
 	var out []mem.Run
 	// emit adds n pages at addr, with the flags of their run from.
@@ -234,10 +241,16 @@ func (pl *inheritPlan) splitInherited(child *taskImage, runs []mem.Run, cpages, 
 			i := sort.Search(len(parent.runs), func(i int) bool {
 				return parent.runs[i].Addr+parent.runs[i].NrPages*pgSize > a
 			})
-			if i == len(parent.runs) || parent.runs[i].Addr > a {
+			if i == len(parent.runs) || parent.runs[i].Addr > a || parent.runs[i].Parent {
+				// No bytes of the parent's here to compare with (a
+				// Parent run of the parent's has them further up).
 				next := end
 				if i < len(parent.runs) {
-					next = min(end, parent.runs[i].Addr)
+					if parent.runs[i].Addr <= a {
+						next = min(end, parent.runs[i].Addr+parent.runs[i].NrPages*pgSize)
+					} else {
+						next = min(end, parent.runs[i].Addr)
+					}
 				}
 				emit(a, (next-a)/pgSize, false, r)
 				a = next
@@ -350,4 +363,172 @@ func (m memPages) ReadAt(b []byte, off int64) (int, error) {
 // openParentPages opens the parent's pages file for splitInherited.
 func (s *imageSet) openPages(ti *taskImage) (*os.File, error) {
 	return s.dir.OpenPages(pagesName(int(ti.pages)))
+}
+
+// Pages in the parent (mem.Run.Parent, peInParent).
+//
+// A dump records a page a child still shares with its parent (the same
+// frame, at the same address of a like mapping) as the parent's, and
+// writes it once, in the parent's image. A child cloned from that parent
+// into a mapping it keeps (planInherit) has these pages already; any
+// other child gets them copied from the image of the nearest ancestor
+// whose own file holds them (parentFill).
+
+// dumpParent returns the image of ti's parent in the tree, or nil.
+func (s *imageSet) dumpParent(ti *taskImage) *taskImage {
+	if ti.ps == nil || len(s.tree) > 0 && s.tree[0] == ti.ps {
+		return nil
+	}
+	return s.tasks[int(ti.ps.GetPpid())]
+}
+
+// checkParentRuns refuses an image whose runs in the parent are not all
+// in the parent's runs (which the parent's own check follows up).
+func (s *imageSet) checkParentRuns() error {
+	for _, ti := range s.tasks {
+		for _, r := range ti.runs {
+			if !r.Parent {
+				continue
+			}
+			p := s.dumpParent(ti)
+			if p == nil || p.zombie() {
+				return fmt.Errorf("%s: pages at %#x (+%d) are marked as the parent's, but pid %d has no live parent in the tree: %w",
+					pagemapName(ti.pid), r.Addr, r.NrPages, ti.pid, ErrBadImage)
+			}
+			if !covered(p.runs, r.Addr, r.NrPages*pgSize) {
+				return fmt.Errorf("%s: pages at %#x (+%d) are marked as the parent's, but %s has not all of them: %w",
+					pagemapName(ti.pid), r.Addr, r.NrPages, pagemapName(p.pid), ErrBadImage)
+			}
+		}
+	}
+	return nil
+}
+
+// covered reports whether runs (sorted by address) hold every page of
+// [a, a+n).
+func covered(runs []mem.Run, a, n uint64) bool {
+	end := a + n
+	i := sort.Search(len(runs), func(i int) bool { return runs[i].Addr+runs[i].NrPages*pgSize > a })
+	for ; a < end; i++ {
+		if i == len(runs) || runs[i].Addr > a {
+			return false
+		}
+		a = runs[i].Addr + runs[i].NrPages*pgSize
+	}
+	return true
+}
+
+// splitParentRuns takes the Parent runs out of runs (ti's): those the
+// child inherits from its parent as they are (plan, from the dump parent,
+// keeps their mapping) are dropped, and their pages returned; the others
+// are returned to be copied (parentFill).
+func (s *imageSet) splitParentRuns(plan *inheritPlan, ti *taskImage, runs []mem.Run) (own, copied []mem.Run, inherited uint64) {
+	p := s.dumpParent(ti)
+	for _, r := range runs {
+		switch {
+		case !r.Parent:
+			own = append(own, r)
+		case plan != nil && plan.parent == p && plan.kept[vmaStartOf(ti, r.Addr)]:
+			inherited += r.NrPages
+		default:
+			copied = append(copied, r)
+		}
+	}
+	return own, copied, inherited
+}
+
+// parentPiece is a range of a task's pages to copy from an ancestor's
+// pages file, with the Force flag of the task's run.
+type parentPiece struct {
+	from  *taskImage
+	addr  uint64
+	n     uint64 // bytes
+	force bool
+}
+
+// parentSources resolves runs (Parent runs of ti) to the ancestors whose
+// own files hold their bytes, by ancestor in address order.
+func (s *imageSet) parentSources(ti *taskImage, runs []mem.Run) (map[*taskImage][]parentPiece, error) {
+	out := map[*taskImage][]parentPiece{}
+	type want struct {
+		of   *taskImage // the task whose Parent run this is
+		addr uint64
+		n    uint64
+	}
+	var todo []want
+	for _, r := range runs {
+		todo = append(todo, want{ti, r.Addr, r.NrPages * pgSize})
+		for len(todo) > 0 {
+			w := todo[len(todo)-1]
+			todo = todo[:len(todo)-1]
+			p := s.dumpParent(w.of)
+			if p == nil || p.zombie() {
+				return nil, fmt.Errorf("pages at %#x of pid %d: no parent holds them: %w", w.addr, w.of.pid, ErrBadImage)
+			}
+			a, end := w.addr, w.addr+w.n
+			i := sort.Search(len(p.runs), func(i int) bool { return p.runs[i].Addr+p.runs[i].NrPages*pgSize > a })
+			for ; a < end; i++ {
+				if i == len(p.runs) || p.runs[i].Addr > a {
+					return nil, fmt.Errorf("pages at %#x of pid %d: not in the image of its parent %d: %w", a, w.of.pid, p.pid, ErrBadImage)
+				}
+				pr := p.runs[i]
+				next := min(end, pr.Addr+pr.NrPages*pgSize)
+				if pr.Parent {
+					todo = append(todo, want{p, a, next - a})
+				} else {
+					out[p] = append(out[p], parentPiece{from: p, addr: a, n: next - a, force: r.Force})
+				}
+				a = next
+			}
+		}
+	}
+	for _, ps := range out {
+		sort.Slice(ps, func(i, j int) bool { return ps[i].addr < ps[j].addr })
+	}
+	return out, nil
+}
+
+// parentRunsFor lays pieces (sorted, all in from's own runs) over from's
+// runs in file order: the pieces' pages to write, every other page of
+// from's file to pass over (Skip), up to the last piece.
+func parentRunsFor(from *taskImage, pieces []parentPiece) []mem.Run {
+	var out []mem.Run
+	emit := func(a, n uint64, skip, force bool) {
+		if n == 0 {
+			return
+		}
+		if k := len(out) - 1; k >= 0 && out[k].Skip == skip && out[k].Force == force && out[k].Addr+out[k].NrPages*pgSize == a {
+			out[k].NrPages += n / pgSize
+			return
+		}
+		out = append(out, mem.Run{Addr: a, NrPages: n / pgSize, Skip: skip, Force: force})
+	}
+	k := 0
+	for _, r := range from.runs {
+		if k == len(pieces) {
+			break
+		}
+		if r.Parent {
+			continue
+		}
+		a, end := r.Addr, r.Addr+r.NrPages*pgSize
+		for a < end {
+			for k < len(pieces) && pieces[k].addr+pieces[k].n <= a {
+				k++
+			}
+			if k == len(pieces) || pieces[k].addr >= end {
+				emit(a, end-a, true, false)
+				break
+			}
+			pc := pieces[k]
+			if pc.addr > a {
+				emit(a, pc.addr-a, true, false)
+				a = pc.addr
+			}
+			next := min(end, pc.addr+pc.n)
+			emit(a, next-a, false, pc.force)
+			a = next
+		}
+	}
+	return out
 }

@@ -49,28 +49,78 @@ func sharedKiB(t *testing.T, pid int, addr uint64) int {
 // test ends.
 func startCow(t *testing.T) (p *crtest.Proc, ppid, cpid int, addr uint64) {
 	t.Helper()
+	p, pids, addr := startCowArgs(t, []string{"parent", "child"})
+	return p, pids[0], pids[1], addr
+}
+
+// startCowArgs starts cow.c with args and waits until each of names is
+// ready: it returns their pids, in the order of names, and the address of
+// their shared region. All are killed when the test ends.
+func startCowArgs(t *testing.T, names []string, args ...string) (p *crtest.Proc, pids []int, addr uint64) {
+	t.Helper()
 	bin := crtest.BuildC(t, "cow", false)
-	p = crtest.Start(t, bin)
-	p.WaitLine(t, `^parent ready`, 10*time.Second)
-	p.WaitLine(t, `^child ready`, 10*time.Second)
+	p = crtest.Start(t, append([]string{bin}, args...)...)
+	for _, n := range names {
+		p.WaitLine(t, `^`+n+` ready`, 10*time.Second)
+	}
+	byName := map[string]int{}
 	for _, l := range p.Lines() {
 		var name string
 		var pid int
 		var a uint64
 		if n, _ := fmt.Sscanf(l, "%s ready %d %x", &name, &pid, &a); n == 3 {
-			if name == "parent" {
-				ppid = pid
-			} else {
-				cpid = pid
-			}
+			byName[name] = pid
 			addr = a
 		}
 	}
-	if ppid == 0 || cpid == 0 {
-		t.Fatalf("want a parent and a child, got %d and %d", ppid, cpid)
+	for _, n := range names {
+		pids = append(pids, byName[n])
 	}
-	t.Cleanup(func() { unix.Kill(cpid, unix.SIGKILL); unix.Kill(ppid, unix.SIGKILL) })
-	return p, ppid, cpid, addr
+	t.Cleanup(func() {
+		for _, pid := range pids {
+			if pid > 0 {
+				unix.Kill(pid, unix.SIGKILL)
+			}
+		}
+	})
+	for i, n := range names {
+		if pids[i] == 0 {
+			t.Fatalf("no %s among %v", n, p.Lines())
+		}
+	}
+	return p, pids, addr
+}
+
+// checkCow has each of pids check its region (cow.c, SIGUSR1) and fails
+// unless each reports it holds what it should; p's lines from n on are
+// read.
+func checkCow(t *testing.T, p *crtest.Proc, n int, pids []int) {
+	t.Helper()
+	for _, pid := range pids {
+		unix.Kill(pid, unix.SIGUSR1)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var ok, bad []string
+		for _, l := range p.Lines()[n:] {
+			if strings.HasSuffix(l, " ok") {
+				ok = append(ok, l)
+			}
+			if strings.Contains(l, " bad ") {
+				bad = append(bad, l)
+			}
+		}
+		if len(bad) > 0 {
+			t.Fatalf("restored memory differs: %v", bad)
+		}
+		if len(ok) == len(pids) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after restore only %v checked their memory", ok)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // TestCopyOnWriteInherited restores a parent and its forked child whose
@@ -89,8 +139,13 @@ func TestCopyOnWriteInherited(t *testing.T) {
 	}
 
 	dir := filepath.Join(t.TempDir(), "img")
-	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: ppid, ImageDir: dir}); err != nil {
+	res, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: ppid, ImageDir: dir})
+	if err != nil {
 		t.Fatalf("dump: %v", err)
+	}
+	// The child's shared pages are the parent's, in the parent's image.
+	if got, want := res.Stats.PagesParent, uint64(wantShared<<10/os.Getpagesize()); got < want {
+		t.Errorf("dump recorded %d pages as the parent's, want >= %d", got, want)
 	}
 	crtest.ReapGone(t, []int{ppid, cpid}, 5*time.Second)
 	n := len(p.Lines())
@@ -102,30 +157,7 @@ func TestCopyOnWriteInherited(t *testing.T) {
 	if got := sharedKiB(t, cpid, addr); got < wantShared {
 		t.Errorf("after restore the child shares %d KiB of the region with its parent, want >= %d", got, wantShared)
 	}
-	unix.Kill(ppid, unix.SIGUSR1)
-	unix.Kill(cpid, unix.SIGUSR1)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var ok, bad []string
-		for _, l := range p.Lines()[n:] {
-			if strings.HasSuffix(l, " ok") {
-				ok = append(ok, l)
-			}
-			if strings.Contains(l, " bad ") {
-				bad = append(bad, l)
-			}
-		}
-		if len(bad) > 0 {
-			t.Fatalf("restored memory differs: %v", bad)
-		}
-		if len(ok) == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after restore only %v checked their memory", ok)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	checkCow(t, p, n, []int{ppid, cpid})
 }
 
 // TestDumpKeepsCopyOnWriteShared dumps, leaving it running, a parent and
@@ -156,5 +188,49 @@ func TestDumpKeepsCopyOnWriteShared(t *testing.T) {
 		if strings.Contains(l, " bad ") {
 			t.Errorf("after the dump: %s", l)
 		}
+	}
+}
+
+// TestCopyOnWriteChain restores three generations sharing one region
+// copy-on-write (cow.c chain). The dump writes each shared page once, in
+// the image of the oldest task holding it, and records the others' as
+// their parent's; the restore either inherits those through its clones,
+// so that the grandchild shares with the child again, or, with
+// inheritance off, copies them from the images up the line. Either way
+// each task holds exactly what it held.
+func TestCopyOnWriteChain(t *testing.T) {
+	crtest.RequireRoot(t)
+	ps := uint64(os.Getpagesize())
+	for _, inherit := range []bool{true, false} {
+		t.Run(map[bool]string{true: "inherited", false: "copied"}[inherit], func(t *testing.T) {
+			defer crcore.SetInheritCopyOnWrite(inherit)()
+			p, pids, addr := startCowArgs(t, []string{"parent", "child", "grandchild"}, "chain")
+			dir := filepath.Join(t.TempDir(), "img")
+			res, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: pids[0], ImageDir: dir})
+			if err != nil {
+				t.Fatalf("dump: %v", err)
+			}
+			// The child shares MiB 1, 3 and 5-15 of the region with the
+			// parent; the grandchild all but MiB 6 (and the dropped 2)
+			// with the child: 27 MiB in all.
+			if got, want := res.Stats.PagesParent, uint64(27<<20)/ps; got < want {
+				t.Errorf("dump recorded %d pages as the parent's, want >= %d", got, want)
+			}
+			crtest.ReapGone(t, pids, 5*time.Second)
+			n := len(p.Lines())
+			rr, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
+			if err != nil {
+				t.Fatalf("restore: %v", err)
+			}
+			t.Cleanup(func() { crtest.KillAndReap(rr.Pid) })
+			if inherit {
+				if got := sharedKiB(t, pids[2], addr); got < 14<<10 {
+					t.Errorf("after restore the grandchild shares %d KiB of the region, want >= %d", got, 14<<10)
+				}
+			} else if got, want := rr.Stats.PagesRestored, uint64(16<<20+27<<20)/ps; got < want {
+				t.Errorf("restore wrote %d pages, want >= %d (the parent's region and the 27 MiB its children shared)", got, want)
+			}
+			checkCow(t, p, n, pids)
+		})
 	}
 }

@@ -360,3 +360,77 @@ func flipEachPagesFile(t *testing.T, root int, pids []int) {
 	crtest.KillAndReap(rr.Pid)
 	crtest.ReapGone(t, pids, 5*time.Second)
 }
+
+// TestParentPagesRefused: pages a pagemap marks as the parent's (a
+// child's copy-on-write share) must be in the parent's image; an image
+// where they are not, where the root claims some, or with flags crhook
+// does not write, is refused naming the pagemap, and leaves no process.
+func TestParentPagesRefused(t *testing.T) {
+	crtest.RequireRoot(t)
+	_, ppid, cpid, _ := startCow(t)
+	dir := filepath.Join(t.TempDir(), "img")
+	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: ppid, ImageDir: dir}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	crtest.ReapGone(t, []int{ppid, cpid}, 5*time.Second)
+	ppm, cpm := fmt.Sprintf("pagemap-%d.img", ppid), fmt.Sprintf("pagemap-%d.img", cpid)
+	const inParent = 1 << 16 // crhook's pagemap flag
+	var inChild *pb.PagemapEntry
+	for _, m := range readImage[proto.Message](t, dir, cpm)[1:] {
+		if e := m.(*pb.PagemapEntry); e.GetFlags() == inParent {
+			inChild = e
+			break
+		}
+	}
+	if inChild == nil {
+		t.Fatalf("%s marks no pages as the parent's", cpm)
+	}
+	cases := []struct {
+		name, want string
+		edit       func(dir string)
+	}{
+		{"not in the parent's image", cpm, func(dir string) {
+			// The parent's image loses the run the child's first
+			// shared pages are in.
+			var kept []proto.Message
+			for i, m := range readImage[proto.Message](t, dir, ppm) {
+				e, ok := m.(*pb.PagemapEntry)
+				if i > 0 && ok && e.GetVaddr() <= inChild.GetVaddr() && inChild.GetVaddr() < e.GetVaddr()+uint64(e.GetNrPages())*4096 {
+					continue
+				}
+				kept = append(kept, m)
+			}
+			rewrite(t, dir, ppm, image.Pagemap, kept...)
+		}},
+		{"in the root's parent", ppm, func(dir string) {
+			msgs := readImage[proto.Message](t, dir, ppm)
+			msgs[1].(*pb.PagemapEntry).Flags = proto.Uint32(inParent)
+			rewrite(t, dir, ppm, image.Pagemap, msgs...)
+		}},
+		{"unknown flags", "flags 0x1", func(dir string) {
+			msgs := readImage[proto.Message](t, dir, cpm)
+			msgs[1].(*pb.PagemapEntry).Flags = proto.Uint32(1) // CRIU's PE_PARENT
+			rewrite(t, dir, cpm, image.Pagemap, msgs...)
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cp := copyDir(t, dir)
+			c.edit(cp)
+			_, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: cp})
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("restore: %v, want an error naming %q", err, c.want)
+			}
+			if !errors.Is(err, crcore.ErrBadImage) {
+				t.Errorf("%v does not match ErrBadImage", err)
+			}
+			checkNoStray(t, []int{ppid, cpid})
+		})
+	}
+	// The image as dumped restores.
+	rr, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	crtest.KillAndReap(rr.Pid)
+}

@@ -125,7 +125,7 @@ func loadDeferringPages(path string) (*imageSet, error) {
 func (s *imageSet) deferChecks(later []image.Checksum) error {
 	filled := map[string]bool{}
 	for _, ti := range s.tasks {
-		if !ti.zombie() && len(ti.runs) > 0 {
+		if !ti.zombie() && ti.ownPages() > 0 {
 			filled[pagesName(int(ti.pages))] = true
 		}
 	}

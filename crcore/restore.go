@@ -743,6 +743,9 @@ func (rs *restorer) buildMemory(t *rtask) error {
 	}
 	if src != nil && src.memReady {
 		plan = planInherit(src.ti, ti)
+		if !inheritCopyOnWrite {
+			plan = unmapAll(src.ti)
+		}
 	}
 	if plan != nil {
 		pre := r.batch()
@@ -928,6 +931,10 @@ func (rs *restorer) buildMemory(t *rtask) error {
 		defer rs.fills.Done()
 		defer func() { <-rs.fillSem }()
 		var err error
+		runs, copied, inherited := s.splitParentRuns(plan, ti, runs)
+		if c := rs.progress.counter(); c != nil {
+			c.Add(inherited * pgSize)
+		}
 		if plan != nil {
 			runs, err = rs.inheritedRuns(plan, ti, runs, pages)
 		}
@@ -937,6 +944,11 @@ func (rs *restorer) buildMemory(t *rtask) error {
 				runs = markMissing(runs, registered)
 			}
 			ms, err = mem.FillWith(t.hostPid, runs, pages, mem.FillOptions{Progress: rs.progress.counter(), Sum: sum, Userfault: uf})
+		}
+		if err == nil && len(copied) > 0 {
+			var n uint64
+			n, err = rs.parentFill(t, copied, uf, registered)
+			ms.PagesWritten += n
 		}
 		var installed uint64
 		if uf != nil {
@@ -1104,6 +1116,35 @@ func (rs *restorer) waitFill(t *rtask) error {
 		t.filled = nil
 	}
 	return t.fillErr
+}
+
+// parentFill copies into t the pages of runs (Parent runs it does not
+// inherit) from the pages files of the ancestors holding them, and
+// returns how many it wrote.
+func (rs *restorer) parentFill(t *rtask, runs []mem.Run, uf *mem.Userfault, registered [][2]uint64) (uint64, error) {
+	srcs, err := rs.s.parentSources(t.ti, runs)
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for from, pieces := range srcs {
+		pruns := parentRunsFor(from, pieces)
+		if uf != nil {
+			pruns = markMissing(pruns, registered)
+		}
+		f, err := rs.s.openPages(from)
+		if err != nil {
+			return n, err
+		}
+		ms, err := mem.FillWith(t.hostPid, pruns, f, mem.FillOptions{Progress: rs.progress.counter(), Userfault: uf})
+		_ = f.Close()
+		n += ms.PagesWritten
+		if err != nil {
+			return n, fmt.Errorf("pages of pid %d's parent %d: %w", t.ti.pid, from.pid, err)
+		}
+	}
+	rs.log.WithFields(logrus.Fields{"pid": t.ti.pid, "pages": n}).Debug("pages copied from the parent's image")
+	return n, nil
 }
 
 // inheritedRuns marks the pages a child holds already (inherit.go).

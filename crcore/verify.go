@@ -109,10 +109,7 @@ func (s *imageSet) validate() error {
 			}
 			prevEnd = end
 		}
-		var pages uint64
-		for _, r := range ti.runs {
-			pages += r.NrPages
-		}
+		pages := ti.ownPages()
 		if pages == 0 {
 			continue
 		}

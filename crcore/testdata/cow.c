@@ -1,13 +1,15 @@
 // cow: a parent and a forked child sharing most of a region copy-on-write.
 //
-// usage: cow LOGFILE
+// usage: cow LOGFILE [chain]
 //
 // Maps REGION bytes of private anonymous memory and fills it (seed 1),
 // then forks. The child overwrites the first MiB (seed 2) and drops the
 // third (MADV_DONTNEED: zeros); the parent overwrites the fifth MiB
-// (seed 3). The other pages stay shared. Each prints "NAME ready ADDR",
-// then waits in sigsuspend; on SIGUSR1 it checks every byte of the region
-// against what it should hold and prints "NAME ok" or "NAME bad at OFF".
+// (seed 3). With "chain", the child then forks a grandchild, which
+// overwrites the seventh MiB (seed 4). The other pages stay shared. Each
+// prints "NAME ready PID ADDR", then waits in sigsuspend; on SIGUSR1 it
+// checks every byte of the region against what it should hold and prints
+// "NAME ok" or "NAME bad at OFF".
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
@@ -34,13 +36,16 @@ static void fill(unsigned char *p, size_t from, size_t to, unsigned seed) {
 		p[i] = at(i, seed);
 }
 
-static unsigned char want_at(int child, size_t i) {
-	if (child && i < MIB)
+// want_at: role 0 is the parent, 1 the child, 2 the grandchild.
+static unsigned char want_at(int role, size_t i) {
+	if (role >= 1 && i < MIB)
 		return at(i, 2);
-	if (child && i >= 2 * MIB && i < 3 * MIB)
+	if (role >= 1 && i >= 2 * MIB && i < 3 * MIB)
 		return 0;
-	if (!child && i >= 4 * MIB && i < 5 * MIB)
+	if (role == 0 && i >= 4 * MIB && i < 5 * MIB)
 		return at(i, 3);
+	if (role == 2 && i >= 6 * MIB && i < 7 * MIB)
+		return at(i, 4);
 	return at(i, 1);
 }
 
@@ -63,14 +68,23 @@ int main(int argc, char **argv) {
 	pid_t pid = fork();
 	if (pid < 0)
 		return 1;
-	int child = pid == 0;
-	const char *name = child ? "child" : "parent";
-	if (child) {
+	int role = pid == 0;
+	if (role == 1) {
 		fill(p, 0, MIB, 2);
 		madvise(p + 2 * MIB, MIB, MADV_DONTNEED);
+		if (argc > 2 && strcmp(argv[2], "chain") == 0) {
+			pid = fork();
+			if (pid < 0)
+				return 1;
+			if (pid == 0) {
+				role = 2;
+				fill(p, 6 * MIB, 7 * MIB, 4);
+			}
+		}
 	} else {
 		fill(p, 4 * MIB, 5 * MIB, 3);
 	}
+	const char *name = role == 0 ? "parent" : role == 1 ? "child" : "grandchild";
 	dprintf(log, "%s ready %d %lx\n", name, getpid(), (unsigned long)p);
 	for (;;) {
 		while (!want)
@@ -78,7 +92,7 @@ int main(int argc, char **argv) {
 		want = 0;
 		size_t bad = REGION;
 		for (size_t i = 0; i < REGION; i++)
-			if (p[i] != want_at(child, i)) {
+			if (p[i] != want_at(role, i)) {
 				bad = i;
 				break;
 			}

@@ -48,6 +48,13 @@ type Run struct {
 	// Missing: the task holds none of these pages and they lie in a
 	// range registered with FillOptions.Userfault, which installs them.
 	Missing bool
+	// Parent: the task shared these pages copy-on-write with its parent,
+	// at the same address of a like mapping, when it was dumped: their
+	// bytes are in the parent's pages (or further up), not in the task's
+	// own file, which has no room for them. Fill refuses such a run; the
+	// caller either inherits the pages from the parent or fills them from
+	// the parent's file.
+	Parent bool
 }
 
 // Policy says which pages of a VMA are dumped.
@@ -89,6 +96,8 @@ type Stats struct {
 	PagesScanned uint64
 	PagesZero    uint64
 	PagesWritten uint64
+	// PagesParent: pages recorded as the parent's (Run.Parent).
+	PagesParent uint64
 }
 
 const (
@@ -159,6 +168,11 @@ type FillOptions struct {
 
 // FillWith is Fill with options.
 func FillWith(pid int, runs []Run, pages io.Reader, o FillOptions) (Stats, error) {
+	for _, r := range runs {
+		if r.Parent {
+			return Stats{}, fmt.Errorf("pages at %#x (+%d) are the parent's: not in this file", r.Addr, r.NrPages)
+		}
+	}
 	progress := o.Progress
 	// A small fill (one worker) copies from a mapping of the file: no
 	// buffer to allocate and clear per task, one copy. A large one
