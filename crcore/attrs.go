@@ -75,7 +75,7 @@ func dumpEarly(t *dtask, level int) error {
 		return err
 	}
 	for _, th := range t.threads {
-		b, err := os.ReadFile(procfs.TaskPath(t.pid, th.tid, "status"))
+		b, err := procfs.ReadFile(procfs.TaskPath(t.pid, th.tid, "status"))
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", th.tid, err)
 		}
@@ -273,7 +273,7 @@ func readRlimitsInside(r *remote) ([]*pb.RlimitEntry, error) {
 // readPersonality reads /proc/PID/personality (hex), or asks the task
 // when procfs refuses.
 func readPersonality(pid int, r *remote) (uint64, error) {
-	b, err := os.ReadFile(procfs.Path(pid, "personality"))
+	b, err := procfs.ReadFile(procfs.Path(pid, "personality"))
 	if err == nil {
 		if v, perr := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 32); perr == nil {
 			return v, nil

@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -163,7 +162,7 @@ type threadCreds struct {
 }
 
 func readThreadCreds(tid int) (*threadCreds, error) {
-	b, err := os.ReadFile(procfs.Path(tid, "status"))
+	b, err := procfs.ReadFile(procfs.Path(tid, "status"))
 	if err != nil {
 		return nil, err
 	}

@@ -555,7 +555,7 @@ func (d *dumper) seizeThreads(t *dtask, wait bool) error {
 	// Each thread's status (its pid in the namespace among the rest) is
 	// read once, by dumpEarly, when the tree is stopped.
 	for _, th := range t.threads {
-		comm, err := os.ReadFile(procfs.TaskPath(t.pid, th.tid, "comm"))
+		comm, err := procfs.ReadFile(procfs.TaskPath(t.pid, th.tid, "comm"))
 		if err != nil {
 			return err
 		}
@@ -570,7 +570,7 @@ var errTaskExited = errors.New("task exited while being seized")
 // threadEnded reports whether thread tid of pid has exited: a zombie, dead,
 // or gone from /proc.
 func threadEnded(pid, tid int) bool {
-	b, err := os.ReadFile(procfs.TaskPath(pid, tid, "stat"))
+	b, err := procfs.ReadFile(procfs.TaskPath(pid, tid, "stat"))
 	if err != nil {
 		return errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH)
 	}

@@ -38,7 +38,7 @@ import (
 // readProcInt reads a decimal procfs file; ok is false when the file
 // does not exist.
 func readProcInt(path string) (v int64, ok bool, err error) {
-	b, err := os.ReadFile(path)
+	b, err := procfs.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, false, nil
 	}

@@ -8,7 +8,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 
@@ -104,7 +103,7 @@ func parseProcTimers(b []byte) ([]procTimer, error) {
 // dumpTimers lists the POSIX timers of t and reads, from inside the
 // task, each one's interval, remaining time and overrun.
 func dumpTimers(t *dtask, r *remote) error {
-	b, err := os.ReadFile(procfs.Path(t.pid, "timers"))
+	b, err := procfs.ReadFile(procfs.Path(t.pid, "timers"))
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,7 @@ package procfs
 
 import (
 	"fmt"
-	"os"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -54,7 +54,7 @@ func ParseFdInfo(b []byte) (*FdInfo, error) {
 // ReadFdInfo reads /proc/PID/fdinfo/FD.
 func ReadFdInfo(pid, fd int) (*FdInfo, error) {
 	p := Path(pid, "fdinfo/"+strconv.Itoa(fd))
-	b, err := os.ReadFile(p)
+	b, err := ReadFile(p)
 	if err != nil {
 		return nil, err
 	}
@@ -67,17 +67,18 @@ func ReadFdInfo(pid, fd int) (*FdInfo, error) {
 
 // Fds lists the open fds of pid, sorted.
 func Fds(pid int) ([]int, error) {
-	ents, err := os.ReadDir(Path(pid, "fd"))
+	names, err := ReadDirNames(Path(pid, "fd"))
 	if err != nil {
 		return nil, err
 	}
-	out := make([]int, 0, len(ents))
-	for _, e := range ents {
-		n, err := strconv.Atoi(e.Name())
+	out := make([]int, 0, len(names))
+	for _, name := range names {
+		n, err := strconv.Atoi(name)
 		if err != nil {
 			continue
 		}
 		out = append(out, n)
 	}
+	slices.Sort(out)
 	return out, nil
 }

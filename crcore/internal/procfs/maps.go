@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 )
@@ -142,7 +141,7 @@ func ParseMaps(r io.Reader) ([]*VMA, error) {
 
 // ReadMaps reads /proc/PID/smaps (for VmFlags).
 func ReadMaps(pid int) ([]*VMA, error) {
-	b, err := os.ReadFile(Path(pid, "smaps"))
+	b, err := ReadFile(Path(pid, "smaps"))
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +154,7 @@ func ReadMaps(pid int) ([]*VMA, error) {
 
 // ReadMapsFast reads /proc/PID/maps (no VmFlags).
 func ReadMapsFast(pid int) ([]*VMA, error) {
-	b, err := os.ReadFile(Path(pid, "maps"))
+	b, err := ReadFile(Path(pid, "maps"))
 	if err != nil {
 		return nil, err
 	}

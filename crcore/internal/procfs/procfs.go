@@ -11,7 +11,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 )
@@ -104,7 +103,7 @@ func ParseStat(b []byte) (*Stat, error) {
 
 // ReadStat reads /proc/PID/stat.
 func ReadStat(pid int) (*Stat, error) {
-	b, err := os.ReadFile(Path(pid, "stat"))
+	b, err := ReadFile(Path(pid, "stat"))
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +116,7 @@ func ReadStat(pid int) (*Stat, error) {
 
 // ReadTaskStat reads /proc/PID/task/TID/stat.
 func ReadTaskStat(pid, tid int) (*Stat, error) {
-	b, err := os.ReadFile(TaskPath(pid, tid, "stat"))
+	b, err := ReadFile(TaskPath(pid, tid, "stat"))
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +144,7 @@ func ParseStatus(b []byte) Status {
 
 // ReadStatus reads /proc/PID/status.
 func ReadStatus(pid int) (Status, error) {
-	b, err := os.ReadFile(Path(pid, "status"))
+	b, err := ReadFile(Path(pid, "status"))
 	if err != nil {
 		return nil, err
 	}
@@ -186,13 +185,13 @@ func (s Status) Ints(key string) ([]int, error) {
 
 // Tids lists the threads of pid, the leader first.
 func Tids(pid int) ([]int, error) {
-	ents, err := os.ReadDir(Path(pid, "task"))
+	names, err := ReadDirNames(Path(pid, "task"))
 	if err != nil {
 		return nil, err
 	}
 	tids := []int{pid}
-	for _, e := range ents {
-		t, err := strconv.Atoi(e.Name())
+	for _, name := range names {
+		t, err := strconv.Atoi(name)
 		if err != nil || t == pid {
 			continue
 		}
@@ -204,7 +203,7 @@ func Tids(pid int) ([]int, error) {
 // Children lists the children of thread tid of pid
 // (/proc/PID/task/TID/children).
 func Children(pid, tid int) ([]int, error) {
-	b, err := os.ReadFile(TaskPath(pid, tid, "children"))
+	b, err := ReadFile(TaskPath(pid, tid, "children"))
 	if err != nil {
 		return nil, err
 	}
@@ -221,7 +220,7 @@ func Children(pid, tid int) ([]int, error) {
 
 // ReadAuxv reads /proc/PID/auxv as words.
 func ReadAuxv(pid int) ([]uint64, error) {
-	b, err := os.ReadFile(Path(pid, "auxv"))
+	b, err := ReadFile(Path(pid, "auxv"))
 	if err != nil {
 		return nil, err
 	}
