@@ -135,6 +135,7 @@ type dtask struct {
 	itimers     [3][4]uint64      // interval sec, usec, value sec, usec
 	vmas        []*pb.CrhookVmaEntry
 	fds         []*pb.FdinfoEntry
+	maps        []*procfs.VMA // as dumpTask read them, with VmFlags
 	mm          *pb.MmEntry
 	runs        []mem.Run
 	fs          *pb.FsEntry
@@ -751,10 +752,14 @@ func (d *dumper) dumpTask(t *dtask) (err error) {
 	t.umask = uint32(um)
 
 	lead := t.threads[0]
-	vmas, err := procfs.ReadMapsFast(t.pid)
+	// smaps, for dumpMM's VmFlags too: the scratch area mapped below is
+	// gone again by then, and the layout is as read here. (Reading the
+	// maps twice cost a tree of 200 some 20 ms.)
+	vmas, err := procfs.ReadMaps(t.pid)
 	if err != nil {
 		return err
 	}
+	t.maps = vmas
 	var code *procfs.VMA
 	for _, v := range vmas {
 		if v.Start <= lead.regs.Rip && lead.regs.Rip < v.End && v.Exec {
@@ -975,10 +980,7 @@ func (g *copyGroup) wait() error {
 // of the pages into the image runs on copies.
 func (d *dumper) dumpMM(t *dtask, copies *copyGroup) error {
 	pid, st := t.pid, t.st
-	vmas, err := procfs.ReadMaps(pid)
-	if err != nil {
-		return err
-	}
+	vmas := t.maps
 	auxv, err := procfs.ReadAuxv(pid)
 	if err != nil {
 		return err
