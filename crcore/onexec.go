@@ -79,8 +79,9 @@ func restoreOnExec(ctx context.Context, opts RestoreOptions, pid int, log *logru
 	// Capabilities as execve left them.
 	imgs.keepExe = !hasCheckpointCap(pid)
 	imgs.root = procfs.Path(pid, "root")
+	checked := newPreflightDone()
 	for _, ti := range imgs.tasks {
-		if err := imgs.preflight(ti); err != nil {
+		if err := imgs.preflight(ti, checked); err != nil {
 			killAndReap(t)
 			return nil, fmt.Errorf("restore into pid %d: pid %d: %w", pid, ti.pid, err)
 		}

@@ -225,8 +225,9 @@ func restore(ctx context.Context, opts RestoreOptions, log *logrus.Entry, setup 
 	if opts.NewPidNS && root.pid != 1 {
 		return nil, fmt.Errorf("restore %s: a new pid namespace needs an init, and the image's root was pid %d, not 1: %w", opts.ImageDir, root.pid, ErrNotSupported)
 	}
+	checked := newPreflightDone()
 	for _, ti := range imgs.tasks {
-		if err := imgs.preflight(ti); err != nil {
+		if err := imgs.preflight(ti, checked); err != nil {
 			return nil, fmt.Errorf("restore pid %d: %w", ti.pid, err)
 		}
 	}
@@ -1474,9 +1475,18 @@ func (s *imageSet) lookup(name string) error {
 	return unix.Close(fd)
 }
 
+// preflightDone holds the file ids preflight found in the root and
+// present already, for another task: a tree's tasks map the same
+// libraries (a tree of 200 made 1200 lookups of a handful of paths).
+type preflightDone struct{ inRoot, found map[uint32]bool }
+
+func newPreflightDone() *preflightDone {
+	return &preflightDone{inRoot: map[uint32]bool{}, found: map[uint32]bool{}}
+}
+
 // preflight checks, before any process exists, what can be checked: the
 // files the task needs are there.
-func (s *imageSet) preflight(ti *taskImage) error {
+func (s *imageSet) preflight(ti *taskImage, done *preflightDone) error {
 	if ti.zombie() {
 		return nil
 	}
@@ -1488,13 +1498,17 @@ func (s *imageSet) preflight(ti *taskImage) error {
 	}
 	// Every path the task will open, its fds' too, stays in its root.
 	for _, id := range append(slices.Clone(need), fdIDs(ti)...) {
-		if r := s.files[id].GetReg(); r != nil {
+		if r := s.files[id].GetReg(); r != nil && !done.inRoot[id] {
 			if err := s.checkInRoot(id, r.GetName()); err != nil {
 				return err
 			}
+			done.inRoot[id] = true
 		}
 	}
 	for _, id := range need {
+		if done.found[id] {
+			continue
+		}
 		f, ok := s.files[id]
 		if !ok || f.GetReg() == nil {
 			return fmt.Errorf("files.img: no regular file with id %d: %w", id, ErrBadImage)
@@ -1506,6 +1520,7 @@ func (s *imageSet) preflight(ti *taskImage) error {
 		if err := s.lookup(name); err != nil && !s.isGhost(id) {
 			return fmt.Errorf("file %d needed by the image: %w", id, err)
 		}
+		done.found[id] = true
 	}
 	for _, fd := range ti.fds {
 		if _, ok := s.files[fd.GetId()]; !ok && fd.GetType() != pb.FdTypes_EXT {
