@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
@@ -20,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/dynamicpb"
 
 	"github.com/crhook/crhook/crcore/internal/crc"
+	"golang.org/x/sys/unix"
 )
 
 // ChecksumsFile is the image that lists every other image file of a
@@ -96,29 +96,42 @@ const MaxChecksumEntries = 1 << 20
 // sumChunk is the most of a file one worker sums at a time.
 const sumChunk = 16 << 20
 
-// sumFiles returns the CRC32C of each file, whose sizes sums give. The
-// files are cut into chunks summed by one worker per CPU (at most 4),
-// and each file's chunks combined in order: a restore of a 2 GiB image
-// verified it at the speed of one core before.
+// verifyFiles checks the files sums lists: each must be a regular file
+// of the listed size in the directory, and, where sum[i], its contents
+// must have the listed CRC32C. Large files are cut into chunks summed by
+// one worker per CPU (at most 4), and each file's chunks combined in
+// order: a restore of a 2 GiB image verified it at the speed of one core
+// before. A summed file of at most holdMax bytes is read whole into a
+// buffer of its own, returned in held (by index) for the caller to keep.
 //
-// A file of at most holdMax bytes is read whole into a buffer of its
-// own, returned in held (by index) for the caller to keep.
-func sumFiles(files []*os.File, sums []Checksum) (crcs []uint32, held [][]byte, err error) {
+// Each worker opens the files of its chunks itself, with plain openat2,
+// fstat, pread and close (rawFile): a tree's dump is thousands of small
+// images, and opening them one after the other as os.Files (which try
+// the runtime's poller on each) was the serial part of a restore's load.
+// The first error in sums' order is returned: a missing or misshapen
+// file before any mismatch.
+func (d *Dir) verifyFiles(sums []Checksum, sum []bool) (held [][]byte, err error) {
 	type chunk struct {
 		file     int
 		off, len uint64
 	}
 	var chunks []chunk
-	first := make([]int, len(files)) // index of each file's first chunk
+	first := make([]int, len(sums)) // index of each file's first chunk
 	for i, c := range sums {
 		first[i] = len(chunks)
-		for off := uint64(0); off < c.Size; off += sumChunk {
+		chunks = append(chunks, chunk{i, 0, min(sumChunk, c.Size)})
+		if !sum[i] {
+			chunks[len(chunks)-1].len = 0
+			continue
+		}
+		for off := uint64(sumChunk); off < c.Size; off += sumChunk {
 			chunks = append(chunks, chunk{i, off, min(sumChunk, c.Size-off)})
 		}
 	}
 	out := make([]uint32, len(chunks))
+	shapeErrs := make([]error, len(sums)) // missing, not regular, wrong size
 	errs := make([]error, len(chunks))
-	held = make([][]byte, len(files))
+	held = make([][]byte, len(sums))
 	next := atomic.Int64{}
 	var wg sync.WaitGroup
 	for range max(1, min(runtime.GOMAXPROCS(0), 4)) {
@@ -134,48 +147,166 @@ func sumFiles(files []*os.File, sums []Checksum) (crcs []uint32, held [][]byte, 
 					return
 				}
 				ch := chunks[k]
-				if size := sums[ch.file].Size; size <= holdMax {
-					b := make([]byte, size)
-					if _, err := files[ch.file].ReadAt(b, 0); err != nil && (!errors.Is(err, io.EOF) || size != 0) {
-						errs[k] = fmt.Errorf("verify image %s: %w", sums[ch.file].Name, err)
-						continue
+				c := sums[ch.file]
+				f, err := d.openRaw(c)
+				if ch.off == 0 && err != nil {
+					var ce *ChecksumError
+					if errors.As(err, &ce) {
+						shapeErrs[ch.file] = err
+					} else {
+						errs[k] = err
 					}
-					out[k], held[ch.file] = crc.Update(0, b), b
 					continue
 				}
-				var c uint32
+				if err != nil {
+					errs[k] = err // reported for the file's first chunk
+					continue
+				}
+				if !sum[ch.file] {
+					f.close()
+					continue
+				}
+				if c.Size <= holdMax {
+					b := make([]byte, c.Size)
+					if err := f.readAt(b, 0); err != nil {
+						errs[k] = fmt.Errorf("verify image %s: %w", c.Name, err)
+					} else {
+						out[k], held[ch.file] = crc.Update(0, b), b
+					}
+					f.close()
+					continue
+				}
+				var sum uint32
 				for done := uint64(0); done < ch.len; {
 					n := min(uint64(len(buf)), ch.len-done)
-					if _, err := files[ch.file].ReadAt(buf[:n], int64(ch.off+done)); err != nil {
-						errs[k] = fmt.Errorf("verify image %s: %w", sums[ch.file].Name, err)
+					if err := f.readAt(buf[:n], ch.off+done); err != nil {
+						errs[k] = fmt.Errorf("verify image %s: %w", c.Name, err)
 						break
 					}
-					c = crc.Update(c, buf[:n])
+					sum = crc.Update(sum, buf[:n])
 					done += n
 				}
-				out[k] = c
+				out[k] = sum
+				f.close()
 			}
 		}()
 	}
 	wg.Wait()
+	for _, err := range shapeErrs {
+		if err != nil {
+			return nil, err
+		}
+	}
 	for _, err := range errs {
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
-	crcs = make([]uint32, len(files))
-	for i := range files {
+	for i, c := range sums {
+		if !sum[i] {
+			continue
+		}
 		end := len(chunks)
-		if i+1 < len(files) {
+		if i+1 < len(sums) {
 			end = first[i+1]
 		}
-		var c uint32
+		var got uint32
 		for k := first[i]; k < end; k++ {
-			c = crc.Combine(c, out[k], chunks[k].len)
+			got = crc.Combine(got, out[k], chunks[k].len)
 		}
-		crcs[i] = c
+		if got != c.CRC32C {
+			return nil, MismatchError(c, got)
+		}
 	}
-	return crcs, held, nil
+	return held, nil
+}
+
+// rawFile is an image file opened with plain syscalls (verifyFiles), or,
+// where the kernel refuses openat2, through the os.Root (os).
+type rawFile struct {
+	fd   int
+	name string
+	os   *os.File
+}
+
+// openRaw opens the file c names, beneath the directory and through no
+// symlink, and checks it is a regular file of c's size: a
+// *ChecksumError if not.
+func (d *Dir) openRaw(c Checksum) (rawFile, error) {
+	f := rawFile{fd: -1, name: c.Name}
+	var err error = unix.ENOSYS
+	for d.fd >= 0 {
+		f.fd, err = unix.Openat2(d.fd, c.Name, &unix.OpenHow{
+			Flags:   unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOFOLLOW,
+			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+		})
+		if !errors.Is(err, unix.EINTR) && !errors.Is(err, unix.EAGAIN) {
+			break
+		}
+	}
+	if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) {
+		// No openat2 here (before 5.6, or a seccomp filter).
+		// The os.Root follows a symlink that stays inside it; an image
+		// is never one.
+		if fi, lerr := d.root.Lstat(c.Name); lerr == nil && fi.Mode()&os.ModeSymlink != 0 {
+			return f, &ChecksumError{File: c.Name, Reason: "not a regular file"}
+		}
+		f.os, err = d.root.OpenFile(c.Name, os.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+		if err == nil {
+			f.fd = int(f.os.Fd())
+		}
+	}
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return f, &ChecksumError{File: c.Name, Reason: "missing"}
+	case errors.Is(err, unix.ELOOP):
+		return f, &ChecksumError{File: c.Name, Reason: "not a regular file"}
+	case err != nil:
+		if f.os == nil {
+			err = os.NewSyscallError("openat2", err)
+		}
+		return f, fmt.Errorf("verify image %s: %w", c.Name, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(f.fd, &st); err != nil {
+		f.close()
+		return f, fmt.Errorf("verify image %s: %w", c.Name, os.NewSyscallError("fstat", err))
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		f.close()
+		return f, &ChecksumError{File: c.Name, Reason: "not a regular file"}
+	}
+	if uint64(st.Size) != c.Size {
+		f.close()
+		return f, &ChecksumError{File: c.Name, Reason: fmt.Sprintf("size %d, the dump wrote %d", st.Size, c.Size)}
+	}
+	return f, nil
+}
+
+// readAt fills b from offset off.
+func (f rawFile) readAt(b []byte, off uint64) error {
+	for len(b) > 0 {
+		n, err := unix.Pread(f.fd, b, int64(off))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return os.NewSyscallError("pread", err)
+		}
+		if n == 0 {
+			return io.ErrUnexpectedEOF
+		}
+		b, off = b[n:], off+uint64(n)
+	}
+	return nil
+}
+
+func (f rawFile) close() {
+	if f.os != nil {
+		_ = f.os.Close()
+		return
+	}
+	_ = unix.Close(f.fd)
 }
 
 var sumBufs = sync.Pool{New: func() any {
@@ -350,27 +481,18 @@ func (d *Dir) VerifyChecksumsExcept(later func(name string) bool) ([]Checksum, e
 		}
 		return nil, err
 	}
-	files, err := d.openListed(sums)
-	defer func() {
-		for _, f := range files {
-			_ = f.Close()
-		}
-	}()
-	if err != nil {
-		return nil, err
-	}
 	listed := map[string]bool{}
-	var deferred, now []Checksum
-	var nowFiles []*os.File
+	var deferred []Checksum
+	sum := make([]bool, len(sums))
 	for i, c := range sums {
 		listed[c.Name] = true
 		if later != nil && later(c.Name) {
 			deferred = append(deferred, c)
 		} else {
-			now, nowFiles = append(now, c), append(nowFiles, files[i])
+			sum[i] = true
 		}
 	}
-	if err := d.compareSums(nowFiles, now); err != nil {
+	if err := d.compareSums(sums, sum); err != nil {
 		return nil, err
 	}
 	names, err := d.imageNames()
@@ -388,29 +510,19 @@ func (d *Dir) VerifyChecksumsExcept(later func(name string) bool) ([]Checksum, e
 // VerifyListed checks the contents of the files sums lists (entries of
 // ChecksumsFile) against their checksums.
 func (d *Dir) VerifyListed(sums []Checksum) error {
-	files, err := d.openListed(sums)
-	defer func() {
-		for _, f := range files {
-			_ = f.Close()
-		}
-	}()
-	if err != nil {
-		return err
+	sum := make([]bool, len(sums))
+	for i := range sum {
+		sum[i] = true
 	}
-	return d.compareSums(files, sums)
+	return d.compareSums(sums, sum)
 }
 
-// compareSums sums files and compares each with its entry in sums; the
-// small ones found good are held for NewReader.
-func (d *Dir) compareSums(files []*os.File, sums []Checksum) error {
-	crcs, held, err := sumFiles(files, sums)
+// compareSums checks the files sums lists (verifyFiles; contents where
+// sum[i]); the small ones found good are held for NewReader.
+func (d *Dir) compareSums(sums []Checksum, sum []bool) error {
+	held, err := d.verifyFiles(sums, sum)
 	if err != nil {
 		return err
-	}
-	for i, c := range sums {
-		if crcs[i] != c.CRC32C {
-			return MismatchError(c, crcs[i])
-		}
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -429,34 +541,6 @@ func (d *Dir) compareSums(files []*os.File, sums []Checksum) error {
 // instead of c's checksum.
 func MismatchError(c Checksum, got uint32) error {
 	return &ChecksumError{File: c.Name, Reason: fmt.Sprintf("checksum mismatch (crc32c %08x, the dump wrote %08x): the file is corrupt", got, c.CRC32C)}
-}
-
-// openListed opens the files sums lists, each checked to be a regular
-// file of the listed size. The caller closes the files returned, also on
-// error.
-func (d *Dir) openListed(sums []Checksum) ([]*os.File, error) {
-	files := make([]*os.File, 0, len(sums))
-	for _, c := range sums {
-		f, err := d.root.OpenFile(c.Name, os.O_RDONLY|syscall.O_CLOEXEC|syscall.O_NOFOLLOW, 0)
-		if err != nil {
-			if errors.Is(err, os.ErrNotExist) {
-				return files, &ChecksumError{File: c.Name, Reason: "missing"}
-			}
-			return files, fmt.Errorf("verify image %s: %w", c.Name, err)
-		}
-		files = append(files, f)
-		fi, err := f.Stat()
-		if err != nil {
-			return files, fmt.Errorf("verify image %s: %w", c.Name, err)
-		}
-		if !fi.Mode().IsRegular() {
-			return files, &ChecksumError{File: c.Name, Reason: "not a regular file"}
-		}
-		if uint64(fi.Size()) != c.Size {
-			return files, &ChecksumError{File: c.Name, Reason: fmt.Sprintf("size %d, the dump wrote %d", fi.Size(), c.Size)}
-		}
-	}
-	return files, nil
 }
 
 // SumPath returns the size and CRC32C of the file at path (for tests and
