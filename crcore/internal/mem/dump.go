@@ -443,7 +443,7 @@ func (c *copier) close() {
 
 func (c *copier) readMem(b []byte, addr uint64) error {
 	if c.memf == nil {
-		f, err := os.Open(procfs.Path(c.pid, "mem"))
+		f, err := procfs.OpenFile(procfs.Path(c.pid, "mem"), os.O_RDONLY)
 		if err != nil {
 			return err
 		}

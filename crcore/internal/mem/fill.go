@@ -189,7 +189,7 @@ func (m *mapReader) close() {
 
 func (m *mapReader) writeMem(b []byte, addr uint64) error {
 	if m.memf == nil {
-		f, err := os.OpenFile(procfs.Path(m.pid, "mem"), os.O_WRONLY|unix.O_CLOEXEC, 0)
+		f, err := procfs.OpenFile(procfs.Path(m.pid, "mem"), os.O_WRONLY)
 		if err != nil {
 			return err
 		}

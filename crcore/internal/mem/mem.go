@@ -442,7 +442,7 @@ var errStopped = errors.New("stopped")
 // forceAt writes one piece, read from ra, through /proc/PID/mem.
 func (f *filler) forceAt(p piece) error {
 	if f.memf == nil {
-		m, err := os.OpenFile(procfs.Path(f.pid, "mem"), os.O_WRONLY, 0)
+		m, err := procfs.OpenFile(procfs.Path(f.pid, "mem"), os.O_WRONLY)
 		if err != nil {
 			return err
 		}
@@ -471,7 +471,7 @@ func (f *filler) force(r Run) error {
 		return err
 	}
 	if f.memf == nil {
-		m, err := os.OpenFile(procfs.Path(f.pid, "mem"), os.O_WRONLY, 0)
+		m, err := procfs.OpenFile(procfs.Path(f.pid, "mem"), os.O_WRONLY)
 		if err != nil {
 			return err
 		}

@@ -29,7 +29,7 @@ type Pagemap struct {
 
 // OpenPagemap opens /proc/PID/pagemap.
 func OpenPagemap(pid int) (*Pagemap, error) {
-	f, err := os.Open(Path(pid, "pagemap"))
+	f, err := OpenFile(Path(pid, "pagemap"), os.O_RDONLY)
 	if err != nil {
 		return nil, err
 	}

@@ -78,3 +78,21 @@ func open(path string) (int, error) {
 		return fd, nil
 	}
 }
+
+// OpenFile opens a /proc file as os.OpenFile does (O_CLOEXEC added),
+// for reads or writes at offsets: as a plain file os.NewFile wraps,
+// which costs one fcntl, where os.OpenFile tries the runtime's poller
+// (ReadFile says why that matters). Dumps open a task's pagemap and mem
+// files once or twice a task.
+func OpenFile(path string, flags int) (*os.File, error) {
+	for {
+		fd, err := unix.Open(path, flags|unix.O_CLOEXEC, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "open", Path: path, Err: err}
+		}
+		return os.NewFile(uintptr(fd), path), nil
+	}
+}
