@@ -3,7 +3,6 @@
 package procfs
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -111,32 +110,50 @@ func parseMapsLine(line string) (*VMA, error) {
 
 // ParseMaps parses /proc/PID/maps or /proc/PID/smaps text.
 func ParseMaps(r io.Reader) ([]*VMA, error) {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return nil, err
+	}
+	return parseMaps(b)
+}
+
+// parseMaps is ParseMaps on the text in memory. A header line starts
+// with its start address in lowercase hex; the smaps lines between
+// headers start with an uppercase key ("Rss:", "VmFlags:"), and only
+// VmFlags is kept: the others are passed over without a string made of
+// them (a dump reads a task's smaps, some 25 lines a mapping).
+func parseMaps(b []byte) ([]*VMA, error) {
 	var out []*VMA
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" {
+	for len(b) > 0 {
+		line := b
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			b = nil
+		}
+		if len(line) == 0 {
 			continue
 		}
-		if k, val, ok := strings.Cut(line, ":"); ok && !strings.Contains(k, " ") && !strings.Contains(k, "-") {
-			if k == "VmFlags" && len(out) > 0 {
+		if c := line[0]; c >= 'A' && c <= 'Z' {
+			val, ok := bytes.CutPrefix(line, []byte("VmFlags:"))
+			if ok && len(out) > 0 {
+				text := string(bytes.TrimSpace(val))
 				fl := map[string]bool{}
-				for _, m := range strings.Fields(val) {
+				for _, m := range strings.Fields(text) {
 					fl[m] = true
 				}
 				out[len(out)-1].Flags = fl
-				out[len(out)-1].FlagsText = strings.TrimSpace(val)
+				out[len(out)-1].FlagsText = text
 			}
 			continue
 		}
-		v, err := parseMapsLine(line)
+		v, err := parseMapsLine(string(line))
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, v)
 	}
-	return out, sc.Err()
+	return out, nil
 }
 
 // ReadMaps reads /proc/PID/smaps (for VmFlags).
@@ -145,7 +162,7 @@ func ReadMaps(pid int) ([]*VMA, error) {
 	if err != nil {
 		return nil, err
 	}
-	vmas, err := ParseMaps(bytes.NewReader(b))
+	vmas, err := parseMaps(b)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", Path(pid, "smaps"), err)
 	}
@@ -158,5 +175,5 @@ func ReadMapsFast(pid int) ([]*VMA, error) {
 	if err != nil {
 		return nil, err
 	}
-	return ParseMaps(bytes.NewReader(b))
+	return parseMaps(b)
 }
