@@ -38,24 +38,29 @@ func restoreRlimits(r *remote, lims []*pb.RlimitEntry) error {
 			return fmt.Errorf("%s: soft limit %d above hard limit %d: %w", rlimitNames[res], l.GetCur(), l.GetMax(), ErrBadImage)
 		}
 	}
-	// Two batches (batch.go): read every limit, then set those that
-	// differ.
+	// Read every limit, then set those that differ (a batch, batch.go).
+	// The task's limits are read from here, as the dump reads them: a
+	// restored task mostly has its image's limits already (its husk's,
+	// inherited), and then costs no stop. Where prlimit on another
+	// process is refused, the task reads them itself, in a batch.
 	mark := r.used
 	defer func() { r.used = mark }()
-	cur, err := r.alloc(16 * len(lims))
-	if err != nil {
-		return err
-	}
-	get := r.batch()
-	for res := range lims {
-		get.add("prlimit64", unix.SYS_PRLIMIT64, 0, uint64(res), 0, cur+uint64(16*res))
-	}
-	if _, err := get.run(); err != nil {
-		return err
-	}
 	have := make([]byte, 16*len(lims))
-	if err := r.read(cur, have); err != nil {
-		return err
+	if err := rlimitsFromHere(r.pid(), have); err != nil {
+		cur, err := r.alloc(16 * len(lims))
+		if err != nil {
+			return err
+		}
+		get := r.batch()
+		for res := range lims {
+			get.add("prlimit64", unix.SYS_PRLIMIT64, 0, uint64(res), 0, cur+uint64(16*res))
+		}
+		if _, err := get.run(); err != nil {
+			return err
+		}
+		if err := r.read(cur, have); err != nil {
+			return err
+		}
 	}
 	set := r.batch()
 	var setRes []int
@@ -81,6 +86,21 @@ func restoreRlimits(r *remote, lims []*pb.RlimitEntry) error {
 			rlimitNames[res], rlimString(lims[res].GetMax()), rlimString(binary.LittleEndian.Uint64(have[16*res+8:])), err)
 	}
 	return err
+}
+
+// rlimitsFromHere reads pid's limits (as many as have holds, 16 bytes
+// each: soft, hard) with prlimit(2) from here (readRlimits says when that
+// is refused).
+func rlimitsFromHere(pid int, have []byte) error {
+	for res := range len(have) / 16 {
+		var rl unix.Rlimit
+		if err := unix.Prlimit(pid, res, nil, &rl); err != nil {
+			return err
+		}
+		binary.LittleEndian.PutUint64(have[16*res:], rl.Cur)
+		binary.LittleEndian.PutUint64(have[16*res+8:], rl.Max)
+	}
+	return nil
 }
 
 func rlimString(v uint64) string {
