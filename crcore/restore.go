@@ -144,12 +144,15 @@ type restorer struct {
 
 // rtask is a task being restored.
 type rtask struct {
-	ti      *taskImage
-	hostPid int // its pid as we see it (differs in a container)
-	t       *ptrace.Task
-	r       *remote
-	parent  *rtask
-	threads []*rthread // the leader's included, first
+	// extraClosed: the fds its image does not list are closed
+	// (completeMemory).
+	extraClosed bool
+	ti          *taskImage
+	hostPid     int // its pid as we see it (differs in a container)
+	t           *ptrace.Task
+	r           *remote
+	parent      *rtask
+	threads     []*rthread // the leader's included, first
 	// table is the fd table the task holds once its fds are in place,
 	// leftovers included: what a child cloned from it inherits.
 	table map[uint32]uint32
@@ -1242,9 +1245,19 @@ func (rs *restorer) completeMemory(t *rtask) error {
 	}
 	if !s.keepExe {
 		exeFd = res[len(res)-1]
-		defer r.callBestEffort("close", unix.SYS_CLOSE, exeFd)
 	}
-	return setMM(r, t.ti.mm, exeFd)
+	// One more stop: the mm's fields and exe link, then every fd the
+	// image does not list closed, the exe's among them.
+	last := r.batch()
+	if err := addSetMM(last, r, t.ti.mm, exeFd); err != nil {
+		return err
+	}
+	closeExtraFds(last, t.ti)
+	if _, err := last.run(); err != nil {
+		return err
+	}
+	t.extraClosed = true
+	return nil
 }
 
 // restoreRoot puts a task that was chrooted back in its root directory:
@@ -1293,8 +1306,12 @@ func (rs *restorer) finish(t *rtask) error {
 	if err := rs.restoreRoot(t); err != nil {
 		return err
 	}
-	if err := closeExtraFds(t.r, t.ti); err != nil {
-		return err
+	if !t.extraClosed {
+		b := t.r.batch()
+		closeExtraFds(b, t.ti)
+		if _, err := b.run(); err != nil {
+			return err
+		}
 	}
 	if err := rs.restoreLast(t); err != nil {
 		return err
@@ -1599,7 +1616,10 @@ func (s *imageSet) mapVdso(r *remote, vmas []*pb.VmaEntry) error {
 	return errors.New("vdso not mapped")
 }
 
-func setMM(r *remote, mm *pb.MmEntry, exeFd uint64) error {
+// addSetMM adds to b the prctl(PR_SET_MM_MAP) that gives the task the
+// image's mm fields, auxv and (exeFd, unless ^0) exe link; the map and
+// auxv go into r's scratch area, which must stay as it is until b runs.
+func addSetMM(b *batch, r *remote, mm *pb.MmEntry, exeFd uint64) error {
 	auxv := mm.GetMmSavedAuxv()
 	ab := make([]byte, 8*len(auxv))
 	for i, w := range auxv {
@@ -1619,14 +1639,12 @@ func setMM(r *remote, mm *pb.MmEntry, exeFd uint64) error {
 		EnvStart: mm.GetMmEnvStart(), EnvEnd: mm.GetMmEnvEnd(),
 		Auxv: auxAddr, AuxvSize: uint32(len(ab)), ExeFD: uint32(exeFd),
 	}
-	var b bytes.Buffer
-	putLE(&b, m)
-	addr, err := r.put(b.Bytes())
+	var mb bytes.Buffer
+	putLE(&mb, m)
+	addr, err := r.put(mb.Bytes())
 	if err != nil {
 		return err
 	}
-	if _, err := r.call("prctl(PR_SET_MM_MAP)", unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, addr, kabi.SizeofPrctlMMMap, 0); err != nil {
-		return err
-	}
+	b.add("prctl(PR_SET_MM_MAP)", unix.SYS_PRCTL, unix.PR_SET_MM, unix.PR_SET_MM_MAP, addr, kabi.SizeofPrctlMMMap, 0)
 	return nil
 }

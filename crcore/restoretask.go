@@ -112,17 +112,16 @@ func restoreThreadState(r *remote, th *threadImage) error {
 	return r.t.SetSigmask(thc.GetBlkSigset())
 }
 
-// closeExtraFds closes every fd of the task that its image does not list:
-// what it inherited from its parent during the restore, and files opened
-// for others.
-func closeExtraFds(r *remote, ti *taskImage) error {
+// closeExtraFds adds to b what closes every fd of the task that its image
+// does not list: what it inherited from its parent during the restore,
+// and files opened for others.
+func closeExtraFds(b *batch, ti *taskImage) {
 	keep := make([]uint32, 0, len(ti.fds))
 	for _, e := range ti.fds {
 		keep = append(keep, e.GetFd())
 	}
 	sort.Slice(keep, func(i, j int) bool { return keep[i] < keep[j] })
 	next := uint64(0)
-	b := r.batch()
 	for _, fd := range keep {
 		if uint64(fd) > next {
 			b.add("close_range", unix.SYS_CLOSE_RANGE, next, uint64(fd)-1, 0)
@@ -130,8 +129,6 @@ func closeExtraFds(r *remote, ti *taskImage) error {
 		next = uint64(fd) + 1
 	}
 	b.add("close_range", unix.SYS_CLOSE_RANGE, next, uint64(^uint32(0)), 0)
-	_, err := b.run()
-	return err
 }
 
 // setFinalRegs gives a thread its dumped registers and FPU state.
