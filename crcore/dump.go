@@ -808,6 +808,36 @@ func (d *dumper) dumpTask(t *dtask) (err error) {
 	if err != nil {
 		return err
 	}
+	// Per-thread state only the thread itself can report: clear-tid
+	// address, signal stack, parent-death signal, securebits. The
+	// leader's go in the process's batch: one stop less a task.
+	tout, err := r.alloc(8 + kabi.SizeofStackT + 8)
+	if err != nil {
+		return err
+	}
+	threadCalls := func(b *batch) {
+		b.add("prctl(PR_GET_TID_ADDRESS)", unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, tout)
+		b.add("sigaltstack", unix.SYS_SIGALTSTACK, 0, tout+8)
+		b.add("prctl(PR_GET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG, tout+8+kabi.SizeofStackT)
+		b.add("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS)
+	}
+	threadState := func(th *dthread, securebits uint64) error {
+		var o [8 + kabi.SizeofStackT + 8]byte
+		if err := r.read(tout, o[:]); err != nil {
+			return err
+		}
+		th.tidAddr = binary.LittleEndian.Uint64(o[:])
+		th.altstack = kabi.StackT{
+			SP:    binary.LittleEndian.Uint64(o[8:]),
+			Flags: int32(binary.LittleEndian.Uint32(o[16:])),
+			Size:  binary.LittleEndian.Uint64(o[24:]),
+		}
+		th.attrs.pdeathsig = binary.LittleEndian.Uint32(o[8+kabi.SizeofStackT:])
+		if err := dumpCreds(th, uint32(securebits)); err != nil {
+			return fmt.Errorf("thread %d: %w", th.tid, err)
+		}
+		return nil
+	}
 	r.stop = stopFromStatus(lead.attrs.status)
 	b := r.batch()
 	b.add("brk", unix.SYS_BRK, 0)
@@ -834,8 +864,12 @@ func (d *dumper) dumpTask(t *dtask) (err error) {
 		}
 		b.add("rt_sigaction", unix.SYS_RT_SIGACTION, uint64(sig), 0, sa+uint64(sig-1)*kabi.SizeofKSigaction, 8)
 	}
+	threadCalls(b)
 	res, err := b.run()
 	if err != nil {
+		return err
+	}
+	if err := threadState(lead, res[len(res)-1]); err != nil {
 		return err
 	}
 	t.brk, t.attrs.dumpable = res[0], uint32(res[1])
@@ -873,38 +907,17 @@ func (d *dumper) dumpTask(t *dtask) (err error) {
 		}
 	}
 
-	// Per-thread state only the thread itself can report, a batch per
-	// thread: clear-tid address, signal stack, parent-death signal,
-	// securebits.
-	tout, err := r.alloc(8 + kabi.SizeofStackT + 8)
-	if err != nil {
-		return err
-	}
-	for _, th := range t.threads {
+	for _, th := range t.threads[1:] {
 		tr := r.forTask(th.t) // crash-safe like the leader's calls
 		tr.stop = stopFromStatus(th.attrs.status)
 		b := tr.batch()
-		b.add("prctl(PR_GET_TID_ADDRESS)", unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, tout)
-		b.add("sigaltstack", unix.SYS_SIGALTSTACK, 0, tout+8)
-		b.add("prctl(PR_GET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG, tout+8+kabi.SizeofStackT)
-		b.add("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS)
+		threadCalls(b)
 		res, err := b.run()
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", th.tid, err)
 		}
-		var o [8 + kabi.SizeofStackT + 8]byte
-		if err := r.read(tout, o[:]); err != nil {
+		if err := threadState(th, res[3]); err != nil {
 			return err
-		}
-		th.tidAddr = binary.LittleEndian.Uint64(o[:])
-		th.altstack = kabi.StackT{
-			SP:    binary.LittleEndian.Uint64(o[8:]),
-			Flags: int32(binary.LittleEndian.Uint32(o[16:])),
-			Size:  binary.LittleEndian.Uint64(o[24:]),
-		}
-		th.attrs.pdeathsig = binary.LittleEndian.Uint32(o[8+kabi.SizeofStackT:])
-		if err := dumpCreds(th, uint32(res[3])); err != nil {
-			return fmt.Errorf("thread %d: %w", th.tid, err)
 		}
 	}
 	return d.dumpAttrs(t, r)
