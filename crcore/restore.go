@@ -287,6 +287,9 @@ func restore(ctx context.Context, opts RestoreOptions, log *logrus.Entry, setup 
 // run rebuilds the whole tree from its root, a task stopped with a
 // syscall gadget at gadget0 (a fresh husk or a just-exec'd process).
 func (rs *restorer) run(root *rtask, gadget0 uint64) error {
+	// Every task's registers are set last (finish): injections need not
+	// put them back (ptrace.Task.Scratch).
+	root.t.Scratch = true
 	// A failed restore must not return with copies still writing.
 	defer rs.fills.Wait()
 	var all []*pb.VmaEntry
@@ -508,6 +511,7 @@ func (rs *restorer) cloneThreads(t *rtask, imgs []*threadImage, flags uint64) ([
 				return nil, fmt.Errorf("create thread %d: got tid %d", imgs[i+k].tid, ret)
 			}
 			pt := ptrace.Adopt(ev[k])
+			pt.Scratch = true // its registers are set last (finish)
 			rs.cl.add(func() { rs.killUnlessGone(pt) })
 			if err := waitFirstStop(pt); err != nil {
 				return nil, err
@@ -586,6 +590,7 @@ func (rs *restorer) cloneWithin(p *rtask, want int, flags uint64, exitSignal uin
 	}
 	host := ev[len(ev)-1]
 	t := ptrace.Adopt(host)
+	t.Scratch = true // its registers are set last (finish)
 	rs.cl.add(func() { rs.killUnlessGone(t) })
 	if err := waitFirstStop(t); err != nil {
 		return nil, 0, err

@@ -54,7 +54,7 @@ func setArgs(r *unix.PtraceRegs, gadget uint64, nr uintptr, args []uint64) error
 // The task's registers are restored afterwards; it is left in the
 // signal-delivery stop of the gadget's int3.
 func (t *Task) Syscall(gadget uint64, nr uintptr, args ...uint64) (uint64, error) {
-	saved, err := t.GetRegs()
+	saved, err := t.startRegs()
 	if err != nil {
 		return 0, err
 	}
@@ -66,8 +66,8 @@ func (t *Task) Syscall(gadget uint64, nr uintptr, args ...uint64) (uint64, error
 		return 0, err
 	}
 	for {
-		if err := unix.PtraceCont(t.Tid, 0); err != nil {
-			return 0, wrap("cont", t.Tid, err)
+		if err := t.resume(unix.PTRACE_CONT); err != nil {
+			return 0, err
 		}
 		ws, err := t.wait()
 		if err != nil {
@@ -81,14 +81,14 @@ func (t *Task) Syscall(gadget uint64, nr uintptr, args ...uint64) (uint64, error
 			break
 		}
 	}
-	after, err := t.GetRegs()
-	if err != nil {
-		return 0, err
+	ret := t.regs.Rax // read by classify at the trap
+	if t.Scratch {
+		return ret, nil
 	}
 	if err := t.SetRegs(&saved); err != nil {
 		return 0, err
 	}
-	return after.Rax, nil
+	return ret, nil
 }
 
 // classify handles one stop during an injection. It returns true at the
@@ -105,6 +105,7 @@ func (t *Task) classify(ws unix.WaitStatus, trapEnd uint64) (bool, error) {
 			return false, err
 		}
 		if r.Rip == trapEnd {
+			t.regs, t.known = r, true
 			return true, nil
 		}
 		return false, fmt.Errorf("injected syscall in task %d: SIGTRAP at %#x, not at the gadget's end %#x", t.Tid, r.Rip, trapEnd)
@@ -137,13 +138,16 @@ func (t *Task) classify(ws unix.WaitStatus, trapEnd uint64) (bool, error) {
 // placed in the task's scratch area (a batch of syscalls, see crcore's
 // remote.batch).
 func (t *Task) RunCode(entry, trap uint64) error {
-	saved, err := t.GetRegs()
+	saved, err := t.startRegs()
 	if err != nil {
 		return err
 	}
 	done := func(ws unix.WaitStatus) (bool, error) { return t.classify(ws, trap+1) }
 	if err := t.runUntil(saved, entry, done, nil); err != nil {
 		return err
+	}
+	if t.Scratch {
+		return nil
 	}
 	return t.SetRegs(&saved)
 }
@@ -158,8 +162,8 @@ func (t *Task) runUntil(regs unix.PtraceRegs, entry uint64, done func(unix.WaitS
 		return err
 	}
 	for {
-		if err := unix.PtraceCont(t.Tid, 0); err != nil {
-			return wrap("cont", t.Tid, err)
+		if err := t.resume(unix.PTRACE_CONT); err != nil {
+			return err
 		}
 		if running != nil {
 			running()
@@ -212,7 +216,7 @@ func (t *Task) SyscallToExit(gadget uint64, nr uintptr, args ...uint64) (uint64,
 // SyscallToExitHook is SyscallToExit calling atEntry (if not nil) at the
 // syscall-entry stop.
 func (t *Task) SyscallToExitHook(gadget uint64, atEntry func(), nr uintptr, args ...uint64) (uint64, error) {
-	r, err := t.GetRegs()
+	r, err := t.startRegs()
 	if err != nil {
 		return 0, err
 	}
@@ -224,8 +228,8 @@ func (t *Task) SyscallToExitHook(gadget uint64, atEntry func(), nr uintptr, args
 	}
 	stops := 0
 	for stops < 2 {
-		if err := ptrace(unix.PTRACE_SYSCALL, t.Tid, 0, 0); err != nil {
-			return 0, wrap("syscall", t.Tid, err)
+		if err := t.resume(unix.PTRACE_SYSCALL); err != nil {
+			return 0, err
 		}
 		ws, err := t.wait()
 		if err != nil {
