@@ -432,10 +432,16 @@ func (rs *restorer) create(t *rtask) error {
 			return err
 		}
 	}
-	if err := rs.s.restoreTaskState(t.r, t.ti); err != nil {
+	// A task of one thread gets its thread's state in the batch of
+	// its own.
+	var only *threadImage
+	if len(t.ti.threads) == 1 {
+		only = &t.ti.threads[0]
+	}
+	if err := rs.s.restoreTaskState(t.r, t.ti, only); err != nil {
 		return fmt.Errorf("pid %d: %w", pid, err)
 	}
-	if err := rs.createThreads(t); err != nil {
+	if err := rs.createThreads(t, only == nil); err != nil {
 		return fmt.Errorf("pid %d: %w", pid, err)
 	}
 	return nil
@@ -665,8 +671,9 @@ func waitFirstStop(t *ptrace.Task) error {
 }
 
 // createThreads clones the task's other threads with their tids and gives
-// each its own state.
-func (rs *restorer) createThreads(t *rtask) error {
+// each its own state, the leader's too if leader (else restoreTaskState
+// gave it).
+func (rs *restorer) createThreads(t *rtask, leader bool) error {
 	lead := &rthread{img: &t.ti.threads[0], t: t.t}
 	t.threads = []*rthread{lead}
 	const threadFlags = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND |
@@ -682,7 +689,10 @@ func (rs *restorer) createThreads(t *rtask) error {
 	for i, pt := range pts {
 		t.threads = append(t.threads, &rthread{img: imgs[i], t: pt})
 	}
-	for _, th := range t.threads {
+	for i, th := range t.threads {
+		if i == 0 && !leader {
+			continue
+		}
 		r := t.r.forTask(th.t)
 		if err := restoreThreadState(r, th.img); err != nil {
 			return fmt.Errorf("thread %d: %w", th.img.tid, err)

@@ -16,8 +16,10 @@ import (
 )
 
 // restoreTaskState sets what belongs to the process: working directory,
-// umask, personality, signal handlers and interval timers.
-func (s *imageSet) restoreTaskState(r *remote, ti *taskImage) error {
+// umask, personality, signal handlers and interval timers; and, with
+// lead (its only thread), that thread's own state (restoreThreadState) in
+// the same batch: one stop for both.
+func (s *imageSet) restoreTaskState(r *remote, ti *taskImage, lead *threadImage) error {
 	tc := ti.core.GetTc()
 	r.reset()
 	// One batch (batch.go): what its calls point to stays in scratch
@@ -70,19 +72,40 @@ func (s *imageSet) restoreTaskState(r *remote, ti *taskImage) error {
 			bt.add("setitimer", unix.SYS_SETITIMER, uint64(which), p, 0)
 		}
 	}
-	_, err := bt.run()
-	return err
+	if lead != nil {
+		if err := addThreadState(bt, r, lead); err != nil {
+			return err
+		}
+	}
+	if _, err := bt.run(); err != nil {
+		return err
+	}
+	if lead != nil {
+		return r.t.SetSigmask(lead.core.GetThreadCore().GetBlkSigset())
+	}
+	return nil
 }
 
 // restoreThreadState sets what belongs to one thread: its name, signal
 // stack, clear-tid address, robust futex list, rseq registration and
 // blocked signals. r runs syscalls in that thread.
 func restoreThreadState(r *remote, th *threadImage) error {
-	thc := th.core.GetThreadCore()
 	r.reset()
 	// One batch (batch.go): the strings and structs it points to stay
 	// in scratch until it has run.
 	b := r.batch()
+	if err := addThreadState(b, r, th); err != nil {
+		return err
+	}
+	if _, err := b.run(); err != nil {
+		return err
+	}
+	return r.t.SetSigmask(th.core.GetThreadCore().GetBlkSigset())
+}
+
+// addThreadState adds to b the calls of restoreThreadState but the mask.
+func addThreadState(b *batch, r *remote, th *threadImage) error {
+	thc := th.core.GetThreadCore()
 	if comm := thc.GetComm(); comm != "" {
 		p, err := r.cstring(comm)
 		if err != nil {
@@ -106,10 +129,7 @@ func restoreThreadState(r *remote, th *threadImage) error {
 	if rs := thc.GetRseqEntry(); rs != nil && rs.GetRseqAbiPointer() != 0 {
 		b.add("rseq", unix.SYS_RSEQ, rs.GetRseqAbiPointer(), uint64(rs.GetRseqAbiSize()), 0, uint64(rs.GetSignature()))
 	}
-	if _, err := b.run(); err != nil {
-		return err
-	}
-	return r.t.SetSigmask(thc.GetBlkSigset())
+	return nil
 }
 
 // closeExtraFds adds to b what closes every fd of the task that its image
