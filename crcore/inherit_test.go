@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/pagemap"
 	"golang.org/x/sys/unix"
 
 	"github.com/crhook/crhook/crcore"
@@ -232,5 +233,73 @@ func TestCopyOnWriteChain(t *testing.T) {
 			}
 			checkCow(t, p, n, pids)
 		})
+	}
+}
+
+// TestCritReadsParentPages: CRIU's own decoder (go-criu's crit) reads
+// the pagemap of a child whose shared pages are its parent's, and the
+// entries add up: the pages marked present fill the child's pages file
+// exactly, and the ones marked as the parent's (crhook's flag 1<<16)
+// are all in the parent's pagemap.
+func TestCritReadsParentPages(t *testing.T) {
+	crtest.RequireRoot(t)
+	_, ppid, cpid, _ := startCow(t)
+	dir := filepath.Join(t.TempDir(), "img")
+	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: ppid, ImageDir: dir}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	crtest.ReapGone(t, []int{ppid, cpid}, 5*time.Second)
+	ps := uint64(os.Getpagesize())
+	runs := func(pid int) (present, parent [][2]uint64) {
+		img, err := critDecodeFile(filepath.Join(dir, fmt.Sprintf("pagemap-%d.img", pid)))
+		if err != nil {
+			t.Fatalf("crit: pagemap of %d: %v", pid, err)
+		}
+		for _, e := range img.Entries[1:] {
+			pe, ok := e.Message.(*pagemap.PagemapEntry)
+			if !ok {
+				t.Fatalf("pagemap of %d holds a %T", pid, e.Message)
+			}
+			r := [2]uint64{pe.GetVaddr(), pe.GetVaddr() + uint64(pe.GetNrPages())*ps}
+			switch pe.GetFlags() {
+			case 4: // PE_PRESENT
+				present = append(present, r)
+			case 1 << 16:
+				parent = append(parent, r)
+			default:
+				t.Errorf("pagemap of %d: flags %#x", pid, pe.GetFlags())
+			}
+		}
+		return present, parent
+	}
+	pPresent, pParent := runs(ppid)
+	cPresent, cParent := runs(cpid)
+	if len(pParent) != 0 {
+		t.Errorf("the root's pagemap marks %v as its parent's", pParent)
+	}
+	if len(cParent) == 0 {
+		t.Fatal("the child's pagemap marks no pages as its parent's")
+	}
+	var own uint64
+	for _, r := range cPresent {
+		own += r[1] - r[0]
+	}
+	fi, err := os.Stat(filepath.Join(dir, fmt.Sprintf("pages-%d.img", cpid)))
+	if err != nil || uint64(fi.Size()) != own {
+		t.Errorf("child's pages file: %v, %v; its present runs hold %d bytes", fi, err, own)
+	}
+	for _, r := range cParent {
+		for a := r[0]; a < r[1]; a += ps {
+			in := false
+			for _, p := range pPresent {
+				if p[0] <= a && a < p[1] {
+					in = true
+					break
+				}
+			}
+			if !in {
+				t.Fatalf("child's page %#x is marked as its parent's, but the parent's pagemap lacks it", a)
+			}
+		}
 	}
 }
