@@ -12,8 +12,8 @@ import (
 
 // TestVerifyFiles: a directory whose files match their checksums
 // verifies, and holds its small files for NewReader; a missing file, one
-// of another size, a symlink and a flipped byte are each refused, naming
-// the file. Both ways of opening are run: openat2 beneath the directory,
+// of another size, a symlink, an image file the checksums do not list
+// and a flipped byte are each refused, naming the file. Both ways of opening are run: openat2 beneath the directory,
 // and the os.Root a kernel without openat2 leaves (fd -1).
 func TestVerifyFiles(t *testing.T) {
 	for _, raw := range []bool{true, false} {
@@ -33,6 +33,11 @@ func TestVerifyFiles(t *testing.T) {
 					p := filepath.Join(dir, "b.img")
 					os.Rename(p, p+".real")
 					if err := os.Symlink("b.img.real", p); err != nil {
+						t.Fatal(err)
+					}
+				}},
+				{"unlisted", "c.img: not listed", func(dir string) {
+					if err := os.WriteFile(filepath.Join(dir, "c.img"), []byte("x"), 0o600); err != nil {
 						t.Fatal(err)
 					}
 				}},
