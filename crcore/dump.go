@@ -204,12 +204,26 @@ func dump(ctx context.Context, opts DumpOptions, log *logrus.Entry) (_ *DumpResu
 		}
 	}
 	// Files first: an fd we cannot dump fails the dump before anything
-	// else in the tree is touched.
+	// else in the tree is touched. What /proc says of each fd is read
+	// for every task at once; the files are then dumped in tree order.
+	live := make([]*dtask, 0, len(tasks))
 	for _, t := range tasks {
-		if t.zombie {
-			continue
+		if !t.zombie {
+			live = append(live, t)
 		}
-		if t.fds, err = d.files.dumpFds(t.pid); err != nil {
+	}
+	livePids := make([]int, len(live))
+	for i, t := range live {
+		livePids[i] = t.pid
+	}
+	read, readErrs := gatherFds(livePids)
+	for i, t := range live {
+		if readErrs[i] == nil {
+			t.fds, err = d.files.dumpRead(t.pid, read[i])
+		} else {
+			err = readErrs[i]
+		}
+		if err != nil {
 			return nil, fmt.Errorf("dump pid %d: %w", t.pid, err)
 		}
 	}
