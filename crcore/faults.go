@@ -30,6 +30,7 @@ import (
 //	restore:after-husk   the root husk exists
 //	restore:after-clone  a child task was cloned
 //	restore:after-memory a task's memory is in place
+//	restore:in-parent-fill a task's pages being copied from its parent's image
 //	checkpoint:after-freeze  (crhook checkpoint) the container's cgroup is frozen
 //	                         (its thaw guard must thaw it)
 //

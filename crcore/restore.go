@@ -1147,6 +1147,7 @@ func (rs *restorer) parentFill(t *rtask, runs []mem.Run, uf *mem.Userfault, regi
 	}
 	var n uint64
 	for from, pieces := range srcs {
+		faultPoint("restore:in-parent-fill")
 		pruns := parentRunsFor(from, pieces)
 		if uf != nil {
 			pruns = markMissing(pruns, registered)
