@@ -227,11 +227,15 @@ func finishMask(t *rtask) error {
 	return t.t.SetSigmask(t.threads[0].img.core.GetThreadCore().GetBlkSigset())
 }
 
-// readRlimits returns pid's resource limits. prlimit64 from crhook costs
-// a syscall each, where an injected one costs two ptrace stops; it is
-// refused (EPERM) for a task of another uid when crhook lacks
-// CAP_SYS_RESOURCE in its user namespace, and then the task is asked.
+// readRlimits returns pid's resource limits, for a dump and for a
+// restore's comparison. prlimit64 from crhook costs a syscall each, where
+// the task asked costs a stop; it is refused (EPERM) for a task of
+// another uid when crhook lacks CAP_SYS_RESOURCE in its user namespace,
+// and then the task is asked, in one batch.
 func readRlimits(pid int, r *remote) ([]*pb.RlimitEntry, error) {
+	if !rlimitsFromHere {
+		return readRlimitsInside(r)
+	}
 	out := make([]*pb.RlimitEntry, 0, rlimNLimits)
 	for res := 0; res < rlimNLimits; res++ {
 		var old unix.Rlimit
@@ -246,15 +250,21 @@ func readRlimits(pid int, r *remote) ([]*pb.RlimitEntry, error) {
 	return out, nil
 }
 
+// rlimitsFromHere: readRlimits tries prlimit(2) from crhook first. Off
+// only in tests (SetRlimitsInside), to run the path of a refusal.
+var rlimitsFromHere = true
+
 func readRlimitsInside(r *remote) ([]*pb.RlimitEntry, error) {
 	out, err := r.alloc(16 * rlimNLimits)
 	if err != nil {
 		return nil, err
 	}
+	get := r.batch() // one stop for all (batch.go)
 	for res := 0; res < rlimNLimits; res++ {
-		if _, err := r.call("prlimit64", unix.SYS_PRLIMIT64, 0, uint64(res), 0, out+uint64(16*res)); err != nil {
-			return nil, err
-		}
+		get.add("prlimit64", unix.SYS_PRLIMIT64, 0, uint64(res), 0, out+uint64(16*res))
+	}
+	if _, err := get.run(); err != nil {
+		return nil, err
 	}
 	b := make([]byte, 16*rlimNLimits)
 	if err := r.read(out, b); err != nil {

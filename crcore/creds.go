@@ -39,34 +39,19 @@ func restoreRlimits(r *remote, lims []*pb.RlimitEntry) error {
 		}
 	}
 	// Read every limit, then set those that differ (a batch, batch.go).
-	// The task's limits are read from here, as the dump reads them: a
-	// restored task mostly has its image's limits already (its husk's,
-	// inherited), and then costs no stop. Where prlimit on another
-	// process is refused, the task reads them itself, in a batch.
+	// They are read as the dump reads them (readRlimits): a restored
+	// task mostly has its image's limits already (its husk's,
+	// inherited), and then costs no stop.
 	mark := r.used
 	defer func() { r.used = mark }()
-	have := make([]byte, 16*len(lims))
-	if err := rlimitsFromHere(r.pid(), have); err != nil {
-		cur, err := r.alloc(16 * len(lims))
-		if err != nil {
-			return err
-		}
-		get := r.batch()
-		for res := range lims {
-			get.add("prlimit64", unix.SYS_PRLIMIT64, 0, uint64(res), 0, cur+uint64(16*res))
-		}
-		if _, err := get.run(); err != nil {
-			return err
-		}
-		if err := r.read(cur, have); err != nil {
-			return err
-		}
+	have, err := readRlimits(r.pid(), r)
+	if err != nil {
+		return err
 	}
 	set := r.batch()
 	var setRes []int
 	for res, l := range lims {
-		b := have[16*res : 16*res+16]
-		if binary.LittleEndian.Uint64(b) == l.GetCur() && binary.LittleEndian.Uint64(b[8:]) == l.GetMax() {
+		if have[res].GetCur() == l.GetCur() && have[res].GetMax() == l.GetMax() {
 			continue
 		}
 		var w [16]byte
@@ -83,24 +68,9 @@ func restoreRlimits(r *remote, lims []*pb.RlimitEntry) error {
 	if errors.Is(err, unix.EPERM) && len(done) < len(setRes) {
 		res := setRes[len(done)]
 		return fmt.Errorf("%s: the image's hard limit %s is above the restorer's %s; raising it needs CAP_SYS_RESOURCE: %w",
-			rlimitNames[res], rlimString(lims[res].GetMax()), rlimString(binary.LittleEndian.Uint64(have[16*res+8:])), err)
+			rlimitNames[res], rlimString(lims[res].GetMax()), rlimString(have[res].GetMax()), err)
 	}
 	return err
-}
-
-// rlimitsFromHere reads pid's limits (as many as have holds, 16 bytes
-// each: soft, hard) with prlimit(2) from here (readRlimits says when that
-// is refused).
-func rlimitsFromHere(pid int, have []byte) error {
-	for res := range len(have) / 16 {
-		var rl unix.Rlimit
-		if err := unix.Prlimit(pid, res, nil, &rl); err != nil {
-			return err
-		}
-		binary.LittleEndian.PutUint64(have[16*res:], rl.Cur)
-		binary.LittleEndian.PutUint64(have[16*res+8:], rl.Max)
-	}
-	return nil
 }
 
 func rlimString(v uint64) string {

@@ -19,3 +19,11 @@ func SetInheritCopyOnWrite(on bool) (restore func()) {
 	inheritCopyOnWrite = on
 	return func() { inheritCopyOnWrite = old }
 }
+
+// SetRlimitsInside makes dumps and restores ask each task for its rlimits
+// (the path taken when prlimit from crhook is refused), until the
+// returned function puts the default back.
+func SetRlimitsInside() (restore func()) {
+	rlimitsFromHere = false
+	return func() { rlimitsFromHere = true }
+}
