@@ -54,6 +54,19 @@ func startCow(t *testing.T) (p *crtest.Proc, ppid, cpid int, addr uint64) {
 	return p, pids[0], pids[1], addr
 }
 
+// dumpCow starts cow.c, dumps it (killing it) and returns the image
+// directory, and the pids of its parent and child.
+func dumpCow(t *testing.T) (dir string, ppid, cpid int) {
+	t.Helper()
+	_, ppid, cpid, _ = startCow(t)
+	dir = filepath.Join(t.TempDir(), "img")
+	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: ppid, ImageDir: dir}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	crtest.ReapGone(t, []int{ppid, cpid}, 5*time.Second)
+	return dir, ppid, cpid
+}
+
 // startCowArgs starts cow.c with args and waits until each of names is
 // ready: it returns their pids, in the order of names, and the address of
 // their shared region. All are killed when the test ends.
@@ -243,12 +256,7 @@ func TestCopyOnWriteChain(t *testing.T) {
 // are all in the parent's pagemap.
 func TestCritReadsParentPages(t *testing.T) {
 	crtest.RequireRoot(t)
-	_, ppid, cpid, _ := startCow(t)
-	dir := filepath.Join(t.TempDir(), "img")
-	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: ppid, ImageDir: dir}); err != nil {
-		t.Fatalf("dump: %v", err)
-	}
-	crtest.ReapGone(t, []int{ppid, cpid}, 5*time.Second)
+	dir, ppid, cpid := dumpCow(t)
 	ps := uint64(os.Getpagesize())
 	runs := func(pid int) (present, parent [][2]uint64) {
 		img, err := critDecodeFile(filepath.Join(dir, fmt.Sprintf("pagemap-%d.img", pid)))

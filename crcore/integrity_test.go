@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -184,10 +185,7 @@ func TestHostileFields(t *testing.T) {
 	dir, pid := dumpCounter(t, false)
 	mmName := fmt.Sprintf("mm-%d.img", pid)
 	pmName := fmt.Sprintf("pagemap-%d.img", pid)
-	cases := []struct {
-		name, want string
-		edit       func(dir string)
-	}{
+	cases := []hostileCase{
 		{"arch", "aarch64", func(dir string) {
 			inv := readImage[*pb.CrhookInventoryEntry](t, dir, "crhook-inventory.img")[0]
 			inv.Arch = proto.String("aarch64")
@@ -228,6 +226,21 @@ func TestHostileFields(t *testing.T) {
 			rewrite(t, dir, mmName, image.MM, mm)
 		}},
 	}
+	refuseEdited(t, dir, cases, []int{pid}, crcore.ErrBadImage, crcore.ErrNotSupported)
+}
+
+// hostileCase is an edit of a copy of an image directory, and what the
+// restore's error must say.
+type hostileCase struct {
+	name, want string
+	edit       func(dir string)
+}
+
+// refuseEdited restores a copy of dir edited by each case: the restore
+// must fail saying the case's want, with an error matching one of kinds,
+// and leave none of pids alive.
+func refuseEdited(t *testing.T, dir string, cases []hostileCase, pids []int, kinds ...error) {
+	t.Helper()
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			cp := copyDir(t, dir)
@@ -236,10 +249,10 @@ func TestHostileFields(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("restore: %v, want an error saying %q", err, c.want)
 			}
-			if !errors.Is(err, crcore.ErrBadImage) && !errors.Is(err, crcore.ErrNotSupported) {
-				t.Errorf("%v matches neither ErrBadImage nor ErrNotSupported", err)
+			if !slices.ContainsFunc(kinds, func(k error) bool { return errors.Is(err, k) }) {
+				t.Errorf("%v matches none of %v", err, kinds)
 			}
-			checkNoStray(t, []int{pid})
+			checkNoStray(t, pids)
 		})
 	}
 }
@@ -367,12 +380,7 @@ func flipEachPagesFile(t *testing.T, root int, pids []int) {
 // does not write, is refused naming the pagemap, and leaves no process.
 func TestParentPagesRefused(t *testing.T) {
 	crtest.RequireRoot(t)
-	_, ppid, cpid, _ := startCow(t)
-	dir := filepath.Join(t.TempDir(), "img")
-	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: ppid, ImageDir: dir}); err != nil {
-		t.Fatalf("dump: %v", err)
-	}
-	crtest.ReapGone(t, []int{ppid, cpid}, 5*time.Second)
+	dir, ppid, cpid := dumpCow(t)
 	ppm, cpm := fmt.Sprintf("pagemap-%d.img", ppid), fmt.Sprintf("pagemap-%d.img", cpid)
 	const inParent = 1 << 16 // crhook's pagemap flag
 	var inChild *pb.PagemapEntry
@@ -385,10 +393,7 @@ func TestParentPagesRefused(t *testing.T) {
 	if inChild == nil {
 		t.Fatalf("%s marks no pages as the parent's", cpm)
 	}
-	cases := []struct {
-		name, want string
-		edit       func(dir string)
-	}{
+	cases := []hostileCase{
 		{"not in the parent's image", cpm, func(dir string) {
 			// The parent's image loses the run the child's first
 			// shared pages are in.
@@ -413,20 +418,7 @@ func TestParentPagesRefused(t *testing.T) {
 			rewrite(t, dir, cpm, image.Pagemap, msgs...)
 		}},
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			cp := copyDir(t, dir)
-			c.edit(cp)
-			_, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: cp})
-			if err == nil || !strings.Contains(err.Error(), c.want) {
-				t.Fatalf("restore: %v, want an error naming %q", err, c.want)
-			}
-			if !errors.Is(err, crcore.ErrBadImage) {
-				t.Errorf("%v does not match ErrBadImage", err)
-			}
-			checkNoStray(t, []int{ppid, cpid})
-		})
-	}
+	refuseEdited(t, dir, cases, []int{ppid, cpid}, crcore.ErrBadImage)
 	// The image as dumped restores.
 	rr, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
 	if err != nil {
