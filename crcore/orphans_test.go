@@ -415,3 +415,54 @@ func TestOrphanOfMovedLeaderRefused(t *testing.T) {
 	n := len(p.Lines())
 	waitCounts(t, p, n, "M")
 }
+
+// Leaders born in the session above: the root forked A, A forked B, B
+// forked C, and then B and A started sessions of their own. C is in
+// the root's session under B, whose parent A is not in it. The restore
+// clones A and B in that session and has each call setsid once its
+// children of it exist. With chain-outside the session is the one the
+// root was started in, from outside the tree.
+func TestLeadersBornInSessionAbove(t *testing.T) {
+	crtest.RequireRoot(t)
+	for _, mode := range []string{"chain", "chain-outside"} {
+		t.Run(mode, func(t *testing.T) {
+			p, m, all := startShape(t, mode, `^chain (\d+) (\d+) (\d+)$`)
+			var a, b, c int
+			fmt.Sscan(m[1]+" "+m[2]+" "+m[3], &a, &b, &c)
+			sid, err := unix.Getsid(p.Pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if mode == "chain" && sid != p.Pid || mode == "chain-outside" && sid == p.Pid {
+				t.Fatalf("the root %d is in session %d", p.Pid, sid)
+			}
+			ids := nsIDs(t, p.Pid)
+			if ids[a] != fmt.Sprintf("ppid %d pgid %d sid %d", p.Pid, a, a) || ids[b] != fmt.Sprintf("ppid %d pgid %d sid %d", a, b, b) ||
+				!strings.HasPrefix(ids[c], fmt.Sprintf("ppid %d ", b)) || !strings.HasSuffix(ids[c], fmt.Sprintf(" sid %d", sid)) {
+				t.Fatalf("A %d: %s, B %d: %s, C %d: %s; want A and B leading sessions, C in %d", a, ids[a], b, ids[b], c, ids[c], sid)
+			}
+			n := restoreShape(t, p, all)
+			waitCounts(t, p, n, "A", "B", "C")
+		})
+	}
+}
+
+// An exited leader's members under two leaders born in its session: L
+// forked Q1 and Q2 and exited, each Q forked a child and then started
+// a session of its own. C1 and C2 are in session L under Q1 and Q2, not
+// on one line of descent. The restore clones Q1 and Q2 from the helper
+// standing in for L (CLONE_PARENT), so that they are born in L.
+func TestExitedLeaderMembersUnderLeaders(t *testing.T) {
+	crtest.RequireRoot(t)
+	p, m, all := startShape(t, "gonepre", `^gonepre (\d+) (\d+) (\d+) (\d+) (\d+)$`)
+	var l, q1, c1, q2, c2 int
+	fmt.Sscan(strings.Join(m[1:], " "), &l, &q1, &c1, &q2, &c2)
+	ids := nsIDs(t, p.Pid)
+	for _, k := range [][2]int{{q1, c1}, {q2, c2}} {
+		if ids[k[0]] != fmt.Sprintf("ppid %d pgid %d sid %d", p.Pid, k[0], k[0]) || ids[k[1]] != fmt.Sprintf("ppid %d pgid %d sid %d", k[0], l, l) {
+			t.Fatalf("Q %d: %s, C %d: %s; want Q leading its session under the root, C in session %d", k[0], ids[k[0]], k[1], ids[k[1]], l)
+		}
+	}
+	n := restoreShape(t, p, all)
+	waitCounts(t, p, n, "Q1", "C1", "Q2", "C2")
+}

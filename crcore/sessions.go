@@ -55,19 +55,23 @@ import (
 // CLONE_FS, as the kernel made them (shareSource).
 //
 // A child born before its parent left the session (the parent forked it,
-// then called setsid) is in its grandparent's session under a parent
-// that leads its own: the parent is cloned without entering its session
-// (setsidLater), clones such children first, and calls setsid before
-// its other children (preSession; checkShape's bornBeforeSetsid).
+// then called setsid) is in another session than its parent, which
+// leads its own: the parent is born in the child's session (checkShape's
+// pre, bornIn) and does not enter its own at once (setsidLater); it
+// clones such children first, and calls setsid before its other
+// children. It is born in that session from its own parent, which is in
+// it or is born in it the same way (a line of leaders, each calling
+// setsid after its children), or from the helper of an exited leader's
+// session (CLONE_PARENT), when that is what brings the session's members
+// under parents not on one line of descent to one helper.
 //
 // What this does not rebuild, and refuses (checkShape says why, at dump
 // and at restore): an orphan whose parent is no ancestor of its live
 // session's leader (the leader itself was reparented past it), members
 // of one exited leader's session under parents not on one line of
-// descent, and a member of the root's outside session under a parent
-// outside it, but for the child born before its parent's setsid above
-// (both mean an ancestor left the session with setsid after the member
-// was born);
+// descent that no leader born in it explains, a member of the root's
+// outside session under a parent that neither is in it nor was born in
+// it, and a leader born in a session it would have to be orphaned in;
 // sharing between tasks that are neither parent and child nor siblings
 // (a holder reparented, or one that dropped the object since); and
 // sharing by an orphan or between siblings no one task can be cloned
@@ -154,7 +158,9 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 	key := map[*taskImage]int{}
 	for _, ti := range kids {
 		sid := int(ti.ps.GetSid())
-		if sid != ti.pid {
+		if b := rs.bornIn(ti); b != ti.pid && b != int(p.ti.ps.GetSid()) || sid != ti.pid {
+			// A member, or a leader born in a session its parent
+			// does not lead: cloned from a task of that session.
 			key[ti] = 1
 			continue
 		}
@@ -174,9 +180,9 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 	// they exist.
 	early := -1
 	if p.setsidLater {
-		early = rs.preSession(p.ti)
+		early = rs.shape.pre[p.ti.pid]
 		for _, ti := range kids {
-			if int(ti.ps.GetSid()) == early {
+			if rs.bornIn(ti) == early {
 				key[ti] = -1
 			}
 		}
@@ -186,7 +192,7 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 	inSession := map[int]*rtask{} // sid -> a task cloned here that is in it
 	var out, sibs []*rtask
 	for _, c := range kids {
-		sid := int(c.ps.GetSid())
+		sid := rs.bornIn(c)
 		src := p
 		if p.setsidLater && sid != early {
 			if err := enterSession(p); err != nil {
@@ -196,7 +202,7 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 		}
 		if sid != c.pid && sid != int(p.ti.ps.GetSid()) && sid != early {
 			var err error
-			if src, err = rs.sessionSource(p, c, inSession); err != nil {
+			if src, err = rs.sessionSource(p, c, sid, inSession); err != nil {
 				return nil, err
 			}
 			if h := inSession[sid]; h != nil && h == src && rs.sess.byPid[sid] == h {
@@ -225,10 +231,10 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 			return nil, fmt.Errorf("pid %d: create child %d: %w", p.ti.pid, c.pid, err)
 		}
 		faultPoint("restore:after-clone")
-		if sid == c.pid {
-			if rs.preSession(c) > 0 {
-				child.setsidLater = true
-			} else if err := enterSession(child); err != nil {
+		if sid != int(c.ps.GetSid()) {
+			child.setsidLater = true
+		} else if sid == c.pid {
+			if err := enterSession(child); err != nil {
 				return nil, err
 			}
 		}
@@ -250,31 +256,14 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 	return out, nil
 }
 
-// preSession returns, for a session leader ti that has children in the
-// session its parent is in (born before ti's setsid), that session; else
-// 0. It agrees with checkShape's bornBeforeSetsid.
-func (rs *restorer) preSession(ti *taskImage) int {
-	if int(ti.ps.GetSid()) != ti.pid || ti.zombie() {
-		return 0
+// bornIn returns the session the image's task ti is born in: its own,
+// but for a leader born in another (checkShape's pre), which it calls
+// setsid from once it has cloned its children of that one.
+func (rs *restorer) bornIn(ti *taskImage) int {
+	if s := rs.shape.pre[ti.pid]; s != 0 {
+		return s
 	}
-	pp, ok := rs.s.tasks[int(ti.ps.GetPpid())]
-	if !ok || pp.pid == ti.pid {
-		return 0
-	}
-	pre, found := int(pp.ps.GetSid()), false
-	for _, e := range rs.s.tree {
-		pid, ppid, sid := int(e.GetPid()), int(e.GetPpid()), int(e.GetSid())
-		if ppid == ti.pid && pid != ti.pid && sid == pre {
-			found = true
-		}
-		if ppid == pp.pid && pid != ti.pid && sid == ti.pid {
-			return 0 // a sibling in ti's session is cloned from ti
-		}
-	}
-	if !found {
-		return 0
-	}
-	return pre
+	return int(ti.ps.GetSid())
 }
 
 // shareSource returns the task child c of p is to be cloned from so that
@@ -294,9 +283,9 @@ func (rs *restorer) shareSource(p *rtask, c *taskImage, src *rtask, sibs []*rtas
 	if sharedWith(src.ti, c) == need {
 		return src, nil
 	}
-	sid := int(c.ps.GetSid())
+	sid := rs.bornIn(c)
 	for _, k := range sibs {
-		if sharedWith(k.ti, c) == need && (sid == c.pid || int(k.ti.ps.GetSid()) == sid) {
+		if sharedWith(k.ti, c) == need && (sid == c.pid || rs.bornIn(k.ti) == sid) {
 			return k, nil
 		}
 	}
@@ -330,11 +319,11 @@ func enterSession(t *rtask) error {
 	return nil
 }
 
-// sessionSource returns the task that child c of p is to be cloned from:
-// one of its siblings in its session, or a new helper leading it; nil
-// when c is to be rebuilt as an orphan (checkShape chose which).
-func (rs *restorer) sessionSource(p *rtask, c *taskImage, inSession map[int]*rtask) (*rtask, error) {
-	sid := int(c.ps.GetSid())
+// sessionSource returns the task that child c of p is to be cloned from
+// to be born in session sid: one of its siblings in it, or a new helper
+// leading it; nil when c is to be rebuilt as an orphan (checkShape chose
+// which).
+func (rs *restorer) sessionSource(p *rtask, c *taskImage, sid int, inSession map[int]*rtask) (*rtask, error) {
 	if t := inSession[sid]; t != nil {
 		return t, nil
 	}

@@ -30,41 +30,162 @@ type shapePlan struct {
 	// helperParent: for each session whose leader has exited, the task
 	// its helper is cloned from (the deepest parent of its members).
 	helperParent map[int]int
+	// pre: for each session leader born in another session that it
+	// still has children in (born before its setsid), that session. It
+	// is cloned into it, clones those children, and then calls setsid.
+	pre map[int]int
+}
+
+// shapeTree is the tasks of checkShape with their children.
+type shapeTree struct {
+	tasks    map[int]*shapeTask
+	pids     []int // sorted
+	kids     map[int][]int
+	root     int
+	rootPgid int
+	needs    map[int][]int // needsOf's memo
 }
 
 // checkShape refuses a tree whose sessions or sharing crhook cannot
 // rebuild, saying why; root is the root's pid, rootPgid its group.
 func checkShape(tasks map[int]*shapeTask, root int, rootPgid int) (*shapePlan, error) {
-	pids := make([]int, 0, len(tasks))
+	sh := &shapeTree{tasks: tasks, root: root, rootPgid: rootPgid, kids: map[int][]int{}, needs: map[int][]int{}}
 	for pid := range tasks {
-		pids = append(pids, pid)
+		sh.pids = append(sh.pids, pid)
 	}
-	sort.Ints(pids)
-	// within says whether a is b or one of its ancestors.
-	within := func(a, b int) bool {
-		for n := 0; n <= len(tasks); n++ {
-			if a == b {
-				return true
-			}
-			t, ok := tasks[b]
-			if !ok || t.ppid == b {
-				return false
-			}
-			b = t.ppid
+	sort.Ints(sh.pids)
+	for _, pid := range sh.pids {
+		if t := tasks[pid]; pid != root && tasks[t.ppid] != nil && t.ppid != pid {
+			sh.kids[t.ppid] = append(sh.kids[t.ppid], pid)
 		}
-		return false
 	}
-	rootSid := tasks[root].sid
-	plan := &shapePlan{helperParent: map[int]int{}}
+	// A session whose leader has exited may be entered before setsid
+	// by leaders cloned from its helper; that is tried only for the
+	// sessions whose members cannot be reached otherwise (it moves
+	// the helper up to their parent).
+	viaHelper := map[int]bool{}
+	var first error
+	for {
+		plan, retry, err := sh.plan(sh.preSessions(viaHelper))
+		if err == nil {
+			return plan, nil
+		}
+		if first == nil {
+			first = err
+		}
+		if retry == 0 || viaHelper[retry] {
+			return nil, first
+		}
+		viaHelper[retry] = true
+	}
+}
+
+// within says whether a is b or one of its ancestors.
+func (sh *shapeTree) within(a, b int) bool {
+	for n := 0; n <= len(sh.tasks); n++ {
+		if a == b {
+			return true
+		}
+		t, ok := sh.tasks[b]
+		if !ok || t.ppid == b {
+			return false
+		}
+		b = t.ppid
+	}
+	return false
+}
+
+// needsOf returns, sorted, the sessions other than its own that task pid
+// has to be in before it calls setsid (were it a leader) for its
+// children to be born in theirs: its children's sessions, and for a
+// child that leads a session, what that child needs.
+func (sh *shapeTree) needsOf(pid int) []int {
+	if n, ok := sh.needs[pid]; ok {
+		return n
+	}
+	set := map[int]bool{}
+	for _, k := range sh.kids[pid] {
+		if kt := sh.tasks[k]; kt.sid != k {
+			set[kt.sid] = true
+		} else {
+			for _, s := range sh.needsOf(k) {
+				set[s] = true
+			}
+		}
+	}
+	delete(set, pid)
+	delete(set, 0)
+	out := make([]int, 0, len(set))
+	for s := range set {
+		out = append(out, s)
+	}
+	sort.Ints(out)
+	sh.needs[pid] = out
+	return out
+}
+
+// preSessions chooses, from the root down, the session each session
+// leader is born in when it has children in one it does not lead (born
+// before its setsid): one its parent is in when it clones it (the
+// parent's own, or the one the parent is born in), or, for the sessions
+// of viaHelper, whose leader has exited, that session's helper (cloned
+// from the parent, the leader from it with CLONE_PARENT). A leader with
+// a sibling in its own session gets none: that sibling is cloned from
+// it (CLONE_PARENT), after its setsid, before its own children.
+func (sh *shapeTree) preSessions(viaHelper map[int]bool) map[int]int {
+	pre := map[int]int{}
+	for queue := []int{sh.root}; len(queue) > 0; queue = queue[1:] {
+		pp := queue[0]
+		queue = append(queue, sh.kids[pp]...)
+		for _, pid := range sh.kids[pp] {
+			t := sh.tasks[pid]
+			if t.sid != pid || t.zombie {
+				continue
+			}
+			sibling := false
+			for _, k := range sh.kids[pp] {
+				sibling = sibling || (k != pid && sh.tasks[k].sid == pid)
+			}
+			if sibling {
+				continue
+			}
+			for _, s := range sh.needsOf(pid) {
+				if s == sh.tasks[pp].sid || s == pre[pp] || viaHelper[s] {
+					pre[pid] = s
+					break
+				}
+			}
+		}
+	}
+	return pre
+}
+
+// plan checks the sessions and the sharing, with the leaders born in
+// other sessions of pre. retry names a session whose leader has exited
+// and that a leader entering it before its setsid might make good.
+func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err error) {
+	tasks := sh.tasks
+	within := sh.within
+	rootSid := tasks[sh.root].sid
+	plan = &shapePlan{helperParent: map[int]int{}, pre: pre}
+	// born: the session a task is born in; inAtBirth: whether p is in
+	// session sid while it clones its children of it.
+	born := func(t *shapeTask) int {
+		if s := pre[t.pid]; s != 0 {
+			return s
+		}
+		return t.sid
+	}
+	inAtBirth := func(p *shapeTask, sid int) bool { return p.sid == sid || pre[p.pid] == sid }
 	// deferred: tasks rebuilt as orphans (cloned in their session under
 	// a helper, then reparented), which can share nothing.
 	deferred := map[int]bool{}
 
 	members := map[int][]*shapeTask{}
-	for _, pid := range pids {
+	for _, pid := range sh.pids {
 		t := tasks[pid]
-		if t.sid > 0 {
-			members[t.sid] = append(members[t.sid], t)
+		if s := born(t); s > 0 {
+			members[s] = append(members[s], t)
 		}
 	}
 	sids := make([]int, 0, len(members))
@@ -73,19 +194,16 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int) (*shapePlan, e
 	}
 	sort.Ints(sids)
 	for _, sid := range sids {
-		// The members whose parent is outside the session: each was born
-		// in it from another task of it, and either that task's sibling
-		// (CLONE_PARENT) or reparented since.
+		// The members whose parent is not in the session when it
+		// clones them: each was born in it from another task of it,
+		// and either that task's sibling (CLONE_PARENT) or
+		// reparented since.
 		var outer []*shapeTask
 		for _, t := range members[sid] {
-			if t.pid == root || t.pid == sid {
+			if t.pid == sh.root || t.pid == sid {
 				continue
 			}
-			p, ok := tasks[t.ppid]
-			if ok && p.sid != sid && bornBeforeSetsid(tasks, p, sid) {
-				continue // cloned from p before p's setsid
-			}
-			if !ok || p.sid != sid {
+			if p, ok := tasks[t.ppid]; !ok || !inAtBirth(p, sid) {
 				outer = append(outer, t)
 			}
 		}
@@ -96,25 +214,25 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int) (*shapePlan, e
 		switch {
 		case live:
 			for _, t := range outer {
-				if leader.ppid == t.ppid {
+				if leader.ppid == t.ppid && pre[sid] == 0 {
 					continue // cloned from its sibling the leader (CLONE_PARENT)
 				}
 				if leader.zombie {
-					return nil, fmt.Errorf("pid %d is in session %d, whose leader is a zombie: its parent %d is neither the leader's parent nor in the session, so it would have to be cloned from the leader, which crhook restores dead: %w",
+					return nil, 0, fmt.Errorf("pid %d is in session %d, whose leader is a zombie: its parent %d is neither the leader's parent nor in the session, so it would have to be cloned from the leader, which crhook restores dead: %w",
 						t.pid, sid, t.ppid, ErrNotSupported)
 				}
 				if !within(t.ppid, leader.ppid) {
-					return nil, fmt.Errorf("pid %d is in session %d, but its parent %d is not in it and is not an ancestor of the session's leader %d: a task is born in its cloner's session as the cloner's child or sibling, and an orphan goes only up to an ancestor (subreaper or init) of its parent, so %d is reachable only if %d itself was reparented away from under it, which crhook does not rebuild: %w",
+					return nil, 0, fmt.Errorf("pid %d is in session %d, but its parent %d is not in it and is not an ancestor of the session's leader %d: a task is born in its cloner's session as the cloner's child or sibling, and an orphan goes only up to an ancestor (subreaper or init) of its parent, so %d is reachable only if %d itself was reparented away from under it, which crhook does not rebuild: %w",
 						t.pid, sid, t.ppid, sid, t.ppid, sid, ErrNotSupported)
 				}
 				deferred[t.pid] = true
 			}
-		case sid == rootSid || sid == rootPgid:
+		case sid == rootSid || sid == sh.rootPgid:
 			// The root's session from outside the tree: a task of it
 			// whose parent is not in it was born before its parent (or
 			// an ancestor) left the session with setsid.
 			t := outer[0]
-			return nil, fmt.Errorf("pid %d is in session %d, the root's from outside the tree, but its parent %d is not: it was born before an ancestor left the session (setsid), and crhook rebuilds that only for a child born before its own parent's setsid, whose parent's siblings are not in the parent's new session: %w",
+			return nil, 0, fmt.Errorf("pid %d is in session %d, the root's from outside the tree, but its parent %d is not: it was born before an ancestor left the session (setsid), and crhook rebuilds that only when each task on its line down from the session was born in it, the line's leaders calling setsid after: %w",
 				t.pid, sid, t.ppid, ErrNotSupported)
 		default:
 			// The leader has exited: a helper with its pid, cloned from
@@ -133,7 +251,7 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int) (*shapePlan, e
 			}
 			for _, t := range outer {
 				if !within(t.ppid, deep) {
-					return nil, fmt.Errorf("session %d, whose leader has exited, has members under parents %d (pid %d) and %d that are not on one line of descent: its members were born from the leader or from each other, as children or CLONE_PARENT siblings, and were reparented only to ancestors, so one of these parents left the session (setsid) after cloning its member, which crhook does not rebuild: %w",
+					return nil, sid, fmt.Errorf("session %d, whose leader has exited, has members under parents %d (pid %d) and %d that are not on one line of descent: its members were born from the leader or from each other, as children or CLONE_PARENT siblings, and were reparented only to ancestors, so one of these parents left the session (setsid) after cloning its member, and crhook finds no order of setsid calls that rebuilds it: %w",
 						sid, t.ppid, t.pid, deep, ErrNotSupported)
 				}
 				if t.ppid != deep {
@@ -141,6 +259,12 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int) (*shapePlan, e
 				}
 			}
 			plan.helperParent[sid] = deep
+		}
+	}
+	for _, pid := range sh.pids {
+		if s := pre[pid]; s != 0 && deferred[pid] {
+			return nil, s, fmt.Errorf("pid %d leads a session but has children in session %d, so it is born in that session and calls setsid after them; it would be rebuilt as an orphan there, under %d, which crhook does not do: %w",
+				pid, s, tasks[pid].ppid, ErrNotSupported)
 		}
 	}
 
@@ -152,7 +276,7 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int) (*shapePlan, e
 		{"fs info (cwd, root, umask)", func(t *shapeTask) uint32 { return t.fs }},
 	} {
 		groups := map[uint32][]*shapeTask{}
-		for _, pid := range pids {
+		for _, pid := range sh.pids {
 			if t := tasks[pid]; !t.zombie {
 				groups[k.id(t)] = append(groups[k.id(t)], t)
 			}
@@ -167,7 +291,7 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int) (*shapePlan, e
 			var head *shapeTask
 			for _, t := range g {
 				if deferred[t.pid] {
-					return nil, fmt.Errorf("pid %d shares %s with pid %d, but is rebuilt as an orphan of %d (cloned in its session elsewhere, then reparented), which cannot share it: %w",
+					return nil, 0, fmt.Errorf("pid %d shares %s with pid %d, but is rebuilt as an orphan of %d (cloned in its session elsewhere, then reparented), which cannot share it: %w",
 						t.pid, k.what, otherThan(g, t).pid, t.ppid, ErrNotSupported)
 				}
 				if p, ok := tasks[t.ppid]; ok && !p.zombie && k.id(p) == k.id(t) {
@@ -176,35 +300,13 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int) (*shapePlan, e
 				if head == nil {
 					head = t
 				} else if t.ppid != head.ppid {
-					return nil, fmt.Errorf("pids %d and %d share %s, but they are not siblings (parents %d and %d) and neither's parent holds it: clone shares it only with the new task, the cloner's child or (CLONE_PARENT) sibling, so one got its parent by a reparenting or through a holder that has dropped it since (unshare, exec, exit), which crhook does not rebuild: %w",
+					return nil, 0, fmt.Errorf("pids %d and %d share %s, but they are not siblings (parents %d and %d) and neither's parent holds it: clone shares it only with the new task, the cloner's child or (CLONE_PARENT) sibling, so one got its parent by a reparenting or through a holder that has dropped it since (unshare, exec, exit), which crhook does not rebuild: %w",
 						head.pid, t.pid, k.what, head.ppid, t.ppid, ErrNotSupported)
 				}
 			}
 		}
 	}
-	return plan, nil
-}
-
-// bornBeforeSetsid says whether a child of p in session sid, which p is
-// not in, was born before p left sid with setsid: p leads a session of
-// its own, and its parent (in the tree) is in sid. The restore clones
-// such children from p before p calls setsid (sessions.go), provided no
-// sibling of p is in p's session (it would be cloned from p, CLONE_PARENT,
-// which must then have called setsid already).
-func bornBeforeSetsid(tasks map[int]*shapeTask, p *shapeTask, sid int) bool {
-	if p.sid != p.pid || p.zombie {
-		return false
-	}
-	pp, ok := tasks[p.ppid]
-	if !ok || pp.pid == p.pid || pp.sid != sid {
-		return false
-	}
-	for _, t := range tasks {
-		if t.ppid == p.ppid && t.pid != p.pid && t.sid == p.pid {
-			return false
-		}
-	}
-	return true
+	return plan, 0, nil
 }
 
 func otherThan(g []*shapeTask, t *shapeTask) *shapeTask {

@@ -34,6 +34,20 @@
 // child, stays in the root's session (and group). Logs "presetsid P C"
 // and "ready"; P and C log "P count N" and "C count N".
 //
+// chain, chain-outside: leaders born in the session above. The root
+// forks A, A forks B, B forks C; then B and A start sessions of their
+// own: C is in the root's session under B, B's parent A is not in it.
+// With chain-outside the root does not start a session of its own, and
+// C is in the session the root was started in. Logs "chain A B C" and
+// "ready"; A, B and C log "A count N" and so on.
+//
+// gonepre: an exited leader's members under leaders born in its
+// session. The root forks L, which starts a session, forks Q1 and Q2
+// and exits; each Q forks a child (C1, C2) and then starts a session of
+// its own, so C1 and C2 are in session L under Q1 and Q2, children of
+// the root. Logs "gonepre L Q1 C1 Q2 C2" and "ready"; they log "Q1
+// count N", "C1 count N" and so on.
+//
 // moved: as unflagged, but X is the subreaper M goes to, and once X has
 // dropped its flag L's parent P exits: L goes to the root, and M's
 // parent X is no ancestor of its session's leader L any more. Logs
@@ -100,8 +114,92 @@ static void leader(pid_t reaper) {
 }
 
 // shapes runs the modes split, unflagged and moved in the root.
+// presetsid forks a child that counts as who, then starts a session
+// and returns the child's pid.
+static pid_t presetsid(const char *who) {
+	pid_t c = fork();
+	if (c < 0)
+		_exit(1);
+	if (c == 0)
+		count(who);
+	if (setsid() < 0)
+		_exit(1);
+	return c;
+}
+
 static void shapes(const char *mode) {
 	struct sigaction sa = {.sa_handler = on_usr1};
+	if (!strncmp(mode, "chain", 5)) {
+		int ready[2];
+		if (pipe(ready) < 0)
+			_exit(1);
+		pid_t a = fork();
+		if (a == 0) {
+			close(ready[0]);
+			pid_t b = fork();
+			if (b == 0) {
+				pid_t c = presetsid("C");
+				dprintf(logfd, "chain %d %d %d\n", getppid(), getpid(), c);
+				if (write(ready[1], "x", 1) < 0)
+					_exit(1);
+				close(ready[1]);
+				count("B");
+			}
+			if (setsid() < 0)
+				_exit(1);
+			close(ready[1]);
+			count("A");
+		}
+		close(ready[1]);
+		char b;
+		if (read(ready[0], &b, 1) != 1)
+			_exit(1);
+		dprintf(logfd, "ready\n");
+		for (;;)
+			nap();
+	}
+	if (!strcmp(mode, "gonepre")) {
+		int ready[2];
+		if (pipe(ready) < 0)
+			_exit(1);
+		pid_t l = fork();
+		if (l == 0) {
+			close(ready[0]);
+			setsid();
+			pid_t q[2], c[2];
+			int pc[2];
+			if (pipe(pc) < 0)
+				_exit(1);
+			for (int i = 0; i < 2; i++) {
+				q[i] = fork();
+				if (q[i] == 0) {
+					char who[4];
+					snprintf(who, sizeof who, "C%d", i + 1);
+					pid_t k = presetsid(who);
+					if (write(pc[1], &k, sizeof k) != sizeof k)
+						_exit(1);
+					close(pc[0]);
+					close(pc[1]);
+					close(ready[1]);
+					snprintf(who, sizeof who, "Q%d", i + 1);
+					count(who);
+				}
+				if (read(pc[0], &c[i], sizeof c[i]) != sizeof c[i])
+					_exit(1);
+			}
+			dprintf(logfd, "gonepre %d %d %d %d %d\n", getpid(), q[0], c[0], q[1], c[1]);
+			if (write(ready[1], "x", 1) < 0)
+				_exit(1);
+			_exit(0);
+		}
+		close(ready[1]);
+		char b;
+		if (read(ready[0], &b, 1) != 1 || waitpid(l, NULL, 0) != l)
+			_exit(1);
+		dprintf(logfd, "ready\n");
+		for (;;)
+			nap();
+	}
 	if (!strcmp(mode, "presetsid")) {
 		int ready[2];
 		if (pipe(ready) < 0)
@@ -227,7 +325,8 @@ int main(int argc, char **argv) {
 	logfd = open(argv[1], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	if (logfd < 0)
 		return 1;
-	if (setsid() < 0 || prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0) {
+	int outside = argc > 2 && !strcmp(argv[2], "chain-outside");
+	if ((!outside && setsid() < 0) || prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0) {
 		dprintf(logfd, "root setup errno %d\n", errno);
 		return 1;
 	}

@@ -1,0 +1,69 @@
+//go:build linux && amd64
+
+package crcore
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// The shape planner on trees written as "pid ppid sid" triples (the
+// first is the root; a session id that is no pid is a leader that has
+// exited, or the root's session from outside).
+func TestCheckShapePlan(t *testing.T) {
+	for _, tc := range []struct {
+		name, tree string
+		pre        map[int]int // want plan.pre
+		helper     map[int]int // want plan.helperParent
+		refused    string      // or want this in the refusal
+	}{
+		{name: "plain", tree: "1 0 1, 2 1 1, 3 2 3, 4 3 3"},
+		{name: "born before setsid", tree: "1 0 1, 2 1 2, 3 2 1", pre: map[int]int{2: 1}},
+		{name: "line of leaders", tree: "1 0 1, 2 1 2, 3 2 3, 4 3 1", pre: map[int]int{2: 1, 3: 1}},
+		{name: "line of leaders, outside session", tree: "10 5 5, 11 10 11, 12 11 12, 13 12 5", pre: map[int]int{11: 5, 12: 5}},
+		{name: "exited leader, one line", tree: "1 0 1, 2 1 1, 4 1 3, 5 2 3", helper: map[int]int{3: 2}},
+		{name: "exited leader, members under leaders born in it", tree: "1 0 1, 3 1 3, 4 3 2, 5 1 5, 6 5 2",
+			pre: map[int]int{3: 2, 5: 2}, helper: map[int]int{2: 1}},
+		{name: "leader with a sibling in its session", tree: "1 0 1, 2 1 2, 3 1 2, 4 2 1", refused: "not an ancestor of the session's leader"},
+		{name: "exited leader, a leader born in it orphaned", tree: "1 0 1, 3 1 3, 4 3 2, 6 1 1, 7 6 2", refused: "not on one line of descent"},
+		{name: "orphan of a task below the leader", tree: "1 0 1, 2 1 1, 3 2 3, 4 3 3, 5 4 3, 6 1 1, 7 6 3", refused: "not an ancestor of the session's leader"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tasks := map[int]*shapeTask{}
+			root := 0
+			for _, f := range strings.Split(tc.tree, ",") {
+				var st shapeTask
+				if _, err := fmt.Sscan(f, &st.pid, &st.ppid, &st.sid); err != nil {
+					t.Fatal(err)
+				}
+				st.files, st.fs = uint32(st.pid), uint32(st.pid)
+				tasks[st.pid] = &st
+				if root == 0 {
+					root = st.pid
+				}
+			}
+			plan, err := checkShape(tasks, root, tasks[root].sid)
+			if tc.refused != "" {
+				if !errors.Is(err, ErrNotSupported) || !strings.Contains(err.Error(), tc.refused) {
+					t.Fatalf("got %v, want a refusal saying %q", err, tc.refused)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(plan.pre) != fmt.Sprint(orEmpty(tc.pre)) || fmt.Sprint(plan.helperParent) != fmt.Sprint(orEmpty(tc.helper)) {
+				t.Errorf("pre %v, helper parents %v; want %v, %v", plan.pre, plan.helperParent, tc.pre, tc.helper)
+			}
+		})
+	}
+}
+
+func orEmpty(m map[int]int) map[int]int {
+	if m == nil {
+		return map[int]int{}
+	}
+	return m
+}
