@@ -4,7 +4,6 @@ package crcore_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -397,22 +396,20 @@ func TestOrphanOfUnflaggedParent(t *testing.T) {
 
 // An orphan whose parent X is no ancestor of its live session leader L
 // (L's parent exited after X dropped its subreaper flag, and L went to
-// the root past X) is refused at dump, with the reason, and the tree
-// goes on.
-func TestOrphanOfMovedLeaderRefused(t *testing.T) {
+// the root past X): the restore has L born under X, from a spare helper,
+// orphans M from L to X, then lets L's spare go, and L goes up to the
+// root.
+func TestOrphanOfMovedLeader(t *testing.T) {
 	crtest.RequireRoot(t)
-	p, _, all := startShape(t, "moved", `^moved (\d+) (\d+) (\d+)$`)
-	dir := filepath.Join(t.TempDir(), "img")
-	_, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir})
-	if !errors.Is(err, crcore.ErrNotSupported) || !strings.Contains(err.Error(), "not an ancestor of the session's leader") {
-		t.Fatalf("dump: %v, want a refusal saying the parent is no ancestor of the leader", err)
+	p, m, all := startShape(t, "moved", `^moved (\d+) (\d+) (\d+)$`)
+	var x, o, l int
+	fmt.Sscan(m[1]+" "+m[2]+" "+m[3], &x, &o, &l)
+	ids := nsIDs(t, p.Pid)
+	if !strings.HasPrefix(ids[o], fmt.Sprintf("ppid %d ", x)) || !strings.HasSuffix(ids[o], fmt.Sprintf(" sid %d", l)) ||
+		ids[l] != fmt.Sprintf("ppid %d pgid %d sid %d", p.Pid, l, l) {
+		t.Fatalf("M %d: %s, L %d: %s; want M under X %d in session L, L under the root", o, ids[o], l, ids[l], x)
 	}
-	for _, pid := range all {
-		if st, err := crtest.State(pid); err != nil || st == 'Z' || st == 't' {
-			t.Errorf("pid %d after the refused dump: state %c (%v)", pid, st, err)
-		}
-	}
-	n := len(p.Lines())
+	n := restoreShape(t, p, all)
 	waitCounts(t, p, n, "M")
 }
 

@@ -341,6 +341,11 @@ func (rs *restorer) run(root *rtask, gadget0 uint64) error {
 			return fmt.Errorf("pid %d is in session %d, whose leader was not rebuilt as a live task: %w", left[0].ti.pid, sid, ErrNotSupported)
 		}
 	}
+	for host, left := range rs.sess.births {
+		if len(left) > 0 {
+			return fmt.Errorf("pid %d was to be born under %d, which was not rebuilt as a live task: %w", left[0].ti.pid, host, ErrNotSupported)
+		}
+	}
 	if err := rs.markSysvRemoved(root); err != nil {
 		return err
 	}
@@ -427,7 +432,12 @@ func (rs *restorer) create(t *rtask) error {
 	if err != nil {
 		return err
 	}
-	for _, child := range append(children, orphans...) {
+	leaders, err := rs.bearLeaders(t)
+	if err != nil {
+		return err
+	}
+	children = append(children, orphans...)
+	for _, child := range append(children, leaders...) {
 		if err := rs.create(child); err != nil {
 			return err
 		}

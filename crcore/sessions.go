@@ -65,11 +65,19 @@ import (
 // session (CLONE_PARENT), when that is what brings the session's members
 // under parents not on one line of descent to one helper.
 //
+// A live leader that was itself reparented up past the parents of its
+// session's members (an orphan's parent is then no ancestor of it) is
+// born under the deepest of them (checkShape's bornUnder, bearLeaders):
+// from a spare helper cloned from that task, whose exit reparents the
+// leader to its image parent only after the members, orphaned from the
+// leader, have gone to theirs.
+//
 // What this does not rebuild, and refuses (checkShape says why, at dump
-// and at restore): an orphan whose parent is no ancestor of its live
-// session's leader (the leader itself was reparented past it), members
-// of one exited leader's session under parents not on one line of
-// descent that no leader born in it explains, a member of the root's
+// and at restore): an orphan of a live session whose parent is neither
+// an ancestor of the leader nor on one line of descent with the other
+// such parents below the leader's parent, members of one exited
+// leader's session under parents not on one line of descent that no
+// leader born in it explains, a member of the root's
 // outside session under a parent that neither is in it nor was born in
 // it, and a leader born in a session it would have to be orphaned in;
 // sharing between tasks that are neither parent and child nor siblings
@@ -85,6 +93,9 @@ type sessionRestore struct {
 	// orphans: by session id, the orphans waiting for their live
 	// leader to be created (adoptOrphans).
 	orphans map[int][]deferredOrphan
+	// births: by host pid, the session leaders to be born under that
+	// task (checkShape's bornUnder, bearLeaders).
+	births map[int][]deferredOrphan
 }
 
 type deferredOrphan struct {
@@ -192,6 +203,13 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 	inSession := map[int]*rtask{} // sid -> a task cloned here that is in it
 	var out, sibs []*rtask
 	for _, c := range kids {
+		if host, ok := rs.shape.bornUnder[c.pid]; ok {
+			if rs.sess.births == nil {
+				rs.sess.births = map[int][]deferredOrphan{}
+			}
+			rs.sess.births[host] = append(rs.sess.births[host], deferredOrphan{parent: p, ti: c})
+			continue
+		}
 		sid := rs.bornIn(c)
 		src := p
 		if p.setsidLater && sid != early {
@@ -386,6 +404,46 @@ func (rs *restorer) adoptOrphans(src, memSrc *rtask, sid int) ([]*rtask, error) 
 		c.table = maps.Clone(src.table)
 		h.reaper, h.orphans = o.parent, []*rtask{c}
 		if err := rs.groupHelper(c); err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// bearLeaders creates the session leaders to be born under host
+// (checkShape's bornUnder): each is cloned from a spare helper cloned
+// from host, and starts its session; the spare's exit (endHelpers)
+// reparents it up to its image parent, after its session's orphans,
+// created later from it, have gone to theirs (host among them). Its
+// memory is host's. It returns them to be built like host's children.
+func (rs *restorer) bearLeaders(host *rtask) ([]*rtask, error) {
+	born := rs.sess.births[host.ti.pid]
+	if len(born) == 0 {
+		return nil, nil
+	}
+	delete(rs.sess.births, host.ti.pid)
+	if !host.memReady {
+		if err := rs.waitFill(host); err != nil {
+			return nil, fmt.Errorf("pid %d: %w", host.ti.pid, err)
+		}
+		host.memReady = true
+	}
+	var out []*rtask
+	for _, o := range born {
+		h, err := rs.spareHelper(host, o.ti.pid)
+		if err != nil {
+			return nil, err
+		}
+		ct, hostPid, err := rs.clone(h, o.ti.pid, 0, uint64(unix.SIGCHLD))
+		if err != nil {
+			return nil, fmt.Errorf("pid %d: create session leader %d under %d: %w", o.parent.ti.pid, o.ti.pid, host.ti.pid, err)
+		}
+		c := &rtask{ti: o.ti, hostPid: hostPid, t: ct, parent: o.parent, memSrc: host}
+		c.r = host.r.forTask(ct)
+		c.table = maps.Clone(host.table)
+		h.reaper, h.orphans = o.parent, []*rtask{c}
+		if err := enterSession(c); err != nil {
 			return nil, err
 		}
 		out = append(out, c)

@@ -34,6 +34,11 @@ type shapePlan struct {
 	// still has children in (born before its setsid), that session. It
 	// is cloned into it, clones those children, and then calls setsid.
 	pre map[int]int
+	// bornUnder: for each live session leader that was reparented up
+	// past parents of its session's members, the deepest of those
+	// parents: it is born under it as an orphan, and goes up to its
+	// parent when its spare exits.
+	bornUnder map[int]int
 }
 
 // shapeTree is the tasks of checkShape with their children.
@@ -167,7 +172,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 	tasks := sh.tasks
 	within := sh.within
 	rootSid := tasks[sh.root].sid
-	plan = &shapePlan{helperParent: map[int]int{}, pre: pre}
+	plan = &shapePlan{helperParent: map[int]int{}, pre: pre, bornUnder: map[int]int{}}
 	// born: the session a task is born in; inAtBirth: whether p is in
 	// session sid while it clones its children of it.
 	born := func(t *shapeTask) int {
@@ -213,20 +218,44 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 		leader, live := tasks[sid]
 		switch {
 		case live:
+			var far *shapeTask // a member under a parent the leader is not below
 			for _, t := range outer {
-				if leader.ppid == t.ppid && pre[sid] == 0 {
-					continue // cloned from its sibling the leader (CLONE_PARENT)
-				}
-				if leader.zombie {
+				if leader.zombie && !(leader.ppid == t.ppid && pre[sid] == 0) {
 					return nil, 0, fmt.Errorf("pid %d is in session %d, whose leader is a zombie: its parent %d is neither the leader's parent nor in the session, so it would have to be cloned from the leader, which crhook restores dead: %w",
 						t.pid, sid, t.ppid, ErrNotSupported)
 				}
-				if !within(t.ppid, leader.ppid) {
-					return nil, 0, fmt.Errorf("pid %d is in session %d, but its parent %d is not in it and is not an ancestor of the session's leader %d: a task is born in its cloner's session as the cloner's child or sibling, and an orphan goes only up to an ancestor (subreaper or init) of its parent, so %d is reachable only if %d itself was reparented away from under it, which crhook does not rebuild: %w",
-						t.pid, sid, t.ppid, sid, t.ppid, sid, ErrNotSupported)
+				if far == nil && !within(t.ppid, leader.ppid) {
+					far = t
+				}
+			}
+			if far == nil {
+				for _, t := range outer {
+					if leader.ppid != t.ppid || pre[sid] != 0 {
+						deferred[t.pid] = true
+					} // else cloned from its sibling the leader (CLONE_PARENT)
+				}
+				continue
+			}
+			// The leader was once below far's parent, and was
+			// reparented up past it: it is born as an orphan under
+			// the deepest parent of the outer members (sessions.go),
+			// which must be on one line below its own parent, and
+			// the members are orphaned from it.
+			deep := outer[0].ppid
+			for _, t := range outer[1:] {
+				if within(deep, t.ppid) {
+					deep = t.ppid
+				}
+			}
+			for _, t := range outer {
+				if !within(t.ppid, deep) || !within(leader.ppid, deep) || within(sid, deep) {
+					return nil, 0, fmt.Errorf("pid %d is in session %d, but its parent %d is not in it and is not an ancestor of the session's leader %d: a task is born in its cloner's session as the cloner's child or sibling, and an orphan goes only up to an ancestor (subreaper or init) of its parent, so %d was reparented away from under %d, and crhook rebuilds that only when the parents of the session's members outside it are on one line of descent below %d's parent: %w",
+						far.pid, sid, far.ppid, sid, sid, far.ppid, sid, ErrNotSupported)
 				}
 				deferred[t.pid] = true
 			}
+			deferred[sid] = true
+			plan.bornUnder[sid] = deep
 		case sid == rootSid || sid == sh.rootPgid:
 			// The root's session from outside the tree: a task of it
 			// whose parent is not in it was born before its parent (or

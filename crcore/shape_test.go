@@ -17,6 +17,7 @@ func TestCheckShapePlan(t *testing.T) {
 		name, tree string
 		pre        map[int]int // want plan.pre
 		helper     map[int]int // want plan.helperParent
+		bornUnder  map[int]int // want plan.bornUnder
 		refused    string      // or want this in the refusal
 	}{
 		{name: "plain", tree: "1 0 1, 2 1 1, 3 2 3, 4 3 3"},
@@ -28,6 +29,8 @@ func TestCheckShapePlan(t *testing.T) {
 			pre: map[int]int{3: 2, 5: 2}, helper: map[int]int{2: 1}},
 		{name: "leader with a sibling in its session", tree: "1 0 1, 2 1 2, 3 1 2, 4 2 1", refused: "not an ancestor of the session's leader"},
 		{name: "exited leader, a leader born in it orphaned", tree: "1 0 1, 3 1 3, 4 3 2, 6 1 1, 7 6 2", refused: "not on one line of descent"},
+		{name: "leader reparented past its member's parent", tree: "1 0 1, 2 1 1, 4 1 4, 5 2 4, 6 1 4, 7 4 4", bornUnder: map[int]int{4: 2}},
+		{name: "leader reparented, its members' parents not on one line", tree: "1 0 1, 2 1 1, 3 1 1, 4 1 4, 5 2 4, 6 3 4", refused: "not an ancestor of the session's leader"},
 		{name: "orphan of a task below the leader", tree: "1 0 1, 2 1 1, 3 2 3, 4 3 3, 5 4 3, 6 1 1, 7 6 3", refused: "not an ancestor of the session's leader"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -54,8 +57,9 @@ func TestCheckShapePlan(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if fmt.Sprint(plan.pre) != fmt.Sprint(orEmpty(tc.pre)) || fmt.Sprint(plan.helperParent) != fmt.Sprint(orEmpty(tc.helper)) {
-				t.Errorf("pre %v, helper parents %v; want %v, %v", plan.pre, plan.helperParent, tc.pre, tc.helper)
+			if fmt.Sprint(plan.pre) != fmt.Sprint(orEmpty(tc.pre)) || fmt.Sprint(plan.helperParent) != fmt.Sprint(orEmpty(tc.helper)) ||
+				fmt.Sprint(plan.bornUnder) != fmt.Sprint(orEmpty(tc.bornUnder)) {
+				t.Errorf("pre %v, helper parents %v, born under %v; want %v, %v, %v", plan.pre, plan.helperParent, plan.bornUnder, tc.pre, tc.helper, tc.bornUnder)
 			}
 		})
 	}
