@@ -220,7 +220,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 		case live:
 			var far *shapeTask // a member under a parent the leader is not below
 			for _, t := range outer {
-				if leader.zombie && !(leader.ppid == t.ppid && pre[sid] == 0) {
+				if leader.zombie && (leader.ppid != t.ppid || pre[sid] != 0) {
 					return nil, 0, fmt.Errorf("pid %d is in session %d, whose leader is a zombie: its parent %d is neither the leader's parent nor in the session, so it would have to be cloned from the leader, which crhook restores dead: %w",
 						t.pid, sid, t.ppid, ErrNotSupported)
 				}
