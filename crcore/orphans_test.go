@@ -463,3 +463,53 @@ func TestExitedLeaderMembersUnderLeaders(t *testing.T) {
 	n := restoreShape(t, p, all)
 	waitCounts(t, p, n, "Q1", "C1", "Q2", "C2")
 }
+
+// An orphan sharing its session leader's fd table: L cloned K with
+// CLONE_FILES, K cloned M the same way and exited, and M went to the
+// root. The restore clones M from a spare helper that shares L's table
+// (CLONE_FILES all the way), so M and L share one table again.
+func TestOrphanSharingLeadersFdTable(t *testing.T) {
+	crtest.RequireRoot(t)
+	p, _, all := startShape(t, "sharedorphan", `^ready$`)
+	got := p.WaitLine(t, `^sharedorphan (\d+) (\d+)$`, time.Second)
+	var m, l int
+	fmt.Sscan(got[1]+" "+got[2], &m, &l)
+	sameFiles := func(a, b int) bool { return sameFdTable(t, a, b) }
+	if ids := nsIDs(t, p.Pid); !strings.HasPrefix(ids[m], fmt.Sprintf("ppid %d ", p.Pid)) || !sameFiles(m, l) || sameFiles(m, p.Pid) {
+		t.Fatalf("M %d: %s, sharing L %d's fd table: %v; want an orphan of the root sharing L's table only", m, ids[m], l, sameFiles(m, l))
+	}
+	n := restoreShape(t, p, all)
+	if !sameFiles(m, l) || sameFiles(m, p.Pid) {
+		t.Errorf("after restore M shares L's fd table: %v, the root's: %v; want L's only", sameFiles(m, l), sameFiles(m, p.Pid))
+	}
+	waitCounts(t, p, n, "M")
+}
+
+// sameFdTable says whether pids a and b share one fd table (kcmp).
+func sameFdTable(t *testing.T, a, b int) bool {
+	t.Helper()
+	r, _, errno := unix.Syscall6(unix.SYS_KCMP, uintptr(a), uintptr(b), 2 /* KCMP_FILES */, 0, 0, 0)
+	if errno != 0 {
+		t.Fatalf("kcmp %d %d: %v", a, b, errno)
+	}
+	return r == 0
+}
+
+// A member of an exited leader's session sharing its parent's fd table:
+// P cloned L with CLONE_FILES, and L, in its own session, cloned B with
+// CLONE_PARENT and CLONE_FILES, then exited. The helper standing in for
+// L shares P's table, and B is cloned from it with CLONE_FILES.
+func TestExitedLeaderMemberSharingParentsFdTable(t *testing.T) {
+	crtest.RequireRoot(t)
+	p, m, all := startShape(t, "gonefiles", `^gonefiles (\d+) (\d+) (\d+)$`)
+	var pp, b, l int
+	fmt.Sscan(m[1]+" "+m[2]+" "+m[3], &pp, &b, &l)
+	if ids := nsIDs(t, p.Pid); ids[b] != fmt.Sprintf("ppid %d pgid %d sid %d", pp, l, l) || !sameFdTable(t, b, pp) {
+		t.Fatalf("B %d: %s, sharing P %d's fd table: %v; want B under P in session %d, sharing it", b, ids[b], pp, sameFdTable(t, b, pp), l)
+	}
+	n := restoreShape(t, p, all)
+	if !sameFdTable(t, b, pp) || sameFdTable(t, b, p.Pid) {
+		t.Errorf("after restore B shares P's fd table: %v, the root's: %v; want P's only", sameFdTable(t, b, pp), sameFdTable(t, b, p.Pid))
+	}
+	waitCounts(t, p, n, "B")
+}

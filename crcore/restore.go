@@ -180,6 +180,9 @@ type rtask struct {
 	// orphans are to be reparented to when it exits, and those orphans.
 	reaper  *rtask
 	orphans []*rtask
+	// holds (a helper's): the task it was cloned from, whose fd table
+	// and fs info it shares and passes on (objectsOf).
+	holds *rtask
 }
 
 type rthread struct {

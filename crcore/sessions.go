@@ -81,9 +81,16 @@ import (
 // outside session under a parent that neither is in it nor was born in
 // it, and a leader born in a session it would have to be orphaned in;
 // sharing between tasks that are neither parent and child nor siblings
-// (a holder reparented, or one that dropped the object since); and
-// sharing by an orphan or between siblings no one task can be cloned
-// from in the right session.
+// (a holder reparented, or one that dropped the object since), but for
+// an orphan sharing with the task its spare helper is cloned from; and
+// sharing between siblings no one task can be cloned from in the right
+// session.
+//
+// Helpers share the fd table and fs info of the task they are cloned
+// from (CLONE_FILES, CLONE_FS) and pass them on (objectsOf): a member of
+// an exited leader's session cloned from its helper shares what the
+// helper's parent holds when the images say so, and an orphan shares
+// its session leader's (or the helper's parent's) the same way.
 
 // sessionRestore is the restore's helper tasks.
 type sessionRestore struct {
@@ -298,7 +305,7 @@ func (rs *restorer) shareSource(p *rtask, c *taskImage, src *rtask, sibs []*rtas
 	for _, k := range sibs {
 		need |= sharedWith(k.ti, c)
 	}
-	if sharedWith(src.ti, c) == need {
+	if sharedWith(objectsOf(src).ti, c) == need {
 		return src, nil
 	}
 	sid := rs.bornIn(c)
@@ -395,14 +402,10 @@ func (rs *restorer) adoptOrphans(src, memSrc *rtask, sid int) ([]*rtask, error) 
 		if err != nil {
 			return nil, err
 		}
-		ct, hostPid, err := rs.clone(h, o.ti.pid, 0, uint64(unix.SIGCHLD))
+		c, err := rs.cloneOrphan(h, o, memSrc)
 		if err != nil {
 			return nil, fmt.Errorf("pid %d: create orphan %d in session %d: %w", o.parent.ti.pid, o.ti.pid, sid, err)
 		}
-		c := &rtask{ti: o.ti, hostPid: hostPid, t: ct, parent: o.parent, memSrc: memSrc}
-		c.r = src.r.forTask(ct)
-		c.table = maps.Clone(src.table)
-		h.reaper, h.orphans = o.parent, []*rtask{c}
 		if err := rs.groupHelper(c); err != nil {
 			return nil, err
 		}
@@ -435,20 +438,42 @@ func (rs *restorer) bearLeaders(host *rtask) ([]*rtask, error) {
 		if err != nil {
 			return nil, err
 		}
-		ct, hostPid, err := rs.clone(h, o.ti.pid, 0, uint64(unix.SIGCHLD))
+		c, err := rs.cloneOrphan(h, o, host)
 		if err != nil {
 			return nil, fmt.Errorf("pid %d: create session leader %d under %d: %w", o.parent.ti.pid, o.ti.pid, host.ti.pid, err)
 		}
-		c := &rtask{ti: o.ti, hostPid: hostPid, t: ct, parent: o.parent, memSrc: host}
-		c.r = host.r.forTask(ct)
-		c.table = maps.Clone(host.table)
-		h.reaper, h.orphans = o.parent, []*rtask{c}
 		if err := enterSession(c); err != nil {
 			return nil, err
 		}
 		out = append(out, c)
 	}
 	return out, nil
+}
+
+// cloneOrphan clones o from the spare helper h, sharing what it shares
+// of the objects h passes on, with the memory of memSrc; h's exit
+// (endHelpers) is to reparent it to its image parent.
+func (rs *restorer) cloneOrphan(h *rtask, o deferredOrphan, memSrc *rtask) (*rtask, error) {
+	from := objectsOf(h)
+	ct, hostPid, err := rs.clone(h, o.ti.pid, sharedWith(from.ti, o.ti), uint64(unix.SIGCHLD))
+	if err != nil {
+		return nil, err
+	}
+	c := &rtask{ti: o.ti, hostPid: hostPid, t: ct, parent: o.parent, memSrc: memSrc}
+	c.r = h.r.forTask(ct)
+	// The objects' holder has its fds in place already.
+	c.table = maps.Clone(from.table)
+	h.reaper, h.orphans = o.parent, []*rtask{c}
+	return c, nil
+}
+
+// objectsOf returns the task whose fd table and fs info t holds: t, or
+// for a helper the task it shares them with.
+func objectsOf(t *rtask) *rtask {
+	for t.holds != nil {
+		t = t.holds
+	}
+	return t
 }
 
 // spareHelper clones from t a helper with a pid that no task of the image
@@ -502,18 +527,18 @@ func (rs *restorer) cloneFrom(src, p *rtask, c *taskImage) (*rtask, error) {
 	}
 	// clone3 refuses an exit signal with CLONE_PARENT: the child gets
 	// src's, SIGCHLD.
-	share := sharedWith(src.ti, c)
+	share := sharedWith(objectsOf(src).ti, c)
 	t, hostPid, err := rs.clone(src, c.pid, unix.CLONE_PARENT|share, 0)
 	if err != nil {
 		return nil, err
 	}
 	child := &rtask{ti: c, hostPid: hostPid, t: t, parent: p}
 	child.r = src.r.forTask(t)
-	child.table = maps.Clone(src.table)
+	child.table = maps.Clone(objectsOf(src).table)
 	if share&unix.CLONE_FILES != 0 {
-		// src's fds are restored after this clone: c takes the table
-		// src leaves (create).
-		child.filesSrc = src
+		// A sibling's fds are restored after this clone: c takes
+		// the table it leaves (create).
+		child.filesSrc = objectsOf(src)
 	}
 	return child, nil
 }
@@ -525,16 +550,18 @@ func (rs *restorer) newHelper(src, parent *rtask, pid int) (*rtask, error) {
 }
 
 // newHelperWithin is newHelper waiting at most wait for pid to be free.
+// The helper shares src's fd table and fs info, to pass them on to the
+// tasks cloned from it that share them (objectsOf).
 func (rs *restorer) newHelperWithin(src, parent *rtask, pid int, wait time.Duration) (*rtask, error) {
-	var flags, sig uint64 = 0, uint64(unix.SIGCHLD)
+	var flags, sig uint64 = unix.CLONE_FILES | unix.CLONE_FS, uint64(unix.SIGCHLD)
 	if src != parent {
-		flags, sig = unix.CLONE_PARENT, 0
+		flags, sig = flags|unix.CLONE_PARENT, 0
 	}
 	t, hostPid, err := rs.cloneWithin(src, pid, flags, sig, wait)
 	if err != nil {
 		return nil, fmt.Errorf("create helper %d (a session or process group leader that has exited): %w", pid, err)
 	}
-	h := &rtask{ti: &taskImage{pid: pid}, hostPid: hostPid, t: t, parent: parent}
+	h := &rtask{ti: &taskImage{pid: pid}, hostPid: hostPid, t: t, parent: parent, holds: src}
 	h.r = src.r.forTask(t)
 	if rs.sess.byPid == nil {
 		rs.sess.byPid = map[int]*rtask{}

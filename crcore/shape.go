@@ -182,9 +182,12 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 		return t.sid
 	}
 	inAtBirth := func(p *shapeTask, sid int) bool { return p.sid == sid || pre[p.pid] == sid }
-	// deferred: tasks rebuilt as orphans (cloned in their session under
-	// a helper, then reparented), which can share nothing.
-	deferred := map[int]bool{}
+	// deferred: tasks rebuilt as orphans (cloned in their session from a
+	// spare helper, then reparented), with the task whose fd table and
+	// fs info the spare passes on (sessions.go): the session's leader,
+	// the parent of the helper standing in for it, or for a leader
+	// born under another task, that task. They can share only those.
+	deferred := map[int]int{}
 
 	members := map[int][]*shapeTask{}
 	for _, pid := range sh.pids {
@@ -231,7 +234,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 			if far == nil {
 				for _, t := range outer {
 					if leader.ppid != t.ppid || pre[sid] != 0 {
-						deferred[t.pid] = true
+						deferred[t.pid] = sid
 					} // else cloned from its sibling the leader (CLONE_PARENT)
 				}
 				continue
@@ -252,9 +255,9 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 					return nil, 0, fmt.Errorf("pid %d is in session %d, but its parent %d is not in it and is not an ancestor of the session's leader %d: a task is born in its cloner's session as the cloner's child or sibling, and an orphan goes only up to an ancestor (subreaper or init) of its parent, so %d was reparented away from under %d, and crhook rebuilds that only when the parents of the session's members outside it are on one line of descent below %d's parent: %w",
 						far.pid, sid, far.ppid, sid, sid, far.ppid, sid, ErrNotSupported)
 				}
-				deferred[t.pid] = true
+				deferred[t.pid] = sid
 			}
-			deferred[sid] = true
+			deferred[sid] = deep
 			plan.bornUnder[sid] = deep
 		case sid == rootSid || sid == sh.rootPgid:
 			// The root's session from outside the tree: a task of it
@@ -284,16 +287,16 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 						sid, t.ppid, t.pid, deep, ErrNotSupported)
 				}
 				if t.ppid != deep {
-					deferred[t.pid] = true
+					deferred[t.pid] = deep
 				}
 			}
 			plan.helperParent[sid] = deep
 		}
 	}
 	for _, pid := range sh.pids {
-		if s := pre[pid]; s != 0 && deferred[pid] {
-			return nil, s, fmt.Errorf("pid %d leads a session but has children in session %d, so it is born in that session and calls setsid after them; it would be rebuilt as an orphan there, under %d, which crhook does not do: %w",
-				pid, s, tasks[pid].ppid, ErrNotSupported)
+		if _, orphan := deferred[pid]; orphan && pre[pid] != 0 {
+			return nil, pre[pid], fmt.Errorf("pid %d leads a session but has children in session %d, so it is born in that session and calls setsid after them; it would be rebuilt as an orphan there, under %d, which crhook does not do: %w",
+				pid, pre[pid], tasks[pid].ppid, ErrNotSupported)
 		}
 	}
 
@@ -319,9 +322,12 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 			// siblings.
 			var head *shapeTask
 			for _, t := range g {
-				if deferred[t.pid] {
-					return nil, 0, fmt.Errorf("pid %d shares %s with pid %d, but is rebuilt as an orphan of %d (cloned in its session elsewhere, then reparented), which cannot share it: %w",
-						t.pid, k.what, otherThan(g, t).pid, t.ppid, ErrNotSupported)
+				if src, orphan := deferred[t.pid]; orphan {
+					if s := tasks[src]; s != nil && !s.zombie && k.id(s) == k.id(t) {
+						continue // passed on by the spare it is cloned from
+					}
+					return nil, 0, fmt.Errorf("pid %d shares %s with pid %d, but is rebuilt as an orphan of %d (cloned in its session from a spare helper of task %d, then reparented), and %d does not hold it: %w",
+						t.pid, k.what, otherThan(g, t).pid, t.ppid, src, src, ErrNotSupported)
 				}
 				if p, ok := tasks[t.ppid]; ok && !p.zombie && k.id(p) == k.id(t) {
 					continue

@@ -9,9 +9,10 @@ import (
 	"testing"
 )
 
-// The shape planner on trees written as "pid ppid sid" triples (the
+// The shape planner on trees written as "pid ppid sid [files]" (the
 // first is the root; a session id that is no pid is a leader that has
-// exited, or the root's session from outside).
+// exited, or the root's session from outside; files, the fd table's id,
+// is the pid when not given).
 func TestCheckShapePlan(t *testing.T) {
 	for _, tc := range []struct {
 		name, tree string
@@ -31,6 +32,9 @@ func TestCheckShapePlan(t *testing.T) {
 		{name: "exited leader, a leader born in it orphaned", tree: "1 0 1, 3 1 3, 4 3 2, 6 1 1, 7 6 2", refused: "not on one line of descent"},
 		{name: "leader reparented past its member's parent", tree: "1 0 1, 2 1 1, 4 1 4, 5 2 4, 6 1 4, 7 4 4", bornUnder: map[int]int{4: 2}},
 		{name: "leader reparented, its members' parents not on one line", tree: "1 0 1, 2 1 1, 3 1 1, 4 1 4, 5 2 4, 6 3 4", refused: "not an ancestor of the session's leader"},
+		{name: "orphan sharing its leader's fd table", tree: "1 0 1, 2 1 1, 3 2 3 3, 5 1 3 3"},
+		{name: "orphan sharing its parent's fd table", tree: "1 0 1 1, 2 1 1, 3 2 3, 5 1 3 1", refused: "does not hold it"},
+		{name: "exited leader's orphan sharing the helper parent's fd table", tree: "1 0 1 1, 2 1 1 1, 4 1 3 1, 5 2 3", helper: map[int]int{3: 2}},
 		{name: "orphan of a task below the leader", tree: "1 0 1, 2 1 1, 3 2 3, 4 3 3, 5 4 3, 6 1 1, 7 6 3", refused: "not an ancestor of the session's leader"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -42,6 +46,9 @@ func TestCheckShapePlan(t *testing.T) {
 					t.Fatal(err)
 				}
 				st.files, st.fs = uint32(st.pid), uint32(st.pid)
+				if fl := strings.Fields(f); len(fl) > 3 {
+					fmt.Sscan(fl[3], &st.files)
+				}
 				tasks[st.pid] = &st
 				if root == 0 {
 					root = st.pid

@@ -48,6 +48,18 @@
 // the root. Logs "gonepre L Q1 C1 Q2 C2" and "ready"; they log "Q1
 // count N", "C1 count N" and so on.
 //
+// sharedorphan: an orphan sharing its session leader's fd table. The
+// root forks X, X forks L, which starts a session and clones K with
+// CLONE_FILES; K clones M with CLONE_FILES and exits. M, in session L,
+// goes to the root and logs "sharedorphan M L", then counts ("M count
+// N"); L logs "ready".
+//
+// gonefiles: a member of an exited leader's session sharing its parent's
+// fd table. The root forks P; P clones L with CLONE_FILES; L starts a
+// session, clones B with CLONE_PARENT and CLONE_FILES (B is P's child
+// and shares P's table), logs "gonefiles P B L" and exits. B counts ("B
+// count N"); P logs "ready" once L is reaped.
+//
 // moved: as unflagged, but X is the subreaper M goes to, and once X has
 // dropped its flag L's parent P exits: L goes to the root, and M's
 // parent X is no ancestor of its session's leader L any more. Logs
@@ -114,6 +126,36 @@ static void leader(pid_t reaper) {
 }
 
 // shapes runs the modes split, unflagged and moved in the root.
+static pid_t root_pid;
+
+static int m_main(void *arg) {
+	(void)arg;
+	while (getppid() != root_pid)
+		nap();
+	dprintf(logfd, "sharedorphan %d %d\n", getpid(), getsid(0));
+	count("M");
+	return 0;
+}
+
+static int k_main(void *arg) {
+	(void)arg;
+	static char stack[64 << 10];
+	if (clone(m_main, stack + sizeof stack, CLONE_FILES | SIGCHLD, NULL) < 0)
+		_exit(1);
+	_exit(0);
+}
+
+static int gone_l_main(void *arg) {
+	(void)arg;
+	static char stack[64 << 10];
+	setsid();
+	pid_t b = clone(b_main, stack + sizeof stack, CLONE_PARENT | CLONE_FILES, NULL);
+	if (b < 0)
+		_exit(1);
+	dprintf(logfd, "gonefiles %d %d %d\n", getppid(), b, getpid());
+	_exit(0);
+}
+
 // presetsid forks a child that counts as who, then starts a session
 // and returns the child's pid.
 static pid_t presetsid(const char *who) {
@@ -155,6 +197,38 @@ static void shapes(const char *mode) {
 		if (read(ready[0], &b, 1) != 1)
 			_exit(1);
 		dprintf(logfd, "ready\n");
+		for (;;)
+			nap();
+	}
+	if (!strcmp(mode, "sharedorphan")) {
+		if (fork() == 0) { // X
+			if (fork() == 0) { // L
+				setsid();
+				static char stack[64 << 10];
+				pid_t k = clone(k_main, stack + sizeof stack, CLONE_FILES | SIGCHLD, NULL);
+				if (k < 0 || waitpid(k, NULL, 0) != k)
+					_exit(1);
+				dprintf(logfd, "ready\n");
+				for (;;)
+					nap();
+			}
+			for (;;)
+				nap();
+		}
+		for (;;)
+			nap();
+	}
+	if (!strcmp(mode, "gonefiles")) {
+		if (fork() == 0) { // P
+			signal(SIGCHLD, SIG_DFL);
+			static char stack[64 << 10];
+			pid_t l = clone(gone_l_main, stack + sizeof stack, CLONE_FILES | SIGCHLD, NULL);
+			if (l < 0 || waitpid(l, NULL, 0) != l)
+				_exit(1);
+			dprintf(logfd, "ready\n");
+			for (;;)
+				nap();
+		}
 		for (;;)
 			nap();
 	}
@@ -325,6 +399,7 @@ int main(int argc, char **argv) {
 	logfd = open(argv[1], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	if (logfd < 0)
 		return 1;
+	root_pid = getpid();
 	int outside = argc > 2 && !strcmp(argv[2], "chain-outside");
 	if ((!outside && setsid() < 0) || prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0) {
 		dprintf(logfd, "root setup errno %d\n", errno);
