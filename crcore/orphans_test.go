@@ -467,22 +467,36 @@ func TestExitedLeaderMembersUnderLeaders(t *testing.T) {
 // An orphan sharing its session leader's fd table: L cloned K with
 // CLONE_FILES, K cloned M the same way and exited, and M went to the
 // root. The restore clones M from a spare helper that shares L's table
-// (CLONE_FILES all the way), so M and L share one table again.
-func TestOrphanSharingLeadersFdTable(t *testing.T) {
+// (CLONE_FILES all the way), so M and L share one table again. With
+// sharedcousin L leads no session: M, in the root's session, shares its
+// table only with L, on another branch, and is born under L the same
+// way.
+func TestOrphanSharingFdTable(t *testing.T) {
 	crtest.RequireRoot(t)
-	p, _, all := startShape(t, "sharedorphan", `^ready$`)
-	got := p.WaitLine(t, `^sharedorphan (\d+) (\d+)$`, time.Second)
-	var m, l int
-	fmt.Sscan(got[1]+" "+got[2], &m, &l)
-	sameFiles := func(a, b int) bool { return sameFdTable(t, a, b) }
-	if ids := nsIDs(t, p.Pid); !strings.HasPrefix(ids[m], fmt.Sprintf("ppid %d ", p.Pid)) || !sameFiles(m, l) || sameFiles(m, p.Pid) {
-		t.Fatalf("M %d: %s, sharing L %d's fd table: %v; want an orphan of the root sharing L's table only", m, ids[m], l, sameFiles(m, l))
+	for _, mode := range []string{"sharedorphan", "sharedcousin"} {
+		t.Run(mode, func(t *testing.T) {
+			p, _, all := startShape(t, mode, `^ready$`)
+			got := p.WaitLine(t, `^sharedorphan (\d+) (\d+)$`, time.Second)
+			var m, sid int
+			fmt.Sscan(got[1]+" "+got[2], &m, &sid)
+			ids := nsIDs(t, p.Pid)
+			l := 0
+			for pid := range ids {
+				if pid != m && pid != p.Pid && sameFdTable(t, pid, m) {
+					l = pid
+				}
+			}
+			if !strings.HasPrefix(ids[m], fmt.Sprintf("ppid %d ", p.Pid)) || l == 0 || sameFdTable(t, m, p.Pid) ||
+				mode == "sharedorphan" && sid != l || mode == "sharedcousin" && sid != p.Pid {
+				t.Fatalf("M %d: %s, sharing its fd table with %d; want an orphan of the root sharing L's table only", m, ids[m], l)
+			}
+			n := restoreShape(t, p, all)
+			if !sameFdTable(t, m, l) || sameFdTable(t, m, p.Pid) {
+				t.Errorf("after restore M shares L's fd table: %v, the root's: %v; want L's only", sameFdTable(t, m, l), sameFdTable(t, m, p.Pid))
+			}
+			waitCounts(t, p, n, "M")
+		})
 	}
-	n := restoreShape(t, p, all)
-	if !sameFiles(m, l) || sameFiles(m, p.Pid) {
-		t.Errorf("after restore M shares L's fd table: %v, the root's: %v; want L's only", sameFiles(m, l), sameFiles(m, p.Pid))
-	}
-	waitCounts(t, p, n, "M")
 }
 
 // sameFdTable says whether pids a and b share one fd table (kcmp).

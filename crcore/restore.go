@@ -435,12 +435,12 @@ func (rs *restorer) create(t *rtask) error {
 	if err != nil {
 		return err
 	}
-	leaders, err := rs.bearLeaders(t)
+	hosted, err := rs.bearUnder(t)
 	if err != nil {
 		return err
 	}
 	children = append(children, orphans...)
-	for _, child := range append(children, leaders...) {
+	for _, child := range append(children, hosted...) {
 		if err := rs.create(child); err != nil {
 			return err
 		}

@@ -67,7 +67,7 @@ import (
 //
 // A live leader that was itself reparented up past the parents of its
 // session's members (an orphan's parent is then no ancestor of it) is
-// born under the deepest of them (checkShape's bornUnder, bearLeaders):
+// born under the deepest of them (checkShape's bornUnder, bearUnder):
 // from a spare helper cloned from that task, whose exit reparents the
 // leader to its image parent only after the members, orphaned from the
 // leader, have gone to theirs.
@@ -101,7 +101,7 @@ type sessionRestore struct {
 	// leader to be created (adoptOrphans).
 	orphans map[int][]deferredOrphan
 	// births: by host pid, the session leaders to be born under that
-	// task (checkShape's bornUnder, bearLeaders).
+	// task (checkShape's bornUnder, bearUnder).
 	births map[int][]deferredOrphan
 }
 
@@ -414,13 +414,16 @@ func (rs *restorer) adoptOrphans(src, memSrc *rtask, sid int) ([]*rtask, error) 
 	return out, nil
 }
 
-// bearLeaders creates the session leaders to be born under host
-// (checkShape's bornUnder): each is cloned from a spare helper cloned
-// from host, and starts its session; the spare's exit (endHelpers)
-// reparents it up to its image parent, after its session's orphans,
-// created later from it, have gone to theirs (host among them). Its
-// memory is host's. It returns them to be built like host's children.
-func (rs *restorer) bearLeaders(host *rtask) ([]*rtask, error) {
+// bearUnder creates the tasks to be born under host (checkShape's
+// bornUnder): session leaders reparented up past the parents of their
+// session's members, and tasks sharing an object only with holders on
+// another branch. Each is cloned from a spare helper cloned from host,
+// sharing what host holds of what it shares, and a leader starts its
+// session; the spare's exit (endHelpers) reparents it up to its image
+// parent, after the orphans created later (a leader's members, host
+// among their parents) have gone to theirs. Its memory is host's. It
+// returns them to be built like host's children.
+func (rs *restorer) bearUnder(host *rtask) ([]*rtask, error) {
 	born := rs.sess.births[host.ti.pid]
 	if len(born) == 0 {
 		return nil, nil
@@ -440,9 +443,14 @@ func (rs *restorer) bearLeaders(host *rtask) ([]*rtask, error) {
 		}
 		c, err := rs.cloneOrphan(h, o, host)
 		if err != nil {
-			return nil, fmt.Errorf("pid %d: create session leader %d under %d: %w", o.parent.ti.pid, o.ti.pid, host.ti.pid, err)
+			return nil, fmt.Errorf("pid %d: create %d under %d: %w", o.parent.ti.pid, o.ti.pid, host.ti.pid, err)
 		}
-		if err := enterSession(c); err != nil {
+		if int(o.ti.ps.GetSid()) == o.ti.pid {
+			if err := enterSession(c); err != nil {
+				return nil, err
+			}
+		}
+		if err := rs.groupHelper(c); err != nil {
 			return nil, err
 		}
 		out = append(out, c)

@@ -34,10 +34,11 @@ type shapePlan struct {
 	// still has children in (born before its setsid), that session. It
 	// is cloned into it, clones those children, and then calls setsid.
 	pre map[int]int
-	// bornUnder: for each live session leader that was reparented up
-	// past parents of its session's members, the deepest of those
-	// parents: it is born under it as an orphan, and goes up to its
-	// parent when its spare exits.
+	// bornUnder: the task each of these is born under, as an orphan
+	// going up to its parent when its spare helper exits: a live
+	// session leader reparented up past the parents of its session's
+	// members (the deepest of them), and a task sharing an object only
+	// with holders on another branch (one of them).
 	bornUnder map[int]int
 }
 
@@ -188,6 +189,18 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 	// the parent of the helper standing in for it, or for a leader
 	// born under another task, that task. They can share only those.
 	deferred := map[int]int{}
+	// placed says whether the tasks from h up to (not including) its
+	// ancestor top are all cloned where they stay: a spare helper's
+	// orphan under h then goes up that line to top when the spare exits.
+	placed := func(h, top int) bool {
+		for n := 0; h != top && n <= len(tasks); n++ {
+			if _, ok := deferred[h]; ok {
+				return false
+			}
+			h = tasks[h].ppid
+		}
+		return h == top
+	}
 
 	members := map[int][]*shapeTask{}
 	for _, pid := range sh.pids {
@@ -300,48 +313,137 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 		}
 	}
 
-	for _, k := range []struct {
+	kinds := []struct {
 		what string
 		id   func(*shapeTask) uint32
 	}{
 		{"an fd table", func(t *shapeTask) uint32 { return t.files }},
 		{"fs info (cwd, root, umask)", func(t *shapeTask) uint32 { return t.fs }},
-	} {
-		groups := map[uint32][]*shapeTask{}
+	}
+	holders := make([]map[uint32][]*shapeTask, len(kinds))
+	for i, k := range kinds {
+		holders[i] = map[uint32][]*shapeTask{}
 		for _, pid := range sh.pids {
 			if t := tasks[pid]; !t.zombie {
-				groups[k.id(t)] = append(groups[k.id(t)], t)
+				holders[i][k.id(t)] = append(holders[i][k.id(t)], t)
 			}
 		}
-		for _, g := range groups {
+	}
+	// holdsAll says whether src holds every object t shares with
+	// another task: what a task cloned from a spare helper of src gets.
+	holdsAll := func(src, t *shapeTask) bool {
+		for i, k := range kinds {
+			if len(holders[i][k.id(t)]) > 1 && k.id(src) != k.id(t) {
+				return false
+			}
+		}
+		return true
+	}
+	hosted := map[int]bool{} // born under a holder for the sharing
+	for i, k := range kinds {
+		ids := make([]uint32, 0, len(holders[i]))
+		for id := range holders[i] {
+			ids = append(ids, id)
+		}
+		sort.Slice(ids, func(a, b int) bool { return ids[a] < ids[b] })
+		for _, id := range ids {
+			g := holders[i][id]
 			if len(g) < 2 {
 				continue
 			}
-			// The holders whose parent does not hold it are cloned
-			// from one another with CLONE_PARENT: they must be
-			// siblings.
-			var head *shapeTask
+			// The heads, holders whose parent does not hold it, are
+			// cloned from one another with CLONE_PARENT: siblings,
+			// under the deepest of their parents. A head under a
+			// parent above that is born under a holder below its
+			// parent (sessions.go), as the kernel may have made it:
+			// its holder parent exited and it went up to a subreaper.
+			var heads []*shapeTask
 			for _, t := range g {
 				if src, orphan := deferred[t.pid]; orphan {
-					if s := tasks[src]; s != nil && !s.zombie && k.id(s) == k.id(t) {
+					if s := tasks[src]; s != nil && !s.zombie && holdsAll(s, t) {
 						continue // passed on by the spare it is cloned from
 					}
-					return nil, 0, fmt.Errorf("pid %d shares %s with pid %d, but is rebuilt as an orphan of %d (cloned in its session from a spare helper of task %d, then reparented), and %d does not hold it: %w",
+					return nil, 0, fmt.Errorf("pid %d shares %s with pid %d, but is rebuilt as an orphan of %d (cloned from a spare helper of task %d, then reparented), and %d does not hold all it shares: %w",
 						t.pid, k.what, otherThan(g, t).pid, t.ppid, src, src, ErrNotSupported)
 				}
 				if p, ok := tasks[t.ppid]; ok && !p.zombie && k.id(p) == k.id(t) {
 					continue
 				}
-				if head == nil {
-					head = t
-				} else if t.ppid != head.ppid {
-					return nil, 0, fmt.Errorf("pids %d and %d share %s, but they are not siblings (parents %d and %d) and neither's parent holds it: clone shares it only with the new task, the cloner's child or (CLONE_PARENT) sibling, so one got its parent by a reparenting or through a holder that has dropped it since (unshare, exec, exit), which crhook does not rebuild: %w",
-						head.pid, t.pid, k.what, head.ppid, t.ppid, ErrNotSupported)
+				heads = append(heads, t)
+			}
+			if len(heads) < 2 {
+				continue
+			}
+			deep := heads[0].ppid
+			for _, t := range heads[1:] {
+				if within(deep, t.ppid) {
+					deep = t.ppid
 				}
+			}
+			for _, t := range heads {
+				if t.ppid == deep {
+					continue
+				}
+				host := sh.shareHost(t, g, deep, born, pre, holdsAll, placed)
+				if host == nil {
+					o := heads[0]
+					if o == t {
+						o = heads[1]
+					}
+					return nil, 0, fmt.Errorf("pids %d and %d share %s, but they are not siblings (parents %d and %d) and neither's parent holds it: clone shares it only with the new task, the cloner's child or (CLONE_PARENT) sibling, so one got its parent by a reparenting or through a holder that has dropped it since (unshare, exec, exit), and crhook rebuilds only the reparenting of a task to an ancestor of another holder in its session: %w",
+						o.pid, t.pid, k.what, o.ppid, t.ppid, ErrNotSupported)
+				}
+				deferred[t.pid] = host.pid
+				plan.bornUnder[t.pid] = host.pid
+				hosted[t.pid] = true
 			}
 		}
 	}
+	// A task born under another goes up a line of tasks cloned where
+	// they stay; one made an orphan after the choice breaks it.
+	for _, pid := range sh.pids {
+		if host, ok := plan.bornUnder[pid]; ok && !placed(host, tasks[pid].ppid) {
+			what := "leads a session whose members' parents are below its own"
+			if hosted[pid] {
+				what = "shares an object only with tasks on another branch"
+			}
+			return nil, 0, fmt.Errorf("pid %d %s, so it is born under %d and reparented up to %d, but a task on that line is itself rebuilt away from its parent: %w",
+				pid, what, host, tasks[pid].ppid, ErrNotSupported)
+		}
+	}
 	return plan, 0, nil
+}
+
+// shareHost returns the holder in g that head t, whose parent is above
+// deep, the parent of the heads cloned as siblings, can be born under:
+// a task below t's parent and outside t's subtree, cloned where it
+// stays, as are the tasks between, holding all that t shares, in the
+// session t is born in (unless t starts its own); nil if none.
+func (sh *shapeTree) shareHost(t *shapeTask, g []*shapeTask, deep int, born func(*shapeTask) int, pre map[int]int,
+	holdsAll func(src, t *shapeTask) bool, placed func(h, top int) bool) *shapeTask {
+	if pre[t.pid] != 0 {
+		return nil
+	}
+	if t.sid == t.pid {
+		for _, k := range sh.kids[t.ppid] {
+			if k != t.pid && sh.tasks[k].sid == t.pid {
+				return nil // cloned from t as its sibling
+			}
+		}
+	}
+	for _, h := range g {
+		if h == t || h.zombie || !sh.within(t.ppid, h.pid) || sh.within(t.pid, h.pid) {
+			continue
+		}
+		if p := sh.tasks[h.ppid]; h.ppid != deep && (p == nil || p.zombie || !holdsAll(p, h)) {
+			continue // a head to be moved, or under a parent holding less
+		}
+		if !holdsAll(h, t) || !placed(h.pid, t.ppid) || (t.sid != t.pid && h.sid != born(t)) {
+			continue
+		}
+		return h
+	}
+	return nil
 }
 
 func otherThan(g []*shapeTask, t *shapeTask) *shapeTask {

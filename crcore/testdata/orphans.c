@@ -52,7 +52,9 @@
 // root forks X, X forks L, which starts a session and clones K with
 // CLONE_FILES; K clones M with CLONE_FILES and exits. M, in session L,
 // goes to the root and logs "sharedorphan M L", then counts ("M count
-// N"); L logs "ready".
+// N"); L logs "ready". sharedcousin: the same without L's setsid: M,
+// in the root's session, shares an fd table only with L, on another
+// branch.
 //
 // gonefiles: a member of an exited leader's session sharing its parent's
 // fd table. The root forks P; P clones L with CLONE_FILES; L starts a
@@ -200,10 +202,11 @@ static void shapes(const char *mode) {
 		for (;;)
 			nap();
 	}
-	if (!strcmp(mode, "sharedorphan")) {
+	if (!strcmp(mode, "sharedorphan") || !strcmp(mode, "sharedcousin")) {
 		if (fork() == 0) { // X
 			if (fork() == 0) { // L
-				setsid();
+				if (!strcmp(mode, "sharedorphan"))
+					setsid();
 				static char stack[64 << 10];
 				pid_t k = clone(k_main, stack + sizeof stack, CLONE_FILES | SIGCHLD, NULL);
 				if (k < 0 || waitpid(k, NULL, 0) != k)
