@@ -527,3 +527,26 @@ func TestExitedLeaderMemberSharingParentsFdTable(t *testing.T) {
 	}
 	waitCounts(t, p, n, "B")
 }
+
+// A child sharing its grandparent's fd table, which its parent dropped:
+// A cloned B with CLONE_FILES, B cloned C so and unshared its table. The
+// restore clones B sharing A's table, C from B, and has B unshare it.
+func TestChildSharingDroppedFdTable(t *testing.T) {
+	crtest.RequireRoot(t)
+	p, _, all := startShape(t, "dropped", `^ready$`)
+	got := p.WaitLine(t, `^dropped (\d+) (\d+) (\d+)$`, time.Second)
+	var a, b, c int
+	fmt.Sscan(got[1]+" "+got[2]+" "+got[3], &a, &b, &c)
+	tables := func() string {
+		return fmt.Sprintf("C shares A's table: %v, B's: %v; B shares A's: %v", sameFdTable(t, c, a), sameFdTable(t, c, b), sameFdTable(t, b, a))
+	}
+	const want = "C shares A's table: true, B's: false; B shares A's: false"
+	if got := tables(); got != want {
+		t.Fatalf("before the dump %s; want %s", got, want)
+	}
+	n := restoreShape(t, p, all)
+	if got := tables(); got != want {
+		t.Errorf("after restore %s; want %s", got, want)
+	}
+	waitCounts(t, p, n, "B", "C")
+}

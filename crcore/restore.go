@@ -183,6 +183,9 @@ type rtask struct {
 	// holds (a helper's): the task it was cloned from, whose fd table
 	// and fs info it shares and passes on (objectsOf).
 	holds *rtask
+	// borrowers: its children cloned with what it shared with its
+	// parent for a while (cloneBorrowers).
+	borrowers []*rtask
 }
 
 type rthread struct {
@@ -462,7 +465,7 @@ func (rs *restorer) create(t *rtask) error {
 
 // cloneChild creates the image's task c as a child of p, with its pid.
 func (rs *restorer) cloneChild(p *rtask, c *taskImage) (*rtask, error) {
-	t, hostPid, err := rs.clone(p, c.pid, sharedWith(p.ti, c), uint64(unix.SIGCHLD))
+	t, hostPid, err := rs.clone(p, c.pid, sharedWith(p.ti, c)|rs.borrows(p.ti, c), uint64(unix.SIGCHLD))
 	if err != nil {
 		return nil, err
 	}

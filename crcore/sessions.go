@@ -72,25 +72,32 @@ import (
 // leader to its image parent only after the members, orphaned from the
 // leader, have gone to theirs.
 //
-// What this does not rebuild, and refuses (checkShape says why, at dump
-// and at restore): an orphan of a live session whose parent is neither
-// an ancestor of the leader nor on one line of descent with the other
-// such parents below the leader's parent, members of one exited
-// leader's session under parents not on one line of descent that no
-// leader born in it explains, a member of the root's
-// outside session under a parent that neither is in it nor was born in
-// it, and a leader born in a session it would have to be orphaned in;
-// sharing between tasks that are neither parent and child nor siblings
-// (a holder reparented, or one that dropped the object since), but for
-// an orphan sharing with the task its spare helper is cloned from; and
-// sharing between siblings no one task can be cloned from in the right
-// session.
+// A task sharing an object only with holders on another branch (its
+// holder parent exited, and it went up to a subreaper above them) is
+// born under one of them, as an orphan (checkShape's bornUnder,
+// bearUnder). A task sharing an object with its grandparent that its
+// parent dropped (unshare, exec) is cloned from its parent while the
+// parent still shares it, the parent cloned so from the grandparent and
+// unsharing it at once (checkShape's borrowed, cloneBorrowers).
 //
 // Helpers share the fd table and fs info of the task they are cloned
 // from (CLONE_FILES, CLONE_FS) and pass them on (objectsOf): a member of
 // an exited leader's session cloned from its helper shares what the
 // helper's parent holds when the images say so, and an orphan shares
 // its session leader's (or the helper's parent's) the same way.
+//
+// What this does not rebuild, and refuses (checkShape says why, at dump
+// and at restore): an orphan of a live session whose parent is neither
+// an ancestor of the leader nor on one line of descent with the other
+// such parents below the leader's parent, members of one exited
+// leader's session under parents not on one line of descent that no
+// leader born in it explains, a member of the root's outside session
+// under a parent that neither is in it nor was born in it, and a leader
+// born in a session it would have to be orphaned in; sharing between
+// tasks that are neither parent and child nor siblings but for the two
+// shapes above; sharing by an orphan of what the task its spare is
+// cloned from does not hold; and sharing between siblings no one task
+// can be cloned from in the right session.
 
 // sessionRestore is the restore's helper tasks.
 type sessionRestore struct {
@@ -100,8 +107,8 @@ type sessionRestore struct {
 	// orphans: by session id, the orphans waiting for their live
 	// leader to be created (adoptOrphans).
 	orphans map[int][]deferredOrphan
-	// births: by host pid, the session leaders to be born under that
-	// task (checkShape's bornUnder, bearUnder).
+	// births: by host pid, the tasks to be born under that task
+	// (checkShape's bornUnder, bearUnder).
 	births map[int][]deferredOrphan
 }
 
@@ -145,7 +152,7 @@ func (rs *restorer) needsHelper(id int) bool {
 func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 	var kids []*taskImage
 	for _, e := range rs.s.tree {
-		if int(e.GetPpid()) == p.ti.pid && int(e.GetPid()) != p.ti.pid {
+		if int(e.GetPpid()) == p.ti.pid && int(e.GetPid()) != p.ti.pid && !rs.shape.borrowed[int(e.GetPid())] {
 			kids = append(kids, rs.s.tasks[int(e.GetPid())])
 		}
 	}
@@ -269,6 +276,9 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 		if err := rs.groupHelper(child); err != nil {
 			return nil, err
 		}
+		if err := rs.cloneBorrowers(p, child); err != nil {
+			return nil, err
+		}
 		out = append(out, child)
 		sibs = append(sibs, child)
 	}
@@ -278,7 +288,63 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 		}
 		p.setsidLater = false
 	}
-	return out, nil
+	return append(p.borrowers, out...), nil
+}
+
+// borrows returns the clone flags of what the image's task b, a child of
+// a, is to share with a only for a while: what a child of b shares with
+// a and b does not hold (checkShape's borrowed; cloneBorrowers).
+func (rs *restorer) borrows(a, b *taskImage) uint64 {
+	var fl uint64
+	for _, e := range rs.s.tree {
+		if int(e.GetPpid()) == b.pid && rs.shape.borrowed[int(e.GetPid())] {
+			fl |= sharedWith(a, rs.s.tasks[int(e.GetPid())]) &^ sharedWith(a, b)
+		}
+	}
+	return fl
+}
+
+// cloneBorrowers creates, when b, just cloned from its parent a, shares
+// for a while what some of its children share with a and b dropped
+// since (an unshare, an exec), those children from b, and then has b
+// unshare it: b gets a copy, put right when its fds are restored, as a
+// child's inherited table is. The children have a's memory, as b has
+// not been built yet; b's children built first (cloneChildren).
+func (rs *restorer) cloneBorrowers(a, b *rtask) error {
+	fl := rs.borrows(a.ti, b.ti)
+	if fl == 0 {
+		return nil
+	}
+	for _, e := range rs.s.tree {
+		pid := int(e.GetPid())
+		if int(e.GetPpid()) != b.ti.pid || !rs.shape.borrowed[pid] {
+			continue
+		}
+		c := rs.s.tasks[pid]
+		ct, hostPid, err := rs.clone(b, pid, sharedWith(b.ti, c)|sharedWith(a.ti, c)&fl, uint64(unix.SIGCHLD))
+		if err != nil {
+			return fmt.Errorf("pid %d: create child %d: %w", b.ti.pid, pid, err)
+		}
+		child := &rtask{ti: c, hostPid: hostPid, t: ct, parent: b, memSrc: a}
+		child.r = b.r.forTask(ct)
+		child.table = maps.Clone(a.table)
+		if sharedWith(b.ti, c)&unix.CLONE_FILES != 0 {
+			child.filesSrc = b // b's fds are restored after
+		}
+		if c.pid == int(c.ps.GetSid()) {
+			if err := enterSession(child); err != nil {
+				return err
+			}
+		}
+		if err := rs.groupHelper(child); err != nil {
+			return err
+		}
+		b.borrowers = append(b.borrowers, child)
+	}
+	if _, err := b.r.call("unshare", unix.SYS_UNSHARE, fl); err != nil {
+		return fmt.Errorf("pid %d: %w", b.ti.pid, err)
+	}
+	return nil
 }
 
 // bornIn returns the session the image's task ti is born in: its own,

@@ -40,6 +40,22 @@ type shapePlan struct {
 	// members (the deepest of them), and a task sharing an object only
 	// with holders on another branch (one of them).
 	bornUnder map[int]int
+	// borrowed: tasks sharing an object with their grandparent that
+	// their parent does not hold (it dropped it: unshare, exec). The
+	// parent is cloned sharing it too, clones them at once, and
+	// unshares it (sessions.go).
+	borrowed map[int]bool
+}
+
+// shareKind is one kind of object tasks share: its name and its id.
+type shareKind struct {
+	what string
+	id   func(*shapeTask) uint32
+}
+
+var shareKinds = []shareKind{
+	{"an fd table", func(t *shapeTask) uint32 { return t.files }},
+	{"fs info (cwd, root, umask)", func(t *shapeTask) uint32 { return t.fs }},
 }
 
 // shapeTree is the tasks of checkShape with their children.
@@ -173,7 +189,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 	tasks := sh.tasks
 	within := sh.within
 	rootSid := tasks[sh.root].sid
-	plan = &shapePlan{helperParent: map[int]int{}, pre: pre, bornUnder: map[int]int{}}
+	plan = &shapePlan{helperParent: map[int]int{}, pre: pre, bornUnder: map[int]int{}, borrowed: map[int]bool{}}
 	// born: the session a task is born in; inAtBirth: whether p is in
 	// session sid while it clones its children of it.
 	born := func(t *shapeTask) int {
@@ -313,13 +329,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 		}
 	}
 
-	kinds := []struct {
-		what string
-		id   func(*shapeTask) uint32
-	}{
-		{"an fd table", func(t *shapeTask) uint32 { return t.files }},
-		{"fs info (cwd, root, umask)", func(t *shapeTask) uint32 { return t.fs }},
-	}
+	kinds := shareKinds
 	holders := make([]map[uint32][]*shapeTask, len(kinds))
 	for i, k := range kinds {
 		holders[i] = map[uint32][]*shapeTask{}
@@ -369,6 +379,10 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 				if p, ok := tasks[t.ppid]; ok && !p.zombie && k.id(p) == k.id(t) {
 					continue
 				}
+				if plan.borrowed[t.pid] || sh.canBorrow(t, born, deferred, pre, holders) {
+					plan.borrowed[t.pid] = true
+					continue
+				}
 				heads = append(heads, t)
 			}
 			if len(heads) < 2 {
@@ -390,7 +404,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 					if o == t {
 						o = heads[1]
 					}
-					return nil, 0, fmt.Errorf("pids %d and %d share %s, but they are not siblings (parents %d and %d) and neither's parent holds it: clone shares it only with the new task, the cloner's child or (CLONE_PARENT) sibling, so one got its parent by a reparenting or through a holder that has dropped it since (unshare, exec, exit), and crhook rebuilds only the reparenting of a task to an ancestor of another holder in its session: %w",
+					return nil, 0, fmt.Errorf("pids %d and %d share %s, but they are not siblings (parents %d and %d) and neither's parent holds it: clone shares it only with the new task, the cloner's child or (CLONE_PARENT) sibling, so one got its parent by a reparenting or through a holder that has dropped it since (unshare, exec, exit), and crhook rebuilds only a task reparented to an ancestor of another holder in its session, and a task whose parent dropped what it shares with its grandparent: %w",
 						o.pid, t.pid, k.what, o.ppid, t.ppid, ErrNotSupported)
 				}
 				deferred[t.pid] = host.pid
@@ -400,8 +414,13 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 		}
 	}
 	// A task born under another goes up a line of tasks cloned where
-	// they stay; one made an orphan after the choice breaks it.
+	// they stay, and a borrowing parent is cloned where it stays; one
+	// made an orphan after the choice breaks it.
 	for _, pid := range sh.pids {
+		if _, orphan := deferred[tasks[pid].ppid]; orphan && plan.borrowed[pid] {
+			return nil, 0, fmt.Errorf("pid %d shares an object with its grandparent that its parent %d dropped, so %d is cloned sharing it too, but %d is itself rebuilt away from its parent: %w",
+				pid, tasks[pid].ppid, tasks[pid].ppid, tasks[pid].ppid, ErrNotSupported)
+		}
 		if host, ok := plan.bornUnder[pid]; ok && !placed(host, tasks[pid].ppid) {
 			what := "leads a session whose members' parents are below its own"
 			if hosted[pid] {
@@ -412,6 +431,57 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 		}
 	}
 	return plan, 0, nil
+}
+
+// canBorrow says whether t, whose parent B does not hold an object t
+// shares with B's parent A, can be cloned from B while B borrows it: B
+// is cloned from A sharing it, clones t, and unshares it. That is, in
+// every kind t shares anything in, t holds A's object (borrowed) or
+// B's; B is cloned from A, in its session, as what B holds it shares
+// with A or its own descendants only; t is born in B's session and is
+// no orphan, and a leader t has no sibling cloned from it.
+func (sh *shapeTree) canBorrow(t *shapeTask, born func(*shapeTask) int, deferred, pre map[int]int, holders []map[uint32][]*shapeTask) bool {
+	b, ok := sh.tasks[t.ppid]
+	if !ok || b.zombie || b.pid == sh.root || pre[t.pid] != 0 {
+		return false
+	}
+	a, ok := sh.tasks[b.ppid]
+	if !ok || a.zombie {
+		return false
+	}
+	for _, pid := range []int{t.pid, b.pid} {
+		if _, orphan := deferred[pid]; orphan {
+			return false
+		}
+	}
+	if bs := born(b); bs != b.pid && bs != a.sid && bs != pre[a.pid] {
+		return false // cloned from a task of its session
+	}
+	if t.sid == t.pid {
+		for _, k := range sh.kids[b.pid] {
+			if k != t.pid && sh.tasks[k].sid == t.pid {
+				return false
+			}
+		}
+	} else if t.sid != born(b) {
+		return false
+	}
+	borrows := false
+	for i, k := range shareKinds {
+		for _, h := range holders[i][k.id(b)] {
+			if k.id(b) != k.id(a) && !sh.within(b.pid, h.pid) {
+				return false // b is cloned from a sibling holding it
+			}
+		}
+		switch {
+		case len(holders[i][k.id(t)]) < 2 || k.id(t) == k.id(b):
+		case k.id(t) == k.id(a):
+			borrows = true
+		default:
+			return false
+		}
+	}
+	return borrows
 }
 
 // shareHost returns the holder in g that head t, whose parent is above

@@ -19,7 +19,8 @@ func TestCheckShapePlan(t *testing.T) {
 		pre        map[int]int // want plan.pre
 		helper     map[int]int // want plan.helperParent
 		bornUnder  map[int]int // want plan.bornUnder
-		refused    string      // or want this in the refusal
+		borrowed   map[int]bool
+		refused    string // or want this in the refusal
 	}{
 		{name: "plain", tree: "1 0 1, 2 1 1, 3 2 3, 4 3 3"},
 		{name: "born before setsid", tree: "1 0 1, 2 1 2, 3 2 1", pre: map[int]int{2: 1}},
@@ -36,7 +37,10 @@ func TestCheckShapePlan(t *testing.T) {
 		{name: "orphan sharing its parent's fd table", tree: "1 0 1 1, 2 1 1, 3 2 3, 5 1 3 1", refused: "does not hold all it shares"},
 		{name: "task sharing with a holder on another branch", tree: "1 0 1, 2 1 1, 3 2 1 3, 5 1 1 3", bornUnder: map[int]int{5: 3}},
 		{name: "task sharing with a holder in another session", tree: "1 0 1, 2 1 2, 3 2 2 3, 5 1 1 3", refused: "not siblings"},
-		{name: "holder that dropped the table between", tree: "1 0 1, 2 1 1 2, 3 2 1 3, 4 3 1 2", refused: "not siblings"},
+		{name: "holder that dropped the table between", tree: "1 0 1, 2 1 1 2, 3 2 1 3, 4 3 1 2", borrowed: map[int]bool{4: true}},
+		{name: "holder that dropped a table it shares with its child", tree: "1 0 1, 2 1 1 2, 3 2 1 3, 4 3 1 2, 5 3 1 3", borrowed: map[int]bool{4: true}},
+		{name: "holder that dropped the table, sharing its own with a sibling", tree: "1 0 1, 2 1 1 2, 3 2 1 3, 7 2 1 3, 4 3 1 2", refused: "not siblings"},
+		{name: "holder that dropped the table two levels up", tree: "1 0 1, 2 1 1 2, 3 2 1 3, 4 3 1 4, 6 4 1 2", refused: "not siblings"},
 		{name: "exited leader's orphan sharing the helper parent's fd table", tree: "1 0 1 1, 2 1 1 1, 4 1 3 1, 5 2 3", helper: map[int]int{3: 2}},
 		{name: "orphan of a task below the leader", tree: "1 0 1, 2 1 1, 3 2 3, 4 3 3, 5 4 3, 6 1 1, 7 6 3", refused: "not an ancestor of the session's leader"},
 	} {
@@ -68,8 +72,9 @@ func TestCheckShapePlan(t *testing.T) {
 				t.Fatal(err)
 			}
 			if fmt.Sprint(plan.pre) != fmt.Sprint(orEmpty(tc.pre)) || fmt.Sprint(plan.helperParent) != fmt.Sprint(orEmpty(tc.helper)) ||
-				fmt.Sprint(plan.bornUnder) != fmt.Sprint(orEmpty(tc.bornUnder)) {
-				t.Errorf("pre %v, helper parents %v, born under %v; want %v, %v, %v", plan.pre, plan.helperParent, plan.bornUnder, tc.pre, tc.helper, tc.bornUnder)
+				fmt.Sprint(plan.bornUnder) != fmt.Sprint(orEmpty(tc.bornUnder)) || len(plan.borrowed) != len(tc.borrowed) ||
+				fmt.Sprint(plan.borrowed) != fmt.Sprint(tc.borrowed) && len(tc.borrowed) > 0 {
+				t.Errorf("pre %v, helper parents %v, born under %v, borrowed %v; want %v, %v, %v, %v", plan.pre, plan.helperParent, plan.bornUnder, plan.borrowed, tc.pre, tc.helper, tc.bornUnder, tc.borrowed)
 			}
 		})
 	}

@@ -62,6 +62,12 @@
 // and shares P's table), logs "gonefiles P B L" and exits. B counts ("B
 // count N"); P logs "ready" once L is reaped.
 //
+// dropped: a child sharing its grandparent's fd table, which its
+// parent dropped. The root forks A; A clones B with CLONE_FILES; B
+// clones C with CLONE_FILES and unshares its table (CLONE_FILES). A then
+// opens /dev/zero and B /dev/null, each in its table. Logs "dropped A B
+// C" and "ready"; B and C count ("B count N", "C count N").
+//
 // moved: as unflagged, but X is the subreaper M goes to, and once X has
 // dropped its flag L's parent P exits: L goes to the root, and M's
 // parent X is no ancestor of its session's leader L any more. Logs
@@ -158,6 +164,25 @@ static int gone_l_main(void *arg) {
 	_exit(0);
 }
 
+static int c_main(void *arg) {
+	(void)arg;
+	count("C");
+	return 0;
+}
+
+static int dropped_b_main(void *arg) {
+	int *ready = arg;
+	static char stack[64 << 10];
+	pid_t c = clone(c_main, stack + sizeof stack, CLONE_FILES | SIGCHLD, NULL);
+	if (c < 0 || unshare(CLONE_FILES) < 0 || open("/dev/null", O_RDONLY) < 0)
+		_exit(1);
+	dprintf(logfd, "dropped %d %d %d\n", getppid(), getpid(), c);
+	if (write(ready[1], "x", 1) != 1)
+		_exit(1);
+	count("B");
+	return 0;
+}
+
 // presetsid forks a child that counts as who, then starts a session
 // and returns the child's pid.
 static pid_t presetsid(const char *who) {
@@ -215,6 +240,24 @@ static void shapes(const char *mode) {
 				for (;;)
 					nap();
 			}
+			for (;;)
+				nap();
+		}
+		for (;;)
+			nap();
+	}
+	if (!strcmp(mode, "dropped")) {
+		int ready[2];
+		if (pipe(ready) < 0)
+			_exit(1);
+		if (fork() == 0) { // A
+			static char stack[64 << 10];
+			if (clone(dropped_b_main, stack + sizeof stack, CLONE_FILES | SIGCHLD, ready) < 0)
+				_exit(1);
+			char b;
+			if (read(ready[0], &b, 1) != 1 || open("/dev/zero", O_RDONLY) < 0)
+				_exit(1);
+			dprintf(logfd, "ready\n");
 			for (;;)
 				nap();
 		}
