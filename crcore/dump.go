@@ -92,9 +92,12 @@ type dumper struct {
 	dir   *image.Dir
 	files *fileTable
 	stats Stats
-	level int       // index of the root's pid namespace in NSpid lists
-	shm   shmemDump // shared memory objects (shmem.go)
-	ipc   sysvDump  // SysV IPC of the tree's namespace (sysvipc.go)
+	level int // index of the root's pid namespace in NSpid lists
+	// outside: the session and group the root was started in, when no
+	// task of the tree leads them (outsideIDs).
+	outside outsideIDs
+	shm     shmemDump // shared memory objects (shmem.go)
+	ipc     sysvDump  // SysV IPC of the tree's namespace (sysvipc.go)
 	// progress counts the bytes of memory written (nil: not counted).
 	progress *Progress
 }
@@ -454,7 +457,40 @@ func (d *dumper) seizeTree(root int, extra []int, thaw func() error, cl *cleanup
 		}
 	}
 	adoptGroups(tasks)
+	d.outside = outsideOf(tasks, d.level)
 	return tasks, nil
+}
+
+// outsideIDs are the session and process group a tree's root was started
+// in, its parent's, when no task of the tree leads them (0 when they are
+// outside the root's pid namespace, or led from inside): a shell's job
+// session and group. Its tasks in them, the root or tasks it cloned before
+// it left them, are the restorer's on restore, like the root's own.
+type outsideIDs struct{ sid, pgid int }
+
+func (o outsideIDs) has(id int) bool { return id > 0 && (id == o.sid || id == o.pgid) }
+
+// outsideOf reads the root's parent's session and group, as the root's
+// pid namespace sees them.
+func outsideOf(tasks []*dtask, level int) outsideIDs {
+	inTree := map[int]bool{}
+	for _, t := range tasks {
+		inTree[t.nsPid] = true
+	}
+	st, err := procfs.ReadStatus(tasks[0].st.Ppid)
+	if err != nil {
+		return outsideIDs{} // gone: the root's own ids stand for them
+	}
+	var o outsideIDs
+	for _, k := range []struct {
+		key string
+		id  *int
+	}{{"NSsid", &o.sid}, {"NSpgid", &o.pgid}} {
+		if v, err := st.Ints(k.key); err == nil && len(v) > level && !inTree[v[level]] {
+			*k.id = v[level]
+		}
+	}
+	return o
 }
 
 // samePidNS checks that the extra roots live in root's pid namespace.
@@ -664,7 +700,7 @@ func (d *dumper) checkSharing(tasks []*dtask) error {
 	for _, t := range tasks {
 		shape[t.nsPid] = &shapeTask{pid: t.nsPid, ppid: t.nsPpid, sid: t.nsSid, files: t.filesID, fs: t.fsID, zombie: t.zombie}
 	}
-	_, err := checkShape(shape, tasks[0].nsPid, tasks[0].nsPgid)
+	_, err := checkShape(shape, tasks[0].nsPid, tasks[0].nsPgid, d.outside)
 	return err
 }
 

@@ -31,6 +31,8 @@ func (d *dumper) writeImages(tasks []*dtask) error {
 		CreatedBy:       proto.String("crhook"),
 		CreatedUnixNano: proto.Int64(time.Now().UnixNano()),
 		PageSize:        proto.Uint32(uint32(pageSize)),
+		OutsideSid:      proto.Uint32(uint32(d.outside.sid)),
+		OutsidePgid:     proto.Uint32(uint32(d.outside.pgid)),
 	}); err != nil {
 		return err
 	}

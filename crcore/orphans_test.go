@@ -550,3 +550,50 @@ func TestChildSharingDroppedFdTable(t *testing.T) {
 	}
 	waitCounts(t, p, n, "B", "C")
 }
+
+// A process in a shell's job session and group, restored from another
+// session and group (as after a reboot): it gets the restorer's, as the
+// images say nothing of a group and a session from outside the tree but
+// that they were the ones it was started in.
+func TestRestoreInAnotherSessionAndGroup(t *testing.T) {
+	crtest.RequireRoot(t)
+	bin := crtest.BuildC(t, "counter", false)
+	log := filepath.Join(t.TempDir(), "log")
+	sh := exec.Command("/bin/sh", "-c", `"$0" "$1" & echo $!; wait`, bin, log)
+	sh.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	out, err := sh.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sh.Process.Kill(); sh.Wait() })
+	var pid int
+	if _, err := fmt.Fscan(out, &pid); err != nil {
+		t.Fatal(err)
+	}
+	p := &crtest.Proc{Pid: pid, Log: log}
+	t.Cleanup(func() { crtest.KillAndReap(pid) })
+	p.WaitLine(t, `^count 3$`, 5*time.Second)
+	if sid, _ := unix.Getsid(pid); sid != sh.Process.Pid {
+		t.Fatalf("the counter is in session %d, want the shell's %d", sid, sh.Process.Pid)
+	}
+	dir := filepath.Join(t.TempDir(), "img")
+	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: pid, ImageDir: dir}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	n := len(p.Lines())
+	rr, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	t.Cleanup(func() { crtest.KillAndReap(rr.Pid) })
+	sid, _ := unix.Getsid(pid)
+	pgid, _ := unix.Getpgid(pid)
+	mySid, _ := unix.Getsid(0)
+	if sid != mySid || pgid != unix.Getpgrp() {
+		t.Errorf("restored in session %d and group %d, want the restorer's %d and %d", sid, pgid, mySid, unix.Getpgrp())
+	}
+	p.WaitLine(t, fmt.Sprintf(`^count %d$`, n+3), 5*time.Second)
+}

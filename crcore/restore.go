@@ -411,8 +411,12 @@ func (rs *restorer) create(t *rtask) error {
 		return nil
 	}
 	if int(t.ti.ps.GetSid()) == pid && t.parent == nil {
-		// A child enters its session as it is cloned.
-		if err := enterSession(t); err != nil {
+		// A child enters its session as it is cloned; the root
+		// here, or once it has cloned its children of the session
+		// it was started in (checkShape's pre).
+		if rs.shape.pre[pid] != 0 {
+			t.setsidLater = true
+		} else if err := enterSession(t); err != nil {
 			return err
 		}
 	}
@@ -722,13 +726,12 @@ func (rs *restorer) createThreads(t *rtask, leader bool) error {
 func (rs *restorer) groups() error {
 	for pass := 0; pass < 2; pass++ {
 		for _, t := range rs.tasks {
-			if t.ti.zombie() {
-				continue
-			}
+			// Zombies too: they die after this (a zombie's
+			// group leads or holds a group a live task joins).
 			pid, pgid, sid := t.ti.pid, int(t.ti.ps.GetPgid()), int(t.ti.ps.GetSid())
 			leader := pgid == pid
-			if pgid == 0 || sid == pid || leader != (pass == 0) {
-				continue
+			if pgid == 0 || sid == pid || leader != (pass == 0) || rs.fromOutside(pgid) {
+				continue // a group from outside: the one it was born in
 			}
 			if _, err := t.r.call("setpgid", unix.SYS_SETPGID, 0, uint64(pgid)); err != nil {
 				return fmt.Errorf("pid %d: join process group %d: %w", pid, pgid, err)

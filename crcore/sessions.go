@@ -140,8 +140,18 @@ func (rs *restorer) needsHelper(id int) bool {
 	if _, ok := rs.s.tasks[id]; ok {
 		return false
 	}
+	return !rs.fromOutside(id)
+}
+
+// fromOutside says whether session or group id is one the root was
+// started in (its own from outside the tree, or one it left after
+// cloning some of its tasks): the restorer's, which its tasks inherit.
+func (rs *restorer) fromOutside(id int) bool {
+	if _, ok := rs.s.tasks[id]; ok || id <= 0 {
+		return false
+	}
 	root := rs.s.tasks[int(rs.s.tree[0].GetPid())]
-	return id != int(root.ps.GetSid()) && id != int(root.ps.GetPgid())
+	return id == int(root.ps.GetSid()) || id == int(root.ps.GetPgid()) || rs.s.outside().has(id)
 }
 
 // cloneChildren creates the children of p, each in its session, with the

@@ -65,13 +65,15 @@ type shapeTree struct {
 	kids     map[int][]int
 	root     int
 	rootPgid int
+	outside  outsideIDs
 	needs    map[int][]int // needsOf's memo
 }
 
 // checkShape refuses a tree whose sessions or sharing crhook cannot
-// rebuild, saying why; root is the root's pid, rootPgid its group.
-func checkShape(tasks map[int]*shapeTask, root int, rootPgid int) (*shapePlan, error) {
-	sh := &shapeTree{tasks: tasks, root: root, rootPgid: rootPgid, kids: map[int][]int{}, needs: map[int][]int{}}
+// rebuild, saying why; root is the root's pid, rootPgid its group,
+// outside the session and group it was started in.
+func checkShape(tasks map[int]*shapeTask, root int, rootPgid int, outside outsideIDs) (*shapePlan, error) {
+	sh := &shapeTree{tasks: tasks, root: root, rootPgid: rootPgid, outside: outside, kids: map[int][]int{}, needs: map[int][]int{}}
 	for pid := range tasks {
 		sh.pids = append(sh.pids, pid)
 	}
@@ -156,6 +158,16 @@ func (sh *shapeTree) needsOf(pid int) []int {
 // it (CLONE_PARENT), after its setsid, before its own children.
 func (sh *shapeTree) preSessions(viaHelper map[int]bool) map[int]int {
 	pre := map[int]int{}
+	if r := sh.tasks[sh.root]; r.sid == sh.root && sh.outside.sid != 0 {
+		// A root that left the session it was started in after
+		// cloning some of its tasks: it is restored in the
+		// restorer's, and calls setsid after cloning them.
+		for _, s := range sh.needsOf(sh.root) {
+			if s == sh.outside.sid {
+				pre[sh.root] = s
+			}
+		}
+	}
 	for queue := []int{sh.root}; len(queue) > 0; queue = queue[1:] {
 		pp := queue[0]
 		queue = append(queue, sh.kids[pp]...)
@@ -288,7 +300,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 			}
 			deferred[sid] = deep
 			plan.bornUnder[sid] = deep
-		case sid == rootSid || sid == sh.rootPgid:
+		case sid == rootSid || sid == sh.rootPgid || sh.outside.has(sid):
 			// The root's session from outside the tree: a task of it
 			// whose parent is not in it was born before its parent (or
 			// an ancestor) left the session with setsid.
@@ -525,6 +537,12 @@ func otherThan(g []*shapeTask, t *shapeTask) *shapeTask {
 	return t
 }
 
+// outside returns the session and group the dumped root was started in,
+// when no task of the tree leads them (0 in images of older crhooks).
+func (s *imageSet) outside() outsideIDs {
+	return outsideIDs{sid: int(s.ext.GetOutsideSid()), pgid: int(s.ext.GetOutsidePgid())}
+}
+
 // shapeOfImages gives checkShape the restore's images.
 func (s *imageSet) shape() (*shapePlan, error) {
 	tasks := map[int]*shapeTask{}
@@ -538,5 +556,5 @@ func (s *imageSet) shape() (*shapePlan, error) {
 		}
 	}
 	root := s.tasks[int(s.tree[0].GetPid())]
-	return checkShape(tasks, root.pid, int(root.ps.GetPgid()))
+	return checkShape(tasks, root.pid, int(root.ps.GetPgid()), s.outside())
 }

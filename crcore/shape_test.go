@@ -20,12 +20,14 @@ func TestCheckShapePlan(t *testing.T) {
 		helper     map[int]int // want plan.helperParent
 		bornUnder  map[int]int // want plan.bornUnder
 		borrowed   map[int]bool
+		outside    int // the session and group the root was started in
 		refused    string // or want this in the refusal
 	}{
 		{name: "plain", tree: "1 0 1, 2 1 1, 3 2 3, 4 3 3"},
 		{name: "born before setsid", tree: "1 0 1, 2 1 2, 3 2 1", pre: map[int]int{2: 1}},
 		{name: "line of leaders", tree: "1 0 1, 2 1 2, 3 2 3, 4 3 1", pre: map[int]int{2: 1, 3: 1}},
 		{name: "line of leaders, outside session", tree: "10 5 5, 11 10 11, 12 11 12, 13 12 5", pre: map[int]int{11: 5, 12: 5}},
+		{name: "root that left the session it was started in", tree: "1 0 1, 2 1 2, 3 2 5, 4 1 5", outside: 5, pre: map[int]int{1: 5, 2: 5}},
 		{name: "exited leader, one line", tree: "1 0 1, 2 1 1, 4 1 3, 5 2 3", helper: map[int]int{3: 2}},
 		{name: "exited leader, members under leaders born in it", tree: "1 0 1, 3 1 3, 4 3 2, 5 1 5, 6 5 2",
 			pre: map[int]int{3: 2, 5: 2}, helper: map[int]int{2: 1}},
@@ -61,7 +63,7 @@ func TestCheckShapePlan(t *testing.T) {
 					root = st.pid
 				}
 			}
-			plan, err := checkShape(tasks, root, tasks[root].sid)
+			plan, err := checkShape(tasks, root, tasks[root].sid, outsideIDs{sid: tc.outside, pgid: tc.outside})
 			if tc.refused != "" {
 				if !errors.Is(err, ErrNotSupported) || !strings.Contains(err.Error(), tc.refused) {
 					t.Fatalf("got %v, want a refusal saying %q", err, tc.refused)

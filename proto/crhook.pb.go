@@ -177,7 +177,13 @@ type CrhookInventoryEntry struct {
 	// Wall clock at dump, nanoseconds since the Unix epoch.
 	CreatedUnixNano *int64 `protobuf:"varint,5,opt,name=created_unix_nano,json=createdUnixNano" json:"created_unix_nano,omitempty"`
 	// sysconf(_SC_PAGESIZE) of the dumping machine.
-	PageSize      *uint32 `protobuf:"varint,6,opt,name=page_size,json=pageSize" json:"page_size,omitempty"`
+	PageSize *uint32 `protobuf:"varint,6,opt,name=page_size,json=pageSize" json:"page_size,omitempty"`
+	// The session and process group the root was started in (its
+	// parent's), when no task of the tree leads them: a restore gives
+	// their members the restorer's, as it does the root's own. 0 when
+	// they are outside the root's pid namespace.
+	OutsideSid    *uint32 `protobuf:"varint,7,opt,name=outside_sid,json=outsideSid" json:"outside_sid,omitempty"`
+	OutsidePgid   *uint32 `protobuf:"varint,8,opt,name=outside_pgid,json=outsidePgid" json:"outside_pgid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -250,6 +256,20 @@ func (x *CrhookInventoryEntry) GetCreatedUnixNano() int64 {
 func (x *CrhookInventoryEntry) GetPageSize() uint32 {
 	if x != nil && x.PageSize != nil {
 		return *x.PageSize
+	}
+	return 0
+}
+
+func (x *CrhookInventoryEntry) GetOutsideSid() uint32 {
+	if x != nil && x.OutsideSid != nil {
+		return *x.OutsideSid
+	}
+	return 0
+}
+
+func (x *CrhookInventoryEntry) GetOutsidePgid() uint32 {
+	if x != nil && x.OutsidePgid != nil {
+		return *x.OutsidePgid
 	}
 	return 0
 }
@@ -804,7 +824,7 @@ var File_proto_crhook_proto protoreflect.FileDescriptor
 
 const file_proto_crhook_proto_rawDesc = "" +
 	"\n" +
-	"\x12proto/crhook.proto\x12\rcrhook.images\"\xe2\x01\n" +
+	"\x12proto/crhook.proto\x12\rcrhook.images\"\xa6\x02\n" +
 	"\x16crhook_inventory_entry\x12%\n" +
 	"\x0eformat_version\x18\x01 \x02(\rR\rformatVersion\x12\x12\n" +
 	"\x04arch\x18\x02 \x02(\tR\x04arch\x12%\n" +
@@ -812,7 +832,10 @@ const file_proto_crhook_proto_rawDesc = "" +
 	"\n" +
 	"created_by\x18\x04 \x01(\tR\tcreatedBy\x12*\n" +
 	"\x11created_unix_nano\x18\x05 \x01(\x03R\x0fcreatedUnixNano\x12\x1b\n" +
-	"\tpage_size\x18\x06 \x01(\rR\bpageSize\"\x99\x01\n" +
+	"\tpage_size\x18\x06 \x01(\rR\bpageSize\x12\x1f\n" +
+	"\voutside_sid\x18\a \x01(\rR\n" +
+	"outsideSid\x12!\n" +
+	"\foutside_pgid\x18\b \x01(\rR\voutsidePgid\"\x99\x01\n" +
 	"\x12crhook_stdio_entry\x12\x0e\n" +
 	"\x02fd\x18\x01 \x02(\rR\x02fd\x124\n" +
 	"\x04kind\x18\x02 \x02(\x0e2 .crhook.images.crhook_stdio_kindR\x04kind\x12\x17\n" +
