@@ -20,7 +20,7 @@ func TestCheckShapePlan(t *testing.T) {
 		helper     map[int]int // want plan.helperParent
 		bornUnder  map[int]int // want plan.bornUnder
 		borrowed   map[int]bool
-		outside    int // the session and group the root was started in
+		outside    int    // the session and group the root was started in
 		refused    string // or want this in the refusal
 	}{
 		{name: "plain", tree: "1 0 1, 2 1 1, 3 2 3, 4 3 3"},
