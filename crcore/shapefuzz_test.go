@@ -1,0 +1,249 @@
+//go:build linux && amd64
+
+package crcore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/crhook/crhook/crcore"
+	"github.com/crhook/crhook/crcore/crtest"
+)
+
+// shapeScript returns a random script for shapefuzz.c: up to ten
+// processes forked, cloned as siblings or sharing the fd table, moving
+// to sessions and groups of their own or joining groups, exiting (their
+// orphans going up to a subreaper), reaping, toggling the subreaper
+// flag, and unsharing or changing their fd tables. The root is always a
+// subreaper, so that no orphan leaves the tree, and leads a session of
+// its own or stays in the test's.
+func shapeScript(rng *rand.Rand) string {
+	ops := []string{"U0,1"}
+	if rng.Intn(2) == 0 {
+		ops = append(ops, "S0")
+	}
+	alive, next := []int{0}, 1
+	for len(ops) < 28 {
+		a := alive[rng.Intn(len(alive))]
+		switch k := rng.Intn(12); {
+		case k < 4 && next < 10:
+			kind := "FFC"[rng.Intn(3)]
+			if a != 0 && rng.Intn(4) == 0 {
+				kind = 'P' // a sibling of the root would leave the tree
+			}
+			ops = append(ops, fmt.Sprintf("%c%d,%d", kind, a, next))
+			alive = append(alive, next)
+			next++
+		case k == 4:
+			ops = append(ops, fmt.Sprintf("S%d", a))
+		case k == 5:
+			ops = append(ops, fmt.Sprintf("G%d", a))
+		case k == 6:
+			ops = append(ops, fmt.Sprintf("J%d,%d", a, alive[rng.Intn(len(alive))]))
+		case k == 7 && a != 0:
+			ops = append(ops, fmt.Sprintf("X%d", a))
+			for i, id := range alive {
+				if id == a {
+					alive = append(alive[:i], alive[i+1:]...)
+					break
+				}
+			}
+		case k == 8:
+			ops = append(ops, fmt.Sprintf("R%d", a))
+		case k == 9 && a != 0:
+			ops = append(ops, fmt.Sprintf("U%d,%d", a, rng.Intn(2)))
+		case k == 10:
+			ops = append(ops, fmt.Sprintf("D%d", a))
+		case k == 11:
+			ops = append(ops, fmt.Sprintf("O%d", a))
+		}
+	}
+	return strings.Join(ops, " ")
+}
+
+// treeSharing lists, in the tree's pid namespace's pids, the pairs of
+// the live processes of ids that share an fd table or fs info (kcmp).
+func treeSharing(t *testing.T, ids map[int]string) string {
+	t.Helper()
+	var pids []int
+	for pid := range ids {
+		if st, err := crtest.State(pid); err == nil && st != 'Z' {
+			pids = append(pids, pid)
+		}
+	}
+	sort.Ints(pids)
+	var out []string
+	for i, a := range pids {
+		for _, b := range pids[i+1:] {
+			for _, k := range []struct {
+				name string
+				typ  uintptr
+			}{{"files", 2}, {"fs", 3}} {
+				r, _, errno := unix.Syscall6(unix.SYS_KCMP, uintptr(a), uintptr(b), k.typ, 0, 0, 0)
+				if errno != 0 {
+					t.Fatalf("kcmp %d %d: %v", a, b, errno)
+				}
+				if r == 0 {
+					out = append(out, fmt.Sprintf("%d~%d %s", a, b, k.name))
+				}
+			}
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+// idsDiff lists the processes whose ids differ between before and after.
+func idsDiff(before, after map[int]string) string {
+	var out []string
+	for pid, b := range before {
+		if a := after[pid]; a != b {
+			out = append(out, fmt.Sprintf("%d: %q, before %q", pid, a, b))
+		}
+	}
+	for pid, a := range after {
+		if _, ok := before[pid]; !ok {
+			out = append(out, fmt.Sprintf("%d: %q, new", pid, a))
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, "; ")
+}
+
+// counters reads shapefuzz's counters through the root's memory.
+func counters(t *testing.T, root int, addr uint64) []uint64 {
+	t.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/mem", root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 8*32)
+	if _, err := f.ReadAt(b, int64(addr)); err != nil {
+		t.Fatalf("read the counters: %v", err)
+	}
+	out := make([]uint64, 32)
+	for i := range out {
+		for k := 7; k >= 0; k-- {
+			out[i] = out[i]<<8 | uint64(b[8*i+k])
+		}
+	}
+	return out
+}
+
+// Random trees, each made by real processes from a script (shapefuzz.c):
+// every one is either refused at dump with ErrNotSupported, and then
+// goes on untouched, or restored with every pid, parent, group, session,
+// zombie and fd table or fs info sharing as dumped, every live process
+// going on counting. The seeds are fixed, so that a failure repeats;
+// CRHOOK_SHAPE_SEEDS=N runs N more, from the time.
+func TestRandomShapes(t *testing.T) {
+	crtest.RequireRoot(t)
+	bin := crtest.BuildC(t, "shapefuzz", false)
+	seeds := make([]int64, 0, 40)
+	for s := int64(1); s <= 24; s++ {
+		seeds = append(seeds, s)
+	}
+	var more int
+	fmt.Sscan(os.Getenv("CRHOOK_SHAPE_SEEDS"), &more)
+	for i := range more {
+		seeds = append(seeds, time.Now().UnixNano()+int64(i))
+	}
+	restored, refused := 0, map[string]int{}
+	for _, seed := range seeds {
+		script := shapeScript(rand.New(rand.NewSource(seed)))
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			p := crtest.Start(t, bin, script)
+			var all []int
+			t.Cleanup(func() {
+				all = append(all, p.Pid)
+				all = append(all, crtest.Descendants(p.Pid)...)
+				for _, pid := range all {
+					if pid > 0 {
+						unix.Kill(pid, unix.SIGKILL)
+					}
+				}
+				crtest.ReapGone(t, all, 5*time.Second)
+			})
+			p.WaitLine(t, `^done$`, 10*time.Second)
+			var addr uint64
+			fmt.Sscanf(p.WaitLine(t, `^page (0x[0-9a-f]+)$`, time.Second)[1], "0x%x", &addr)
+			var live []int
+			for _, l := range p.Lines() {
+				var id, pid int
+				if n, _ := fmt.Sscanf(l, "pid %d %d", &id, &pid); n == 2 {
+					live = append(live, id)
+				}
+			}
+			all = append([]int{p.Pid}, crtest.Descendants(p.Pid)...)
+			before, share := nsIDs(t, p.Pid), ""
+			share = treeSharing(t, before)
+			goesOn := func(when string) {
+				t.Helper()
+				c0 := counters(t, p.Pid, addr)
+				deadline := time.Now().Add(5 * time.Second)
+				for {
+					c1 := counters(t, p.Pid, addr)
+					stuck := []int{}
+					for _, id := range live {
+						if c1[id] <= c0[id] {
+							stuck = append(stuck, id)
+						}
+					}
+					if len(stuck) == 0 {
+						return
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("%s, processes %v (of %v) do not count on", when, stuck, live)
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+			dir := filepath.Join(t.TempDir(), "img")
+			_, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir})
+			if errors.Is(err, crcore.ErrNotSupported) {
+				why := err.Error()
+				if i := strings.Index(why, ": "); i >= 0 {
+					why = why[i+2:]
+				}
+				refused[why]++
+				t.Logf("script %q: refused: %v", script, err)
+				if after := nsIDs(t, p.Pid); fmt.Sprint(after) != fmt.Sprint(before) {
+					t.Errorf("after the refused dump (pid: ppid pgid sid):\n%v\nbefore:\n%v", after, before)
+				}
+				goesOn("after the refused dump")
+				return
+			}
+			if err != nil {
+				t.Fatalf("script %q: dump: %v", script, err)
+			}
+			crtest.ReapGone(t, all, 5*time.Second)
+			rr, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
+			if err != nil {
+				t.Fatalf("script %q: restore: %v", script, err)
+			}
+			t.Cleanup(func() { crtest.KillAndReap(rr.Pid) })
+			if after := nsIDs(t, p.Pid); fmt.Sprint(after) != fmt.Sprint(before) {
+				t.Errorf("script %q: after restore (pid: ppid pgid sid) %s\nall before: %v", script, idsDiff(before, after), before)
+			}
+			if got := treeSharing(t, before); got != share {
+				t.Errorf("script %q: after restore shared %q, before %q", script, got, share)
+			}
+			goesOn("after restore")
+			restored++
+		})
+	}
+	t.Logf("%d of %d trees restored; refused: %v", restored, len(seeds), refused)
+	if restored == 0 {
+		t.Errorf("no tree restored")
+	}
+}
