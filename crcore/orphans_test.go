@@ -597,3 +597,39 @@ func TestRestoreInAnotherSessionAndGroup(t *testing.T) {
 	}
 	p.WaitLine(t, fmt.Sprintf(`^count %d$`, n+3), 5*time.Second)
 }
+
+// An orphan of a session whose leader is a zombie: L started a session,
+// its grandchild M went to the root, and L exited unreaped. The restore
+// clones M from a spare helper of L while L still lives, and L then
+// dies as the zombie it was.
+func TestOrphanOfZombieLeader(t *testing.T) {
+	crtest.RequireRoot(t)
+	bin := crtest.BuildC(t, "orphans", false)
+	p := crtest.Start(t, bin, "zombieleader")
+	got := p.WaitLine(t, `^zombieleader (\d+) (\d+)$`, 10*time.Second)
+	var m, l int
+	fmt.Sscan(got[1]+" "+got[2], &m, &l)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if st, err := crtest.State(l); err == nil && st == 'Z' {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("L %d is no zombie", l)
+		}
+	}
+	all := append([]int{p.Pid}, crtest.Descendants(p.Pid)...)
+	t.Cleanup(func() {
+		for _, pid := range all {
+			unix.Kill(pid, unix.SIGKILL)
+		}
+		crtest.ReapGone(t, all, 5*time.Second)
+	})
+	if ids := nsIDs(t, p.Pid); !strings.HasPrefix(ids[m], fmt.Sprintf("ppid %d ", p.Pid)) || !strings.HasSuffix(ids[m], fmt.Sprintf(" sid %d", l)) {
+		t.Fatalf("M %d: %s; want an orphan of the root in session %d", m, ids[m], l)
+	}
+	n := restoreShape(t, p, all)
+	if st, err := crtest.State(l); err != nil || st != 'Z' {
+		t.Errorf("L after restore: state %c, %v; want a zombie", st, err)
+	}
+	waitCounts(t, p, n, "M")
+}

@@ -140,6 +140,9 @@ type restorer struct {
 	// (restoreCreds, restoreLoginuid).
 	born  birthState
 	shape *shapePlan // checkShape's answer for the images
+	// outsidePgid: the restorer's process group, which the images'
+	// groups from outside stand for (create, groups).
+	outsidePgid int
 }
 
 // rtask is a task being restored.
@@ -408,7 +411,33 @@ func (rs *restorer) create(t *rtask) error {
 		return err
 	}
 	if t.ti.zombie() {
+		// A zombie leader's session members orphaned elsewhere are
+		// cloned from it while it lives on for the restore. It holds
+		// the memory of the task it was cloned from, unchanged.
+		memSrc := t.parent
+		if t.memSrc != nil {
+			memSrc = t.memSrc
+		}
+		orphans, err := rs.adoptOrphans(t, memSrc, pid)
+		if err != nil {
+			return err
+		}
+		for _, o := range orphans {
+			if err := rs.create(o); err != nil {
+				return err
+			}
+		}
 		return nil
+	}
+	if t.parent == nil {
+		// The group the root is born in, the restorer's, as the tree
+		// sees it (0 outside its pid namespace): groups from outside
+		// are that one.
+		g, err := t.r.call("getpgid", unix.SYS_GETPGID, 0)
+		if err != nil {
+			return fmt.Errorf("pid %d: %w", pid, err)
+		}
+		rs.outsidePgid = int(g)
 	}
 	if int(t.ti.ps.GetSid()) == pid && t.parent == nil {
 		// A child enters its session as it is cloned; the root
@@ -721,20 +750,42 @@ func (rs *restorer) createThreads(t *rtask, leader bool) error {
 	return nil
 }
 
-// groups puts every task in its process group: group leaders first, then
-// the members (a group must exist in the session before one can join it).
+// groups puts every task in its process group: the groups' leaders
+// first, then the members (a group must exist in the session before one
+// can join it). A task whose pid is a group's that it has left since
+// (it joined another of its session) leads that group again for the
+// while, and joins its own last, once the group has its members. Zombies
+// too: they die after this. A group from outside the tree is the
+// restorer's, which the tasks in it were born in: only a task that led
+// a group of its own for the while goes back to it.
 func (rs *restorer) groups() error {
-	for pass := 0; pass < 2; pass++ {
+	used := map[int]bool{}
+	for _, t := range rs.tasks {
+		used[int(t.ti.ps.GetPgid())] = true
+	}
+	for pass := 0; pass < 3; pass++ {
 		for _, t := range rs.tasks {
-			// Zombies too: they die after this (a zombie's
-			// group leads or holds a group a live task joins).
 			pid, pgid, sid := t.ti.pid, int(t.ti.ps.GetPgid()), int(t.ti.ps.GetSid())
-			leader := pgid == pid
-			if pgid == 0 || sid == pid || leader != (pass == 0) || rs.fromOutside(pgid) {
-				continue // a group from outside: the one it was born in
+			if pgid == 0 || sid == pid {
+				continue
 			}
-			if _, err := t.r.call("setpgid", unix.SYS_SETPGID, 0, uint64(pgid)); err != nil {
-				return fmt.Errorf("pid %d: join process group %d: %w", pid, pgid, err)
+			left := used[pid] && pgid != pid // left its group for another
+			join := pgid
+			if rs.fromOutside(pgid) {
+				join = rs.outsidePgid
+			}
+			switch {
+			case pass == 0 && (pgid == pid || left):
+				join = pid
+			case pass == 1 && pgid != pid && !left && !rs.fromOutside(pgid), pass == 2 && left:
+			default:
+				continue
+			}
+			if join == 0 {
+				return fmt.Errorf("pid %d: rejoin process group %d from outside the tree, which is outside the new pid namespace: %w", pid, pgid, ErrNotSupported)
+			}
+			if _, err := t.r.call("setpgid", unix.SYS_SETPGID, 0, uint64(join)); err != nil {
+				return fmt.Errorf("pid %d: join process group %d: %w", pid, join, err)
 			}
 		}
 	}

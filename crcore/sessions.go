@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"sort"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -160,11 +159,11 @@ func (rs *restorer) fromOutside(id int) bool {
 // sibling gets the sibling's address space, which is then still the
 // parent's, as its copy-on-write inheritance expects.
 func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
-	var kids []*taskImage
-	for _, e := range rs.s.tree {
-		if int(e.GetPpid()) == p.ti.pid && int(e.GetPid()) != p.ti.pid && !rs.shape.borrowed[int(e.GetPid())] {
-			kids = append(kids, rs.s.tasks[int(e.GetPid())])
-		}
+	// In checkShape's order (cloneOrder), which has checked that each
+	// child finds a task to be cloned from.
+	kids := make([]*taskImage, 0, len(rs.shape.order[p.ti.pid]))
+	for _, pid := range rs.shape.order[p.ti.pid] {
+		kids = append(kids, rs.s.tasks[pid])
 	}
 	if len(kids) > 0 && !p.memReady {
 		// The children inherit p's memory (inherit.go): all of it,
@@ -175,55 +174,10 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 		}
 		p.memReady = true
 	}
-	// Session leaders first: the members of their sessions among their
-	// siblings are cloned from them. But a leader that shares its fd
-	// table or fs info with a sibling outside its session comes last:
-	// it can be cloned from that sibling and then start its session,
-	// where the sibling could not be cloned from it.
-	holders := map[[2]uint32][]*taskImage{} // {kind, id} -> the kids holding it
-	objs := func(ti *taskImage) [][2]uint32 {
-		ids := ti.core.GetIds()
-		return [][2]uint32{{0, ids.GetFilesId()}, {1, ids.GetFsId()}}
-	}
-	for _, k := range kids {
-		for _, o := range objs(k) {
-			holders[o] = append(holders[o], k)
-		}
-	}
-	key := map[*taskImage]int{}
-	for _, ti := range kids {
-		sid := int(ti.ps.GetSid())
-		if b := rs.bornIn(ti); b != ti.pid && b != int(p.ti.ps.GetSid()) || sid != ti.pid {
-			// A member, or a leader born in a session its parent
-			// does not lead: cloned from a task of that session.
-			key[ti] = 1
-			continue
-		}
-		for i, o := range objs(ti) {
-			if p.ti.core.GetIds() != nil && o == objs(p.ti)[i] {
-				continue // shared through p
-			}
-			for _, k := range holders[o] {
-				if k != ti && int(k.ps.GetSid()) != sid {
-					key[ti] = 2
-				}
-			}
-		}
-	}
-	// A session leader's children in the session it was born in come
-	// before all: p is still in that session, and enters its own once
-	// they exist.
 	early := -1
 	if p.setsidLater {
 		early = rs.shape.pre[p.ti.pid]
-		for _, ti := range kids {
-			if rs.bornIn(ti) == early {
-				key[ti] = -1
-			}
-		}
 	}
-	order := func(ti *taskImage) int { return key[ti] }
-	sort.SliceStable(kids, func(i, j int) bool { return order(kids[i]) < order(kids[j]) })
 	inSession := map[int]*rtask{} // sid -> a task cloned here that is in it
 	var out, sibs []*rtask
 	for _, c := range kids {
@@ -429,8 +383,8 @@ func (rs *restorer) sessionSource(p *rtask, c *taskImage, sid int, inSession map
 		return t, nil
 	}
 	if !rs.needsHelper(sid) {
-		if l, ok := rs.s.tasks[sid]; ok && !l.zombie() {
-			return nil, nil // adoptOrphans, once the leader exists
+		if _, ok := rs.s.tasks[sid]; ok {
+			return nil, nil // adoptOrphans, once the leader (a zombie too) exists
 		}
 		return nil, fmt.Errorf("pid %d is in session %d, which its parent %d is not in, and whose leader is not in the tree: %w",
 			c.pid, sid, p.ti.pid, ErrNotSupported)

@@ -5,6 +5,8 @@ package crcore
 import (
 	"fmt"
 	"sort"
+
+	"golang.org/x/sys/unix"
 )
 
 // The shapes of a tree crhook can rebuild, checked on the dump's tasks
@@ -45,6 +47,9 @@ type shapePlan struct {
 	// parent is cloned sharing it too, clones them at once, and
 	// unshares it (sessions.go).
 	borrowed map[int]bool
+	// order: for each task, its children to be cloned by it, in the
+	// order cloneChildren clones them (cloneOrder).
+	order map[int][]int
 }
 
 // shareKind is one kind of object tasks share: its name and its id.
@@ -201,7 +206,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 	tasks := sh.tasks
 	within := sh.within
 	rootSid := tasks[sh.root].sid
-	plan = &shapePlan{helperParent: map[int]int{}, pre: pre, bornUnder: map[int]int{}, borrowed: map[int]bool{}}
+	plan = &shapePlan{helperParent: map[int]int{}, pre: pre, bornUnder: map[int]int{}, borrowed: map[int]bool{}, order: map[int][]int{}}
 	// born: the session a task is born in; inAtBirth: whether p is in
 	// session sid while it clones its children of it.
 	born := func(t *shapeTask) int {
@@ -264,13 +269,14 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 		case live:
 			var far *shapeTask // a member under a parent the leader is not below
 			for _, t := range outer {
-				if leader.zombie && (leader.ppid != t.ppid || pre[sid] != 0) {
-					return nil, 0, fmt.Errorf("pid %d is in session %d, whose leader is a zombie: its parent %d is neither the leader's parent nor in the session, so it would have to be cloned from the leader, which crhook restores dead: %w",
-						t.pid, sid, t.ppid, ErrNotSupported)
-				}
 				if far == nil && !within(t.ppid, leader.ppid) {
 					far = t
 				}
+			}
+			if far != nil && leader.zombie {
+				// A zombie is cloned where it stays, and dies.
+				return nil, 0, fmt.Errorf("pid %d is in session %d, whose leader is a zombie, but its parent %d is no ancestor of the leader: the leader was reparented away from under it, and crhook rebuilds that only for a live leader: %w",
+					far.pid, sid, far.ppid, ErrNotSupported)
 			}
 			if far == nil {
 				for _, t := range outer {
@@ -442,7 +448,119 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 				pid, what, host, tasks[pid].ppid, ErrNotSupported)
 		}
 	}
+	for _, pid := range sh.pids {
+		if err := sh.cloneOrder(plan, pid, born, deferred); err != nil {
+			return nil, 0, err
+		}
+	}
 	return plan, 0, nil
+}
+
+// shared returns the clone flags for what c shares with a.
+func shared(a, c *shapeTask) uint64 {
+	var fl uint64
+	if a.zombie || c.zombie {
+		return 0
+	}
+	if a.files == c.files {
+		fl |= unix.CLONE_FILES
+	}
+	if a.fs == c.fs {
+		fl |= unix.CLONE_FS
+	}
+	return fl
+}
+
+// cloneOrder sets the order in which p clones its children
+// (cloneChildren follows it), and checks that each of them finds a task
+// to be cloned from in the session it is born in that holds what it
+// shares with p or a sibling (shareSource). Children born in the session
+// p is born in come first (p calls setsid after them), then the leaders
+// of sessions (their members among their siblings are cloned from them),
+// then the members, then the leaders that share an fd table or fs info
+// with a sibling outside their session (they can be cloned from it and
+// then start their session, where it could not be cloned from them); by
+// pid within each.
+func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) int, deferred map[int]int) error {
+	p := sh.tasks[pid]
+	var kids []*shapeTask
+	for _, k := range sh.kids[pid] {
+		if !plan.borrowed[k] {
+			kids = append(kids, sh.tasks[k])
+		}
+	}
+	if len(kids) == 0 {
+		return nil
+	}
+	key := map[*shapeTask]int{}
+	for _, c := range kids {
+		switch {
+		case plan.pre[pid] != 0 && born(c) == plan.pre[pid]:
+			key[c] = -1
+		case born(c) != c.pid && born(c) != p.sid || c.sid != c.pid:
+			key[c] = 1
+		default:
+			for _, k := range kids {
+				if k != c && k.sid != c.sid && shared(k, c)&^shared(p, c) != 0 {
+					key[c] = 2
+				}
+			}
+		}
+	}
+	sort.SliceStable(kids, func(i, j int) bool { return key[kids[i]] < key[kids[j]] })
+	order := make([]int, len(kids))
+	for i, c := range kids {
+		order[i] = c.pid
+	}
+	plan.order[pid] = order
+
+	// The sharing, as cloneChildren and shareSource will meet it.
+	helper := &shapeTask{pid: -1, files: p.files, fs: p.fs} // holds p's
+	inSession := map[int]*shapeTask{}
+	var sibs []*shapeTask
+	for _, c := range kids {
+		if _, orphan := deferred[c.pid]; orphan {
+			continue // cloned elsewhere
+		}
+		bs, early := born(c), -1
+		if plan.pre[pid] != 0 {
+			early = plan.pre[pid]
+		}
+		src := p
+		if bs != c.pid && bs != p.sid && bs != early {
+			switch {
+			case inSession[bs] != nil:
+				src = inSession[bs]
+			case plan.helperParent[bs] == pid && !sh.isTask(bs):
+				src = helper
+				inSession[bs] = helper
+			default:
+				continue // an orphan (deferred above): not reached
+			}
+		}
+		need := shared(p, c)
+		for _, k := range sibs {
+			need |= shared(k, c)
+		}
+		ok := shared(src, c) == need
+		for _, k := range sibs {
+			ok = ok || shared(k, c) == need && (bs == c.pid || born(k) == bs)
+		}
+		if !ok {
+			return fmt.Errorf("pid %d (session %d) shares %s with its parent %d or a sibling, but no one task it can be cloned from holds all of it in its session: clone shares only the cloner's, and a new task starts in the cloner's session, so it was cloned before a holder left the session (setsid), which crhook does not rebuild: %w",
+				c.pid, bs, shareWhat(need), pid, ErrNotSupported)
+		}
+		sibs = append(sibs, c)
+		if inSession[bs] == nil {
+			inSession[bs] = c
+		}
+	}
+	return nil
+}
+
+func (sh *shapeTree) isTask(pid int) bool {
+	_, ok := sh.tasks[pid]
+	return ok
 }
 
 // canBorrow says whether t, whose parent B does not hold an object t

@@ -12,7 +12,7 @@ import (
 // The shape planner on trees written as "pid ppid sid [files]" (the
 // first is the root; a session id that is no pid is a leader that has
 // exited, or the root's session from outside; files, the fd table's id,
-// is the pid when not given).
+// is the pid when not given; a "z" at the end makes it a zombie).
 func TestCheckShapePlan(t *testing.T) {
 	for _, tc := range []struct {
 		name, tree string
@@ -44,6 +44,8 @@ func TestCheckShapePlan(t *testing.T) {
 		{name: "holder that dropped the table, sharing its own with a sibling", tree: "1 0 1, 2 1 1 2, 3 2 1 3, 7 2 1 3, 4 3 1 2", refused: "not siblings"},
 		{name: "holder that dropped the table two levels up", tree: "1 0 1, 2 1 1 2, 3 2 1 3, 4 3 1 4, 6 4 1 2", refused: "not siblings"},
 		{name: "exited leader's orphan sharing the helper parent's fd table", tree: "1 0 1 1, 2 1 1 1, 4 1 3 1, 5 2 3", helper: map[int]int{3: 2}},
+		{name: "orphan of a zombie leader", tree: "1 0 1, 2 1 1, 3 2 3 z, 5 1 3"},
+		{name: "orphan of a zombie leader moved past its parent", tree: "1 0 1, 2 1 1, 4 1 4 z, 5 2 4", refused: "whose leader is a zombie"},
 		{name: "orphan of a task below the leader", tree: "1 0 1, 2 1 1, 3 2 3, 4 3 3, 5 4 3, 6 1 1, 7 6 3", refused: "not an ancestor of the session's leader"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -55,9 +57,10 @@ func TestCheckShapePlan(t *testing.T) {
 					t.Fatal(err)
 				}
 				st.files, st.fs = uint32(st.pid), uint32(st.pid)
-				if fl := strings.Fields(f); len(fl) > 3 {
+				if fl := strings.Fields(strings.TrimSuffix(strings.TrimSpace(f), "z")); len(fl) > 3 {
 					fmt.Sscan(fl[3], &st.files)
 				}
+				st.zombie = strings.HasSuffix(strings.TrimSpace(f), "z")
 				tasks[st.pid] = &st
 				if root == 0 {
 					root = st.pid

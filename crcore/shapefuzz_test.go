@@ -145,7 +145,8 @@ func counters(t *testing.T, root int, addr uint64) []uint64 {
 // goes on untouched, or restored with every pid, parent, group, session,
 // zombie and fd table or fs info sharing as dumped, every live process
 // going on counting. The seeds are fixed, so that a failure repeats;
-// CRHOOK_SHAPE_SEEDS=N runs N more, from the time.
+// CRHOOK_SHAPE_SEEDS=N runs N more, from the time, and
+// CRHOOK_SHAPE_SCRIPT runs that one script alone.
 func TestRandomShapes(t *testing.T) {
 	crtest.RequireRoot(t)
 	bin := crtest.BuildC(t, "shapefuzz", false)
@@ -158,9 +159,16 @@ func TestRandomShapes(t *testing.T) {
 	for i := range more {
 		seeds = append(seeds, time.Now().UnixNano()+int64(i))
 	}
+	scripts := map[int64]string{}
+	if one := os.Getenv("CRHOOK_SHAPE_SCRIPT"); one != "" {
+		seeds, scripts[0] = []int64{0}, one
+	}
 	restored, refused := 0, map[string]int{}
 	for _, seed := range seeds {
-		script := shapeScript(rand.New(rand.NewSource(seed)))
+		script, ok := scripts[seed]
+		if !ok {
+			script = shapeScript(rand.New(rand.NewSource(seed)))
+		}
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			p := crtest.Start(t, bin, script)
 			var all []int
@@ -229,7 +237,7 @@ func TestRandomShapes(t *testing.T) {
 			crtest.ReapGone(t, all, 5*time.Second)
 			rr, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
 			if err != nil {
-				t.Fatalf("script %q: restore: %v", script, err)
+				t.Fatalf("script %q: restore: %v\ndumped (pid: ppid pgid sid): %v", script, err, before)
 			}
 			t.Cleanup(func() { crtest.KillAndReap(rr.Pid) })
 			if after := nsIDs(t, p.Pid); fmt.Sprint(after) != fmt.Sprint(before) {

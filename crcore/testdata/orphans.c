@@ -68,6 +68,11 @@
 // opens /dev/zero and B /dev/null, each in its table. Logs "dropped A B
 // C" and "ready"; B and C count ("B count N", "C count N").
 //
+// zombieleader: an orphan of a session whose leader is a zombie. The
+// root forks X, X forks L, which starts a session, forks K, which forks
+// M and exits; L reaps K and exits, a zombie X leaves unreaped. M goes
+// to the root and logs "zombieleader M L", then counts ("M count N").
+//
 // moved: as unflagged, but X is the subreaper M goes to, and once X has
 // dropped its flag L's parent P exits: L goes to the root, and M's
 // parent X is no ancestor of its session's leader L any more. Logs
@@ -151,6 +156,31 @@ static int k_main(void *arg) {
 	if (clone(m_main, stack + sizeof stack, CLONE_FILES | SIGCHLD, NULL) < 0)
 		_exit(1);
 	_exit(0);
+}
+
+static void zombie_leader(void) {
+	if (fork() == 0) { // X
+		signal(SIGCHLD, SIG_DFL);
+		if (fork() == 0) { // L
+			setsid();
+			pid_t k = fork();
+			if (k == 0) {
+				if (fork() == 0) { // M
+					while (getppid() != root_pid)
+						nap();
+					dprintf(logfd, "zombieleader %d %d\n", getpid(), getsid(0));
+					count("M");
+				}
+				_exit(0);
+			}
+			waitpid(k, NULL, 0);
+			_exit(0);
+		}
+		for (;;)
+			nap();
+	}
+	for (;;)
+		nap();
 }
 
 static int gone_l_main(void *arg) {
@@ -246,6 +276,8 @@ static void shapes(const char *mode) {
 		for (;;)
 			nap();
 	}
+	if (!strcmp(mode, "zombieleader"))
+		zombie_leader();
 	if (!strcmp(mode, "dropped")) {
 		int ready[2];
 		if (pipe(ready) < 0)
