@@ -21,12 +21,13 @@ import (
 )
 
 // shapeScript returns a random script for shapefuzz.c: up to ten
-// processes forked, cloned as siblings or sharing the fd table, moving
-// to sessions and groups of their own or joining groups, exiting (their
-// orphans going up to a subreaper), reaping, toggling the subreaper
-// flag, and unsharing or changing their fd tables. The root is always a
-// subreaper, so that no orphan leaves the tree, and leads a session of
-// its own or stays in the test's.
+// processes forked, cloned as siblings or sharing the fd table or fs
+// info, moving to sessions and groups of their own or joining groups,
+// exiting (their orphans going up to a subreaper), reaping, toggling
+// the subreaper flag, unsharing their fd tables or fs info, and
+// changing the tables. The root is always a subreaper, so that no
+// orphan leaves the tree, and leads a session of its own or stays in
+// the test's.
 func shapeScript(rng *rand.Rand) string {
 	ops := []string{"U0,1"}
 	if rng.Intn(2) == 0 {
@@ -37,9 +38,9 @@ func shapeScript(rng *rand.Rand) string {
 		a := alive[rng.Intn(len(alive))]
 		switch k := rng.Intn(12); {
 		case k < 4 && next < 10:
-			kind := "FFC"[rng.Intn(3)]
+			kind := "FFCK"[rng.Intn(4)]
 			if a != 0 && rng.Intn(4) == 0 {
-				kind = 'P' // a sibling of the root would leave the tree
+				kind = "PH"[rng.Intn(2)] // a sibling of the root would leave the tree
 			}
 			ops = append(ops, fmt.Sprintf("%c%d,%d", kind, a, next))
 			alive = append(alive, next)
@@ -63,7 +64,7 @@ func shapeScript(rng *rand.Rand) string {
 		case k == 9 && a != 0:
 			ops = append(ops, fmt.Sprintf("U%d,%d", a, rng.Intn(2)))
 		case k == 10:
-			ops = append(ops, fmt.Sprintf("D%d", a))
+			ops = append(ops, fmt.Sprintf("%c%d", "DE"[rng.Intn(2)], a))
 		case k == 11:
 			ops = append(ops, fmt.Sprintf("O%d", a))
 		}

@@ -9,6 +9,8 @@
 //	Fa,b   a forks b
 //	Pa,b   a clones b with CLONE_PARENT (b is a's sibling)
 //	Ca,b   a clones b with CLONE_FILES
+//	Ka,b   a clones b with CLONE_FS
+//	Ha,b   a clones b with CLONE_PARENT and CLONE_FILES
 //	Sa     a calls setsid
 //	Ga     a calls setpgid(0, 0)
 //	Ja,b   a joins b's process group (setpgid(0, getpgid(b)))
@@ -16,6 +18,7 @@
 //	Ra     a reaps its exited children
 //	Ua,v   a sets its child subreaper flag to v
 //	Da     a unshares its fd table
+//	Ea     a unshares its fs info
 //	Oa     a opens /dev/null
 //
 // Failed calls are ignored: the shape is what the kernel made. The
@@ -88,6 +91,15 @@ static void run(struct op *o) {
 		break;
 	case 'C':
 		spawn(CLONE_FILES, o->b);
+		break;
+	case 'K':
+		spawn(CLONE_FS, o->b);
+		break;
+	case 'H':
+		spawn(CLONE_PARENT | CLONE_FILES, o->b);
+		break;
+	case 'E':
+		unshare(CLONE_FS);
 		break;
 	case 'S':
 		setsid();
