@@ -67,6 +67,22 @@ static void nap(long ns) {
 		;
 }
 
+// dead says whether pid is a zombie or gone.
+static int dead(pid_t pid) {
+	char path[64], buf[256];
+	snprintf(path, sizeof path, "/proc/%d/stat", pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 1;
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return 1;
+	buf[n] = 0;
+	char *r = strrchr(buf, ')');
+	return r && (r[2] == 'Z' || r[2] == 'X');
+}
+
 static void born(int id) {
 	me = id;
 	sh->pid[id] = getpid();
@@ -164,7 +180,12 @@ int main(int argc, char **argv) {
 			sh->pc = pc + 1;
 	}
 	if (me == 0) {
-		nap(50 * 1000 * 1000); // the last exits reparent their orphans
+		// The processes that exited are dead (a zombie or reaped),
+		// their orphans reparented, before the shape is told.
+		for (int i = 1; i < MAXP; i++) {
+			while (sh->pid[i] && !sh->alive[i] && !dead(sh->pid[i]))
+				nap(1000 * 1000);
+		}
 		for (int i = 0; i < MAXP; i++)
 			if (sh->alive[i])
 				dprintf(logfd, "pid %d %d\n", i, sh->pid[i]);
