@@ -165,14 +165,13 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 	for _, pid := range rs.shape.order[p.ti.pid] {
 		kids = append(kids, rs.s.tasks[pid])
 	}
-	if len(kids) > 0 && !p.memReady {
+	if len(kids) > 0 {
 		// The children inherit p's memory (inherit.go): all of it,
 		// whoever they are cloned from, since the sibling or helper
 		// they may be cloned from holds p's memory unchanged.
-		if err := rs.waitFill(p); err != nil {
-			return nil, fmt.Errorf("pid %d: %w", p.ti.pid, err)
+		if err := rs.memoryReady(p); err != nil {
+			return nil, err
 		}
-		p.memReady = true
 	}
 	early := -1
 	if p.setsidLater {
@@ -311,6 +310,19 @@ func (rs *restorer) cloneBorrowers(a, b *rtask) error {
 	return nil
 }
 
+// memoryReady waits until t's pages are all in place, for a task to be
+// cloned with its memory.
+func (rs *restorer) memoryReady(t *rtask) error {
+	if t.memReady {
+		return nil
+	}
+	if err := rs.waitFill(t); err != nil {
+		return fmt.Errorf("pid %d: %w", t.ti.pid, err)
+	}
+	t.memReady = true
+	return nil
+}
+
 // bornIn returns the session the image's task ti is born in: its own,
 // but for a leader born in another (checkShape's pre), which it calls
 // setsid from once it has cloned its children of that one.
@@ -420,11 +432,8 @@ func (rs *restorer) adoptOrphans(src, memSrc *rtask, sid int) ([]*rtask, error) 
 		return nil, nil
 	}
 	delete(rs.sess.orphans, sid)
-	if !memSrc.memReady {
-		if err := rs.waitFill(memSrc); err != nil {
-			return nil, fmt.Errorf("pid %d: %w", memSrc.ti.pid, err)
-		}
-		memSrc.memReady = true
+	if err := rs.memoryReady(memSrc); err != nil {
+		return nil, err
 	}
 	var out []*rtask
 	for _, o := range orphans {
@@ -459,11 +468,8 @@ func (rs *restorer) bearUnder(host *rtask) ([]*rtask, error) {
 		return nil, nil
 	}
 	delete(rs.sess.births, host.ti.pid)
-	if !host.memReady {
-		if err := rs.waitFill(host); err != nil {
-			return nil, fmt.Errorf("pid %d: %w", host.ti.pid, err)
-		}
-		host.memReady = true
+	if err := rs.memoryReady(host); err != nil {
+		return nil, err
 	}
 	var out []*rtask
 	for _, o := range born {

@@ -109,6 +109,18 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int, outside outsid
 	}
 }
 
+// deepest returns the deepest of ts's parents, the one the others are
+// ancestors of when they are on one line of descent.
+func (sh *shapeTree) deepest(ts []*shapeTask) int {
+	deep := ts[0].ppid
+	for _, t := range ts[1:] {
+		if sh.within(deep, t.ppid) {
+			deep = t.ppid
+		}
+	}
+	return deep
+}
+
 // within says whether a is b or one of its ancestors.
 func (sh *shapeTree) within(a, b int) bool {
 	for n := 0; n <= len(sh.tasks); n++ {
@@ -291,12 +303,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 			// the deepest parent of the outer members (sessions.go),
 			// which must be on one line below its own parent, and
 			// the members are orphaned from it.
-			deep := outer[0].ppid
-			for _, t := range outer[1:] {
-				if within(deep, t.ppid) {
-					deep = t.ppid
-				}
-			}
+			deep := sh.deepest(outer)
 			for _, t := range outer {
 				if !within(t.ppid, deep) || !within(leader.ppid, deep) || within(sid, deep) {
 					return nil, 0, fmt.Errorf("pid %d is in session %d, but its parent %d is not in it and is not an ancestor of the session's leader %d: a task is born in its cloner's session as the cloner's child or sibling, and an orphan goes only up to an ancestor (subreaper or init) of its parent, so %d was reparented away from under %d, and crhook rebuilds that only when the parents of the session's members outside it are on one line of descent below %d's parent: %w",
@@ -322,12 +329,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 			// one line of descent are beyond one helper: the helper's
 			// session tasks reach only its parent and that parent's
 			// ancestors.
-			deep := outer[0].ppid
-			for _, t := range outer[1:] {
-				if within(deep, t.ppid) {
-					deep = t.ppid
-				}
-			}
+			deep := sh.deepest(outer)
 			for _, t := range outer {
 				if !within(t.ppid, deep) {
 					return nil, sid, fmt.Errorf("session %d, whose leader has exited, has members under parents %d (pid %d) and %d that are not on one line of descent: its members were born from the leader or from each other, as children or CLONE_PARENT siblings, and were reparented only to ancestors, so one of these parents left the session (setsid) after cloning its member, and crhook finds no order of setsid calls that rebuilds it: %w",
@@ -406,12 +408,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 			if len(heads) < 2 {
 				continue
 			}
-			deep := heads[0].ppid
-			for _, t := range heads[1:] {
-				if within(deep, t.ppid) {
-					deep = t.ppid
-				}
-			}
+			deep := sh.deepest(heads)
 			for _, t := range heads {
 				if t.ppid == deep {
 					continue

@@ -105,6 +105,12 @@ static void on_usr2(int sig) { (void)sig; usr2 = 1; }
 
 static void nap(void);
 
+// idle naps for ever.
+static void idle(void) {
+	for (;;)
+		nap();
+}
+
 static void count(const char *who) {
 	for (unsigned long n = 1;; n++) {
 		dprintf(logfd, "%s count %lu\n", who, n);
@@ -134,8 +140,7 @@ static void leader(pid_t reaper) {
 		_exit(0);
 	}
 	waitpid(k, NULL, 0);
-	for (;;)
-		nap();
+	idle();
 }
 
 // shapes runs the modes split, unflagged and moved in the root.
@@ -176,11 +181,9 @@ static void zombie_leader(void) {
 			waitpid(k, NULL, 0);
 			_exit(0);
 		}
-		for (;;)
-			nap();
+		idle();
 	}
-	for (;;)
-		nap();
+	idle();
 }
 
 static int gone_l_main(void *arg) {
@@ -254,8 +257,7 @@ static void shapes(const char *mode) {
 		if (read(ready[0], &b, 1) != 1)
 			_exit(1);
 		dprintf(logfd, "ready\n");
-		for (;;)
-			nap();
+		idle();
 	}
 	if (!strcmp(mode, "sharedorphan") || !strcmp(mode, "sharedcousin")) {
 		if (fork() == 0) { // X
@@ -267,14 +269,11 @@ static void shapes(const char *mode) {
 				if (k < 0 || waitpid(k, NULL, 0) != k)
 					_exit(1);
 				dprintf(logfd, "ready\n");
-				for (;;)
-					nap();
+				idle();
 			}
-			for (;;)
-				nap();
+			idle();
 		}
-		for (;;)
-			nap();
+		idle();
 	}
 	if (!strcmp(mode, "zombieleader"))
 		zombie_leader();
@@ -290,11 +289,9 @@ static void shapes(const char *mode) {
 			if (read(ready[0], &b, 1) != 1 || open("/dev/zero", O_RDONLY) < 0)
 				_exit(1);
 			dprintf(logfd, "ready\n");
-			for (;;)
-				nap();
+			idle();
 		}
-		for (;;)
-			nap();
+		idle();
 	}
 	if (!strcmp(mode, "gonefiles")) {
 		if (fork() == 0) { // P
@@ -304,11 +301,9 @@ static void shapes(const char *mode) {
 			if (l < 0 || waitpid(l, NULL, 0) != l)
 				_exit(1);
 			dprintf(logfd, "ready\n");
-			for (;;)
-				nap();
+			idle();
 		}
-		for (;;)
-			nap();
+		idle();
 	}
 	if (!strcmp(mode, "gonepre")) {
 		int ready[2];
@@ -349,8 +344,7 @@ static void shapes(const char *mode) {
 		if (read(ready[0], &b, 1) != 1 || waitpid(l, NULL, 0) != l)
 			_exit(1);
 		dprintf(logfd, "ready\n");
-		for (;;)
-			nap();
+		idle();
 	}
 	if (!strcmp(mode, "presetsid")) {
 		int ready[2];
@@ -376,8 +370,7 @@ static void shapes(const char *mode) {
 		if (read(ready[0], &b, 1) < 0)
 			_exit(1);
 		dprintf(logfd, "ready\n");
-		for (;;)
-			nap();
+		idle();
 	}
 	if (!strcmp(mode, "split")) {
 		pid_t p = fork();
@@ -398,17 +391,14 @@ static void shapes(const char *mode) {
 			}
 			waitpid(l, NULL, 0);
 			dprintf(logfd, "ready\n");
-			for (;;)
-				nap();
+			idle();
 		}
-		for (;;)
-			nap();
+		idle();
 	}
 	int moved = !strcmp(mode, "moved");
 	pid_t g = fork();
 	if (g != 0)
-		for (;;)
-			nap();
+		idle();
 	// G
 	signal(SIGCHLD, SIG_DFL);
 	sigaction(SIGUSR1, &sa, NULL);
@@ -420,8 +410,7 @@ static void shapes(const char *mode) {
 	if (x == 0) { // X of unflagged
 		if (fork() == 0)
 			leader(me);
-		for (;;)
-			nap();
+		idle();
 	}
 	pid_t p = 0;
 	if (moved) {
@@ -429,8 +418,7 @@ static void shapes(const char *mode) {
 		if (p == 0) {
 			if (fork() == 0)
 				leader(me);
-			for (;;)
-				nap();
+			idle();
 		}
 	}
 	while (!usr1)
@@ -495,21 +483,17 @@ int main(int argc, char **argv) {
 				if (k == 0) {
 					if (fork() == 0) { // M
 						dprintf(logfd, "M started %d\n", getpid());
-						for (;;)
-							nap();
+						idle();
 					}
 					_exit(0);
 				}
 				waitpid(k, NULL, 0);
 				dprintf(logfd, "ready\n");
-				for (;;)
-					nap();
+				idle();
 			}
-			for (;;)
-				nap();
+			idle();
 		}
-		for (;;)
-			nap();
+		idle();
 	}
 	pid_t a = fork();
 	if (a == 0) {
