@@ -92,21 +92,38 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int, outside outsid
 	// by leaders cloned from its helper; that is tried only for the
 	// sessions whose members cannot be reached otherwise (it moves
 	// the helper up to their parent).
-	viaHelper := map[int]bool{}
+	// A leader may also stay in the session it is born in until its
+	// siblings there that share an object with it have been cloned
+	// from it; that is tried only for the leaders that cannot be
+	// cloned otherwise, or whose siblings cannot.
+	viaHelper, forSiblings := map[int]bool{}, map[int]int{}
 	var first error
 	for {
-		plan, retry, err := sh.plan(sh.preSessions(viaHelper))
+		plan, retry, err := sh.plan(sh.preSessions(viaHelper, forSiblings))
 		if err == nil {
 			return plan, nil
 		}
 		if first == nil {
 			first = err
 		}
-		if retry == 0 || viaHelper[retry] {
+		switch {
+		case retry.viaHelper != 0 && !viaHelper[retry.viaHelper]:
+			viaHelper[retry.viaHelper] = true
+		case retry.leader != 0 && forSiblings[retry.leader] == 0:
+			forSiblings[retry.leader] = retry.session
+		default:
 			return nil, first
 		}
-		viaHelper[retry] = true
 	}
+}
+
+// shapeRetry is what plan suggests when it fails: a session whose leader
+// has exited that leaders might enter before their setsid (viaHelper),
+// or a leader that might stay in a session until its siblings there are
+// cloned from it.
+type shapeRetry struct {
+	viaHelper       int
+	leader, session int
 }
 
 // deepest returns the deepest of ts's parents, the one the others are
@@ -172,8 +189,10 @@ func (sh *shapeTree) needsOf(pid int) []int {
 // of viaHelper, whose leader has exited, that session's helper (cloned
 // from the parent, the leader from it with CLONE_PARENT). A leader with
 // a sibling in its own session gets none: that sibling is cloned from
-// it (CLONE_PARENT), after its setsid, before its own children.
-func (sh *shapeTree) preSessions(viaHelper map[int]bool) map[int]int {
+// it (CLONE_PARENT), after its setsid, before its own children. A
+// leader of forSiblings is born in the session given there, for siblings
+// of it in that session to be cloned from it.
+func (sh *shapeTree) preSessions(viaHelper map[int]bool, forSiblings map[int]int) map[int]int {
 	pre := map[int]int{}
 	if r := sh.tasks[sh.root]; r.sid == sh.root && sh.outside.sid != 0 {
 		// A root that left the session it was started in after
@@ -206,6 +225,9 @@ func (sh *shapeTree) preSessions(viaHelper map[int]bool) map[int]int {
 					break
 				}
 			}
+			if s := forSiblings[pid]; pre[pid] == 0 && s != 0 && (s == sh.tasks[pp].sid || s == pre[pp]) {
+				pre[pid] = s
+			}
 		}
 	}
 	return pre
@@ -214,7 +236,7 @@ func (sh *shapeTree) preSessions(viaHelper map[int]bool) map[int]int {
 // plan checks the sessions and the sharing, with the leaders born in
 // other sessions of pre. retry names a session whose leader has exited
 // and that a leader entering it before its setsid might make good.
-func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err error) {
+func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, err error) {
 	tasks := sh.tasks
 	within := sh.within
 	rootSid := tasks[sh.root].sid
@@ -287,7 +309,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 			}
 			if far != nil && leader.zombie {
 				// A zombie is cloned where it stays, and dies.
-				return nil, 0, fmt.Errorf("pid %d is in session %d, whose leader is a zombie, but its parent %d is no ancestor of the leader: the leader was reparented away from under it, and crhook rebuilds that only for a live leader: %w",
+				return nil, shapeRetry{}, fmt.Errorf("pid %d is in session %d, whose leader is a zombie, but its parent %d is no ancestor of the leader: the leader was reparented away from under it, and crhook rebuilds that only for a live leader: %w",
 					far.pid, sid, far.ppid, ErrNotSupported)
 			}
 			if far == nil {
@@ -306,7 +328,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 			deep := sh.deepest(outer)
 			for _, t := range outer {
 				if !within(t.ppid, deep) || !within(leader.ppid, deep) || within(sid, deep) {
-					return nil, 0, fmt.Errorf("pid %d is in session %d, but its parent %d is not in it and is not an ancestor of the session's leader %d: a task is born in its cloner's session as the cloner's child or sibling, and an orphan goes only up to an ancestor (subreaper or init) of its parent, so %d was reparented away from under %d, and crhook rebuilds that only when the parents of the session's members outside it are on one line of descent below %d's parent: %w",
+					return nil, shapeRetry{}, fmt.Errorf("pid %d is in session %d, but its parent %d is not in it and is not an ancestor of the session's leader %d: a task is born in its cloner's session as the cloner's child or sibling, and an orphan goes only up to an ancestor (subreaper or init) of its parent, so %d was reparented away from under %d, and crhook rebuilds that only when the parents of the session's members outside it are on one line of descent below %d's parent: %w",
 						far.pid, sid, far.ppid, sid, sid, far.ppid, sid, ErrNotSupported)
 				}
 				deferred[t.pid] = sid
@@ -318,7 +340,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 			// whose parent is not in it was born before its parent (or
 			// an ancestor) left the session with setsid.
 			t := outer[0]
-			return nil, 0, fmt.Errorf("pid %d is in session %d, the root's from outside the tree, but its parent %d is not: it was born before an ancestor left the session (setsid), and crhook rebuilds that only when each task on its line down from the session was born in it, the line's leaders calling setsid after: %w",
+			return nil, shapeRetry{}, fmt.Errorf("pid %d is in session %d, the root's from outside the tree, but its parent %d is not: it was born before an ancestor left the session (setsid), and crhook rebuilds that only when each task on its line down from the session was born in it, the line's leaders calling setsid after: %w",
 				t.pid, sid, t.ppid, ErrNotSupported)
 		default:
 			// The leader has exited: a helper with its pid, cloned from
@@ -332,7 +354,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 			deep := sh.deepest(outer)
 			for _, t := range outer {
 				if !within(t.ppid, deep) {
-					return nil, sid, fmt.Errorf("session %d, whose leader has exited, has members under parents %d (pid %d) and %d that are not on one line of descent: its members were born from the leader or from each other, as children or CLONE_PARENT siblings, and were reparented only to ancestors, so one of these parents left the session (setsid) after cloning its member, and crhook finds no order of setsid calls that rebuilds it: %w",
+					return nil, shapeRetry{viaHelper: sid}, fmt.Errorf("session %d, whose leader has exited, has members under parents %d (pid %d) and %d that are not on one line of descent: its members were born from the leader or from each other, as children or CLONE_PARENT siblings, and were reparented only to ancestors, so one of these parents left the session (setsid) after cloning its member, and crhook finds no order of setsid calls that rebuilds it: %w",
 						sid, t.ppid, t.pid, deep, ErrNotSupported)
 				}
 				if t.ppid != deep {
@@ -344,7 +366,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 	}
 	for _, pid := range sh.pids {
 		if _, orphan := deferred[pid]; orphan && pre[pid] != 0 {
-			return nil, pre[pid], fmt.Errorf("pid %d leads a session but has children in session %d, so it is born in that session and calls setsid after them; it would be rebuilt as an orphan there, under %d, which crhook does not do: %w",
+			return nil, shapeRetry{viaHelper: pre[pid]}, fmt.Errorf("pid %d leads a session but has children in session %d, so it is born in that session and calls setsid after them; it would be rebuilt as an orphan there, under %d, which crhook does not do: %w",
 				pid, pre[pid], tasks[pid].ppid, ErrNotSupported)
 		}
 	}
@@ -393,7 +415,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 					if s := tasks[src]; s != nil && !s.zombie && holdsAll(s, t) {
 						continue // passed on by the spare it is cloned from
 					}
-					return nil, 0, fmt.Errorf("pid %d shares %s with pid %d, but is rebuilt as an orphan of %d (cloned from a spare helper of task %d, then reparented), and %d does not hold all it shares: %w",
+					return nil, shapeRetry{}, fmt.Errorf("pid %d shares %s with pid %d, but is rebuilt as an orphan of %d (cloned from a spare helper of task %d, then reparented), and %d does not hold all it shares: %w",
 						t.pid, k.what, otherThan(g, t).pid, t.ppid, src, src, ErrNotSupported)
 				}
 				if p, ok := tasks[t.ppid]; ok && !p.zombie && k.id(p) == k.id(t) {
@@ -419,7 +441,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 					if o == t {
 						o = heads[1]
 					}
-					return nil, 0, fmt.Errorf("pids %d and %d share %s, but they are not siblings (parents %d and %d) and neither's parent holds it: clone shares it only with the new task, the cloner's child or (CLONE_PARENT) sibling, so one got its parent by a reparenting or through a holder that has dropped it since (unshare, exec, exit), and crhook rebuilds only a task reparented to an ancestor of another holder in its session, and a task whose parent dropped what it shares with its grandparent: %w",
+					return nil, shapeRetry{}, fmt.Errorf("pids %d and %d share %s, but they are not siblings (parents %d and %d) and neither's parent holds it: clone shares it only with the new task, the cloner's child or (CLONE_PARENT) sibling, so one got its parent by a reparenting or through a holder that has dropped it since (unshare, exec, exit), and crhook rebuilds only a task reparented to an ancestor of another holder in its session, and a task whose parent dropped what it shares with its grandparent: %w",
 						o.pid, t.pid, k.what, o.ppid, t.ppid, ErrNotSupported)
 				}
 				deferred[t.pid] = host.pid
@@ -433,7 +455,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 	// made an orphan after the choice breaks it.
 	for _, pid := range sh.pids {
 		if _, orphan := deferred[tasks[pid].ppid]; orphan && plan.borrowed[pid] {
-			return nil, 0, fmt.Errorf("pid %d shares an object with its grandparent that its parent %d dropped, so %d is cloned sharing it too, but %d is itself rebuilt away from its parent: %w",
+			return nil, shapeRetry{}, fmt.Errorf("pid %d shares an object with its grandparent that its parent %d dropped, so %d is cloned sharing it too, but %d is itself rebuilt away from its parent: %w",
 				pid, tasks[pid].ppid, tasks[pid].ppid, tasks[pid].ppid, ErrNotSupported)
 		}
 		if host, ok := plan.bornUnder[pid]; ok && !placed(host, tasks[pid].ppid) {
@@ -441,16 +463,16 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry int, err erro
 			if hosted[pid] {
 				what = "shares an object only with tasks on another branch"
 			}
-			return nil, 0, fmt.Errorf("pid %d %s, so it is born under %d and reparented up to %d, but a task on that line is itself rebuilt away from its parent: %w",
+			return nil, shapeRetry{}, fmt.Errorf("pid %d %s, so it is born under %d and reparented up to %d, but a task on that line is itself rebuilt away from its parent: %w",
 				pid, what, host, tasks[pid].ppid, ErrNotSupported)
 		}
 	}
 	for _, pid := range sh.pids {
-		if err := sh.cloneOrder(plan, pid, born, deferred); err != nil {
-			return nil, 0, err
+		if retry, err := sh.cloneOrder(plan, pid, born, deferred); err != nil {
+			return nil, retry, err
 		}
 	}
-	return plan, 0, nil
+	return plan, shapeRetry{}, nil
 }
 
 // shared returns the clone flags for what c shares with a.
@@ -478,7 +500,7 @@ func shared(a, c *shapeTask) uint64 {
 // with a sibling outside their session (they can be cloned from it and
 // then start their session, where it could not be cloned from them); by
 // pid within each.
-func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) int, deferred map[int]int) error {
+func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) int, deferred map[int]int) (shapeRetry, error) {
 	p := sh.tasks[pid]
 	var kids []*shapeTask
 	for _, k := range sh.kids[pid] {
@@ -487,7 +509,7 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 		}
 	}
 	if len(kids) == 0 {
-		return nil
+		return shapeRetry{}, nil
 	}
 	key := map[*shapeTask]int{}
 	for _, c := range kids {
@@ -496,7 +518,7 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 			key[c] = -1
 		case born(c) != c.pid && born(c) != p.sid || c.sid != c.pid:
 			key[c] = 1
-		default:
+		case plan.pre[c.pid] == 0:
 			for _, k := range kids {
 				if k != c && k.sid != c.sid && shared(k, c)&^shared(p, c) != 0 {
 					key[c] = 2
@@ -544,7 +566,7 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 			ok = ok || shared(k, c) == need && (bs == c.pid || born(k) == bs)
 		}
 		if !ok {
-			return fmt.Errorf("pid %d (session %d) shares %s with its parent %d or a sibling, but no one task it can be cloned from holds all of it in its session: clone shares only the cloner's, and a new task starts in the cloner's session, so it was cloned before a holder left the session (setsid), which crhook does not rebuild: %w",
+			return sh.stayFor(plan, kids, c), fmt.Errorf("pid %d (session %d) shares %s with its parent %d or a sibling, but no one task it can be cloned from holds all of it in its session: clone shares only the cloner's, and a new task starts in the cloner's session, so it was cloned before a holder left the session (setsid), which crhook does not rebuild: %w",
 				c.pid, bs, shareWhat(need), pid, ErrNotSupported)
 		}
 		sibs = append(sibs, c)
@@ -552,7 +574,26 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 			inSession[bs] = c
 		}
 	}
-	return nil
+	return shapeRetry{}, nil
+}
+
+// stayFor suggests, for a child c of no task to be cloned from, a leader
+// among kids that might stay in the session it is born in until the
+// siblings there sharing with it are cloned from it: c itself, when it
+// leads a session and shares with a sibling in its parent's session, or
+// a leader c shares with.
+func (sh *shapeTree) stayFor(plan *shapePlan, kids []*shapeTask, c *shapeTask) shapeRetry {
+	free := func(t *shapeTask) bool { return t.sid == t.pid && !t.zombie && plan.pre[t.pid] == 0 }
+	for _, k := range kids {
+		switch {
+		case k == c || shared(k, c) == 0:
+		case free(c) && k.sid != k.pid:
+			return shapeRetry{leader: c.pid, session: k.sid}
+		case free(k) && c.sid != c.pid:
+			return shapeRetry{leader: k.pid, session: c.sid}
+		}
+	}
+	return shapeRetry{}
 }
 
 func (sh *shapeTree) isTask(pid int) bool {

@@ -160,7 +160,26 @@ func TestRandomShapes(t *testing.T) {
 	for i := range more {
 		seeds = append(seeds, time.Now().UnixNano()+int64(i))
 	}
+	// Scripts that once failed or were refused, as negative seeds:
+	// they must restore.
 	scripts := map[int64]string{}
+	for i, sc := range []string{
+		// a zombie in another group than its parent's
+		"U0,1 G0 F0,1 F1,2 D2 F2,3 G2 U1,1 U1,1 G3 F3,4 F0,5 F2,6 P3,7 F6,8 P6,9 R0 S9 D8 S1 U5,0 R0 J5,9 X9 J8,1 D5 X6 G2",
+		// tasks left in the session and group the root left
+		"U0,1 D0 F0,1 O1 R1 F1,2 S0 J0,1 S1 X2 F0,3 C3,4 R4 J0,0 G0 J1,0 U4,1 X3 F1,5 D5 J4,5 R5 O1 F4,6 R6 F5,7 J0,4 U7,0",
+		// a group whose leader has joined another
+		"U0,1 S0 S0 G0 S0 F0,1 O0 J0,1 S1 D0 F1,2 R0 G0 F2,3 G2 D2 X3 P1,4 F2,5 U1,1 D5 P2,6 F5,7 R6 O7 J2,4 C2,8 R6",
+		// ... that has joined a group from outside
+		"U0,1 C0,1 G1 P1,2 F1,3 J1,0 D2 R1 P3,4 C3,5 F4,6 J4,0 D5 J3,1 S0 R5 F2,7 J5,7 P7,8 D1 G2 D1 J0,6 G7 X4 P7,9 O3 D9",
+		// a leader sharing fs info with its parent and an fd table
+		// with a sibling it cloned before its setsid
+		"U0,1 S0 F0,1 F1,2 K1,3 H3,4 K2,5 S0 K1,6 K6,7 O5 R4 G6 G1 R2 S3 J0,6 S6 U3,1 X7 U6,1 X2 J1,1 O4 U5,0 O6 H6,8 G1",
+		"U0,1 O0 F0,1 K0,2 S2 O2 R1 P2,3 U2,1 G1 K1,4 E0 K2,5 C1,6 J3,5 S2 X2 F1,7 H7,8 H4,9 G0 S4 J4,8 D5 J8,3 R0 G1 D3",
+	} {
+		seeds = append(seeds, int64(-1-i))
+		scripts[int64(-1-i)] = sc
+	}
 	if one := os.Getenv("CRHOOK_SHAPE_SCRIPT"); one != "" {
 		seeds, scripts[0] = []int64{0}, one
 	}
@@ -226,6 +245,9 @@ func TestRandomShapes(t *testing.T) {
 				}
 				refused[why]++
 				t.Logf("script %q: refused: %v", script, err)
+				if seed < 0 {
+					t.Errorf("this tree restored before, and is refused now")
+				}
 				if after := nsIDs(t, p.Pid); fmt.Sprint(after) != fmt.Sprint(before) {
 					t.Errorf("after the refused dump (pid: ppid pgid sid):\n%v\nbefore:\n%v", after, before)
 				}
