@@ -186,8 +186,9 @@ type rtask struct {
 	// holds (a helper's): the task it was cloned from, whose fd table
 	// and fs info it shares and passes on (objectsOf).
 	holds *rtask
-	// borrowers: its children cloned with what it shared with its
-	// parent for a while (cloneBorrowers).
+	// borrowers: its children cloned right after it, before it was
+	// built: with what it shared with its parent for a while
+	// (cloneBorrowers), or before its setsid (cloneEarly).
 	borrowers []*rtask
 }
 
@@ -438,6 +439,11 @@ func (rs *restorer) create(t *rtask) error {
 			return fmt.Errorf("pid %d: %w", pid, err)
 		}
 		rs.outsidePgid = int(g)
+		// A group of the tree the root joined, whose leader has
+		// exited, gets its helper from the root.
+		if err := rs.groupHelper(t); err != nil {
+			return err
+		}
 	}
 	if int(t.ti.ps.GetSid()) == pid && t.parent == nil {
 		// A child enters its session as it is cloned; the root

@@ -150,7 +150,13 @@ func (rs *restorer) fromOutside(id int) bool {
 		return false
 	}
 	root := rs.s.tasks[int(rs.s.tree[0].GetPid())]
-	return id == int(root.ps.GetSid()) || id == int(root.ps.GetPgid()) || rs.s.outside().has(id)
+	out, known := rs.s.outside()
+	if known {
+		// The root's group may be one of the tree's, led by a
+		// task that has exited: the root joined it.
+		return id == int(root.ps.GetSid()) || out.has(id)
+	}
+	return id == int(root.ps.GetSid()) || id == int(root.ps.GetPgid())
 }
 
 // cloneChildren creates the children of p, each in its session, with the
@@ -178,7 +184,10 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 		early = rs.shape.pre[p.ti.pid]
 	}
 	inSession := map[int]*rtask{} // sid -> a task cloned here that is in it
-	var out, sibs []*rtask
+	// The children cloned already, right after p (cloneBorrowers,
+	// cloneEarly), are siblings to clone from too.
+	var out []*rtask
+	sibs := append([]*rtask(nil), p.borrowers...)
 	for _, c := range kids {
 		if host, ok := rs.shape.bornUnder[c.pid]; ok {
 			if rs.sess.births == nil {
@@ -233,13 +242,16 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 				return nil, err
 			}
 		}
-		if inSession[sid] == nil {
+		if inSession[sid] == nil && !rs.shape.earlySetsid[c.pid] {
 			inSession[sid] = child
 		}
 		if err := rs.groupHelper(child); err != nil {
 			return nil, err
 		}
 		if err := rs.cloneBorrowers(p, child); err != nil {
+			return nil, err
+		}
+		if err := rs.cloneEarly(child, inSession); err != nil {
 			return nil, err
 		}
 		out = append(out, child)
@@ -252,6 +264,62 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 		p.setsidLater = false
 	}
 	return append(p.borrowers, out...), nil
+}
+
+// cloneEarly creates, when c, just cloned from its parent p, leads a
+// session with a sibling in it but was born in another, its children of
+// that other session (checkShape's early), and then has c call setsid:
+// the sibling is cloned from c after that, before c's own turn comes.
+// The children are cloned from c, or from one of them (CLONE_PARENT)
+// holding what they share, and have the memory c was cloned with: c is
+// not built yet.
+func (rs *restorer) cloneEarly(c *rtask, inSession map[int]*rtask) error {
+	if !rs.shape.earlySetsid[c.ti.pid] {
+		return nil
+	}
+	early := rs.shape.early[c.ti.pid]
+	var made []*rtask
+	for _, pid := range early {
+		e := rs.s.tasks[pid]
+		need := sharedWith(c.ti, e)
+		for _, k := range made {
+			need |= sharedWith(k.ti, e)
+		}
+		src := c
+		for _, k := range made {
+			if sharedWith(src.ti, e) != need && sharedWith(k.ti, e) == need {
+				src = k
+			}
+		}
+		flags, sig := sharedWith(src.ti, e), uint64(unix.SIGCHLD)
+		if src != c {
+			flags, sig = flags|unix.CLONE_PARENT, 0
+		}
+		ct, hostPid, err := rs.clone(src, pid, flags, sig)
+		if err != nil {
+			return fmt.Errorf("pid %d: create child %d: %w", c.ti.pid, pid, err)
+		}
+		child := &rtask{ti: e, hostPid: hostPid, t: ct, parent: c, memSrc: unbuiltMemory(c)}
+		child.r = src.r.forTask(ct)
+		child.table = maps.Clone(src.table)
+		if flags&unix.CLONE_FILES != 0 {
+			child.filesSrc = src // src's fds are restored after
+		}
+		if rs.bornIn(e) != int(e.ps.GetSid()) {
+			child.setsidLater = true
+		}
+		if err := rs.groupHelper(child); err != nil {
+			return err
+		}
+		made = append(made, child)
+	}
+	c.borrowers = append(c.borrowers, made...)
+	if err := enterSession(c); err != nil {
+		return err
+	}
+	c.setsidLater = false
+	inSession[c.ti.pid] = c
+	return nil
 }
 
 // borrows returns the clone flags of what the image's task b, a child of
@@ -288,7 +356,7 @@ func (rs *restorer) cloneBorrowers(a, b *rtask) error {
 		if err != nil {
 			return fmt.Errorf("pid %d: create child %d: %w", b.ti.pid, pid, err)
 		}
-		child := &rtask{ti: c, hostPid: hostPid, t: ct, parent: b, memSrc: a}
+		child := &rtask{ti: c, hostPid: hostPid, t: ct, parent: b, memSrc: unbuiltMemory(b)}
 		child.r = b.r.forTask(ct)
 		child.table = maps.Clone(a.table)
 		if sharedWith(b.ti, c)&unix.CLONE_FILES != 0 {
@@ -323,6 +391,16 @@ func (rs *restorer) memoryReady(t *rtask) error {
 	return nil
 }
 
+// sessionNow returns the session the image's task ti is in while its
+// later siblings are cloned: the one it is born in, or its own for a
+// leader that calls setsid right after its early children.
+func (rs *restorer) sessionNow(ti *taskImage) int {
+	if rs.shape.earlySetsid[ti.pid] {
+		return ti.pid
+	}
+	return rs.bornIn(ti)
+}
+
 // bornIn returns the session the image's task ti is born in: its own,
 // but for a leader born in another (checkShape's pre), which it calls
 // setsid from once it has cloned its children of that one.
@@ -352,7 +430,7 @@ func (rs *restorer) shareSource(p *rtask, c *taskImage, src *rtask, sibs []*rtas
 	}
 	sid := rs.bornIn(c)
 	for _, k := range sibs {
-		if sharedWith(k.ti, c) == need && (sid == c.pid || rs.bornIn(k.ti) == sid) {
+		if sharedWith(k.ti, c) == need && (sid == c.pid || rs.sessionNow(k.ti) == sid) {
 			return k, nil
 		}
 	}
@@ -511,6 +589,15 @@ func (rs *restorer) cloneOrphan(h *rtask, o deferredOrphan, memSrc *rtask) (*rta
 	return c, nil
 }
 
+// unbuiltMemory returns the task whose memory t, cloned and not built
+// yet, holds: its parent's, or the one it was cloned with.
+func unbuiltMemory(t *rtask) *rtask {
+	if t.memSrc != nil {
+		return t.memSrc
+	}
+	return t.parent
+}
+
 // objectsOf returns the task whose fd table and fs info t holds: t, or
 // for a helper the task it shares them with.
 func objectsOf(t *rtask) *rtask {
@@ -546,13 +633,18 @@ func (rs *restorer) spareHelper(t *rtask, sid int) (*rtask, error) {
 }
 
 // groupHelper creates, when t's process group's leader has exited, a
-// helper with the group's pid in t's session that starts the group.
+// helper with the group's pid in t's session that starts the group (a
+// zombie's too: it joins its group before it dies).
 func (rs *restorer) groupHelper(t *rtask) error {
 	pgid := int(t.ti.ps.GetPgid())
-	if t.ti.zombie() || pgid == t.ti.pid || !rs.needsHelper(pgid) || rs.sess.byPid[pgid] != nil {
+	if pgid == t.ti.pid || !rs.needsHelper(pgid) || rs.sess.byPid[pgid] != nil {
 		return nil
 	}
-	h, err := rs.newHelper(t, t.parent, pgid)
+	parent := t.parent
+	if parent == nil {
+		parent = t // the root: the helper is its child
+	}
+	h, err := rs.newHelper(t, parent, pgid)
 	if err != nil {
 		return err
 	}
@@ -576,7 +668,9 @@ func (rs *restorer) cloneFrom(src, p *rtask, c *taskImage) (*rtask, error) {
 	if err != nil {
 		return nil, err
 	}
-	child := &rtask{ti: c, hostPid: hostPid, t: t, parent: p}
+	// src, a sibling or a helper, is not built: it has p's memory,
+	// or the memory it was cloned with.
+	child := &rtask{ti: c, hostPid: hostPid, t: t, parent: p, memSrc: src.memSrc}
 	child.r = src.r.forTask(t)
 	child.table = maps.Clone(objectsOf(src).table)
 	if share&unix.CLONE_FILES != 0 {

@@ -50,6 +50,16 @@ type shapePlan struct {
 	// order: for each task, its children to be cloned by it, in the
 	// order cloneChildren clones them (cloneOrder).
 	order map[int][]int
+	// early: for each leader born in another session that has a
+	// sibling in its own, its children of the session it is born in,
+	// in order: its parent's cloneChildren clones them from it right
+	// after it, before it calls setsid and its siblings are cloned
+	// from it (cloneEarly).
+	early map[int][]int
+	// earlySetsid: the leaders born in another session that have a
+	// sibling in their own: they call setsid right after their early
+	// children, in their parent's cloneChildren.
+	earlySetsid map[int]bool
 }
 
 // shareKind is one kind of object tasks share: its name and its id.
@@ -188,10 +198,10 @@ func (sh *shapeTree) needsOf(pid int) []int {
 // parent's own, or the one the parent is born in), or, for the sessions
 // of viaHelper, whose leader has exited, that session's helper (cloned
 // from the parent, the leader from it with CLONE_PARENT). A leader with
-// a sibling in its own session gets none: that sibling is cloned from
-// it (CLONE_PARENT), after its setsid, before its own children. A
-// leader of forSiblings is born in the session given there, for siblings
-// of it in that session to be cloned from it.
+// a sibling in its own session (cloned from it with CLONE_PARENT, after
+// its setsid) clones those children at once, and calls setsid then
+// (plan.early). A leader of forSiblings is born in the session given
+// there, for siblings of it in that session to be cloned from it.
 func (sh *shapeTree) preSessions(viaHelper map[int]bool, forSiblings map[int]int) map[int]int {
 	pre := map[int]int{}
 	if r := sh.tasks[sh.root]; r.sid == sh.root && sh.outside.sid != 0 {
@@ -210,13 +220,6 @@ func (sh *shapeTree) preSessions(viaHelper map[int]bool, forSiblings map[int]int
 		for _, pid := range sh.kids[pp] {
 			t := sh.tasks[pid]
 			if t.sid != pid || t.zombie {
-				continue
-			}
-			sibling := false
-			for _, k := range sh.kids[pp] {
-				sibling = sibling || (k != pid && sh.tasks[k].sid == pid)
-			}
-			if sibling {
 				continue
 			}
 			for _, s := range sh.needsOf(pid) {
@@ -240,7 +243,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 	tasks := sh.tasks
 	within := sh.within
 	rootSid := tasks[sh.root].sid
-	plan = &shapePlan{helperParent: map[int]int{}, pre: pre, bornUnder: map[int]int{}, borrowed: map[int]bool{}, order: map[int][]int{}}
+	plan = &shapePlan{helperParent: map[int]int{}, pre: pre, bornUnder: map[int]int{}, borrowed: map[int]bool{}, order: map[int][]int{}, early: map[int][]int{}, earlySetsid: map[int]bool{}}
 	// born: the session a task is born in; inAtBirth: whether p is in
 	// session sid while it clones its children of it.
 	born := func(t *shapeTask) int {
@@ -314,7 +317,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 			}
 			if far == nil {
 				for _, t := range outer {
-					if leader.ppid != t.ppid || pre[sid] != 0 {
+					if leader.ppid != t.ppid {
 						deferred[t.pid] = sid
 					} // else cloned from its sibling the leader (CLONE_PARENT)
 				}
@@ -468,6 +471,11 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 		}
 	}
 	for _, pid := range sh.pids {
+		if pre[pid] != 0 && pid != sh.root && sh.siblingInSession(tasks[pid]) {
+			plan.earlySetsid[pid] = true
+		}
+	}
+	for _, pid := range sh.pids {
 		if retry, err := sh.cloneOrder(plan, pid, born, deferred); err != nil {
 			return nil, retry, err
 		}
@@ -496,32 +504,81 @@ func shared(a, c *shapeTask) uint64 {
 // shares with p or a sibling (shareSource). Children born in the session
 // p is born in come first (p calls setsid after them), then the leaders
 // of sessions (their members among their siblings are cloned from them),
-// then the members, then the leaders that share an fd table or fs info
-// with a sibling outside their session (they can be cloned from it and
-// then start their session, where it could not be cloned from them); by
-// pid within each.
+// then the members, then a leader that leaves the session it is born in
+// right after its clone (earlySetsid) and shares with members of that
+// session (cloned from one of them), then its own session's members,
+// then the leaders that share an fd table or fs info with a sibling
+// outside their session (they can be cloned from it and then start
+// their session, where it could not be cloned from them); by pid within
+// each.
 func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) int, deferred map[int]int) (shapeRetry, error) {
 	p := sh.tasks[pid]
-	var kids []*shapeTask
+	var kids, early []*shapeTask
+	hasSibling := plan.earlySetsid[pid]
 	for _, k := range sh.kids[pid] {
-		if !plan.borrowed[k] {
-			kids = append(kids, sh.tasks[k])
+		_, orphan := deferred[k]
+		_, hosted := plan.bornUnder[k]
+		switch kt := sh.tasks[k]; {
+		case plan.borrowed[k]:
+		case hasSibling && born(kt) == plan.pre[pid] && !orphan && !hosted && !plan.earlySetsid[k]:
+			early = append(early, kt)
+		default:
+			kids = append(kids, kt)
+		}
+	}
+	if len(early) > 0 {
+		// Cloned from p, or from one of them (CLONE_PARENT), in the
+		// session p is born in, before p is built.
+		for i, e := range early {
+			need := shared(p, e)
+			for _, k := range early[:i] {
+				need |= shared(k, e)
+			}
+			ok := false
+			for _, src := range append([]*shapeTask{p}, early[:i]...) {
+				ok = ok || shared(src, e) == need
+			}
+			if !ok {
+				return shapeRetry{}, fmt.Errorf("pid %d shares %s with its parent %d or a sibling born, as it was, before %d left the session, but no one of them holds all of it: %w",
+					e.pid, shareWhat(need), pid, pid, ErrNotSupported)
+			}
+			plan.early[pid] = append(plan.early[pid], e.pid)
 		}
 	}
 	if len(kids) == 0 {
 		return shapeRetry{}, nil
 	}
+	// now: the session a child is in while its later siblings are
+	// cloned: the one it is born in, or its own for a leader that calls
+	// setsid right after its early children (plan.earlySetsid).
+	now := func(c *shapeTask) int {
+		if plan.earlySetsid[c.pid] {
+			return c.pid
+		}
+		return born(c)
+	}
 	key := map[*shapeTask]int{}
 	for _, c := range kids {
 		switch {
 		case plan.pre[pid] != 0 && born(c) == plan.pre[pid]:
-			key[c] = -1
+			key[c] = -10
 		case born(c) != c.pid && born(c) != p.sid || c.sid != c.pid:
-			key[c] = 1
+			key[c] = 10
+			if l := sh.tasks[c.sid]; l != nil && l.ppid == pid && plan.earlySetsid[l.pid] {
+				key[c] = 17 // after its leader, which comes after some members
+			}
+		case plan.earlySetsid[c.pid]:
+			// Born in a session its siblings there share with it
+			// in, and leaving it at once: after them.
+			for _, k := range kids {
+				if k != c && born(k) == born(c) && shared(k, c)&^shared(p, c) != 0 {
+					key[c] = 15
+				}
+			}
 		case plan.pre[c.pid] == 0:
 			for _, k := range kids {
 				if k != c && k.sid != c.sid && shared(k, c)&^shared(p, c) != 0 {
-					key[c] = 2
+					key[c] = 20
 				}
 			}
 		}
@@ -536,7 +593,13 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 	// The sharing, as cloneChildren and shareSource will meet it.
 	helper := &shapeTask{pid: -1, files: p.files, fs: p.fs} // holds p's
 	inSession := map[int]*shapeTask{}
-	var sibs []*shapeTask
+	// The children cloned right after p are siblings to clone from.
+	sibs := append([]*shapeTask(nil), early...)
+	for _, k := range sh.kids[pid] {
+		if plan.borrowed[k] {
+			sibs = append(sibs, sh.tasks[k])
+		}
+	}
 	for _, c := range kids {
 		if _, orphan := deferred[c.pid]; orphan {
 			continue // cloned elsewhere
@@ -563,18 +626,28 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 		}
 		ok := shared(src, c) == need
 		for _, k := range sibs {
-			ok = ok || shared(k, c) == need && (bs == c.pid || born(k) == bs)
+			ok = ok || shared(k, c) == need && (bs == c.pid || now(k) == bs)
 		}
 		if !ok {
 			return sh.stayFor(plan, kids, c), fmt.Errorf("pid %d (session %d) shares %s with its parent %d or a sibling, but no one task it can be cloned from holds all of it in its session: clone shares only the cloner's, and a new task starts in the cloner's session, so it was cloned before a holder left the session (setsid), which crhook does not rebuild: %w",
 				c.pid, bs, shareWhat(need), pid, ErrNotSupported)
 		}
 		sibs = append(sibs, c)
-		if inSession[bs] == nil {
-			inSession[bs] = c
+		if inSession[now(c)] == nil {
+			inSession[now(c)] = c
 		}
 	}
 	return shapeRetry{}, nil
+}
+
+// siblingInSession says whether leader t has a sibling in its session.
+func (sh *shapeTree) siblingInSession(t *shapeTask) bool {
+	for _, k := range sh.kids[t.ppid] {
+		if k != t.pid && sh.tasks[k].sid == t.pid {
+			return true
+		}
+	}
+	return false
 }
 
 // stayFor suggests, for a child c of no task to be cloned from, a leader
@@ -694,9 +767,10 @@ func otherThan(g []*shapeTask, t *shapeTask) *shapeTask {
 }
 
 // outside returns the session and group the dumped root was started in,
-// when no task of the tree leads them (0 in images of older crhooks).
-func (s *imageSet) outside() outsideIDs {
-	return outsideIDs{sid: int(s.ext.GetOutsideSid()), pgid: int(s.ext.GetOutsidePgid())}
+// when no task of the tree leads them, and whether the images say (older
+// crhooks did not).
+func (s *imageSet) outside() (out outsideIDs, known bool) {
+	return outsideIDs{sid: int(s.ext.GetOutsideSid()), pgid: int(s.ext.GetOutsidePgid())}, s.ext.OutsidePgid != nil
 }
 
 // shapeOfImages gives checkShape the restore's images.
@@ -712,5 +786,6 @@ func (s *imageSet) shape() (*shapePlan, error) {
 		}
 	}
 	root := s.tasks[int(s.tree[0].GetPid())]
-	return checkShape(tasks, root.pid, int(root.ps.GetPgid()), s.outside())
+	out, _ := s.outside()
+	return checkShape(tasks, root.pid, int(root.ps.GetPgid()), out)
 }

@@ -176,6 +176,15 @@ func TestRandomShapes(t *testing.T) {
 		// with a sibling it cloned before its setsid
 		"U0,1 S0 F0,1 F1,2 K1,3 H3,4 K2,5 S0 K1,6 K6,7 O5 R4 G6 G1 R2 S3 J0,6 S6 U3,1 X7 U6,1 X2 J1,1 O4 U5,0 O6 H6,8 G1",
 		"U0,1 O0 F0,1 K0,2 S2 O2 R1 P2,3 U2,1 G1 K1,4 E0 K2,5 C1,6 J3,5 S2 X2 F1,7 H7,8 H4,9 G0 S4 J4,8 D5 J8,3 R0 G1 D3",
+		// a leader with children born before its setsid and a
+		// sibling cloned in its session after
+		"U0,1 S0 G0 C0,1 R1 S0 R0 S0 S1 G1 K0,2 G0 J1,0 C2,3 G3 G0 U1,1 S0 R0 K0,4 K2,5 S2 P2,6 S1 O4 R2 H4,7 P7,8",
+		// ... sharing an fd table with a sibling it is cloned from
+		"U0,1 R0 G0 F0,1 F1,2 G1 H1,3 F3,4 O3 S0 E1 F0,5 X2 C0,6 S3 S3 X4 X6 C3,7 K5,8 D5 J8,5 J7,5 U7,1 P3,9 U1,1 R5 J0,7",
+		// ... whose children share a table with those born early
+		"U0,1 S0 S0 J0,0 E0 G0 C0,1 S0 H1,2 F2,3 F0,4 S2 H3,5 S2 H3,6 R2 S5 G3 J0,5 U1,1 U3,0 H2,7 F0,8 C8,9 R3 U5,0 R9 X9",
+		// the root in a group of the tree whose leader has exited
+		"U0,1 O0 R0 J0,0 F0,1 X1 O0 F0,2 G0 G2 J0,2 J2,0 X2 D0 O0 R0 F0,3 G3 F3,4 U3,1 F0,5 S4 J5,0 O5 K4,6 F4,7 E3 F3,8",
 	} {
 		seeds = append(seeds, int64(-1-i))
 		scripts[int64(-1-i)] = sc
