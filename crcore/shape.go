@@ -384,12 +384,19 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 			}
 		}
 	}
-	// holdsAll says whether src holds every object t shares with
-	// another task: what a task cloned from a spare helper of src gets.
+	// holdsAll says whether src holds every object t shares with a
+	// task outside its own subtree: what a task cloned from a spare
+	// helper of src must get there (what only its descendants share
+	// with it, it makes, and they get from it).
 	holdsAll := func(src, t *shapeTask) bool {
 		for i, k := range kinds {
-			if len(holders[i][k.id(t)]) > 1 && k.id(src) != k.id(t) {
-				return false
+			if k.id(src) == k.id(t) {
+				continue
+			}
+			for _, h := range holders[i][k.id(t)] {
+				if !within(t.pid, h.pid) {
+					return false // held outside t's subtree
+				}
 			}
 		}
 		return true

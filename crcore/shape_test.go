@@ -36,6 +36,7 @@ func TestCheckShapePlan(t *testing.T) {
 		{name: "leader reparented past its member's parent", tree: "1 0 1, 2 1 1, 4 1 4, 5 2 4, 6 1 4, 7 4 4", bornUnder: map[int]int{4: 2}},
 		{name: "leader reparented, its members' parents not on one line", tree: "1 0 1, 2 1 1, 3 1 1, 4 1 4, 5 2 4, 6 3 4", refused: "not an ancestor of the session's leader"},
 		{name: "orphan sharing its leader's fd table", tree: "1 0 1, 2 1 1, 3 2 3 3, 5 1 3 3"},
+		{name: "orphan sharing its fd table with its child only", tree: "1 0 1, 2 1 1, 3 2 3, 5 1 3 5, 6 5 3 5"},
 		{name: "orphan sharing its parent's fd table", tree: "1 0 1 1, 2 1 1, 3 2 3, 5 1 3 1", refused: "does not hold all it shares"},
 		{name: "task sharing with a holder on another branch", tree: "1 0 1, 2 1 1, 3 2 1 3, 5 1 1 3", bornUnder: map[int]int{5: 3}},
 		{name: "task sharing with a holder in another session", tree: "1 0 1, 2 1 2, 3 2 2 3, 5 1 1 3", refused: "not siblings"},

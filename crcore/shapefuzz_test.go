@@ -183,6 +183,8 @@ func TestRandomShapes(t *testing.T) {
 		"U0,1 R0 G0 F0,1 F1,2 G1 H1,3 F3,4 O3 S0 E1 F0,5 X2 C0,6 S3 S3 X4 X6 C3,7 K5,8 D5 J8,5 J7,5 U7,1 P3,9 U1,1 R5 J0,7",
 		// ... whose children share a table with those born early
 		"U0,1 S0 S0 J0,0 E0 G0 C0,1 S0 H1,2 F2,3 F0,4 S2 H3,5 S2 H3,6 R2 S5 G3 J0,5 U1,1 U3,0 H2,7 F0,8 C8,9 R3 U5,0 R9 X9",
+		// an orphan sharing its fd table with its own child only
+		"U0,1 F0,1 F1,2 S2 F2,3 F3,4 C4,5 X3",
 		// the root in a group of the tree whose leader has exited
 		"U0,1 O0 R0 J0,0 F0,1 X1 O0 F0,2 G0 G2 J0,2 J2,0 X2 D0 O0 R0 F0,3 G3 F3,4 U3,1 F0,5 S4 J5,0 O5 K4,6 F4,7 E3 F3,8",
 	} {
