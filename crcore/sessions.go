@@ -362,7 +362,9 @@ func (rs *restorer) cloneBorrowers(a, b *rtask) error {
 		if sharedWith(b.ti, c)&unix.CLONE_FILES != 0 {
 			child.filesSrc = b // b's fds are restored after
 		}
-		if c.pid == int(c.ps.GetSid()) {
+		if rs.bornIn(c) != int(c.ps.GetSid()) {
+			child.setsidLater = true // born in b's session
+		} else if c.pid == int(c.ps.GetSid()) {
 			if err := enterSession(child); err != nil {
 				return err
 			}

@@ -690,7 +690,7 @@ func (sh *shapeTree) isTask(pid int) bool {
 // no orphan, and a leader t has no sibling cloned from it.
 func (sh *shapeTree) canBorrow(t *shapeTask, born func(*shapeTask) int, deferred, pre map[int]int, holders []map[uint32][]*shapeTask) bool {
 	b, ok := sh.tasks[t.ppid]
-	if !ok || b.zombie || b.pid == sh.root || pre[t.pid] != 0 {
+	if !ok || b.zombie || b.pid == sh.root || pre[t.pid] != 0 && pre[t.pid] != born(b) {
 		return false
 	}
 	a, ok := sh.tasks[b.ppid]
@@ -721,8 +721,12 @@ func (sh *shapeTree) canBorrow(t *shapeTask, born func(*shapeTask) int, deferred
 				return false // b is cloned from a sibling holding it
 			}
 		}
+		own := true // held in t's subtree only: t makes it
+		for _, h := range holders[i][k.id(t)] {
+			own = own && sh.within(t.pid, h.pid)
+		}
 		switch {
-		case len(holders[i][k.id(t)]) < 2 || k.id(t) == k.id(b):
+		case own || k.id(t) == k.id(b):
 		case k.id(t) == k.id(a):
 			borrows = true
 		default:

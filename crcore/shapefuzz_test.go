@@ -185,6 +185,11 @@ func TestRandomShapes(t *testing.T) {
 		"U0,1 S0 S0 J0,0 E0 G0 C0,1 S0 H1,2 F2,3 F0,4 S2 H3,5 S2 H3,6 R2 S5 G3 J0,5 U1,1 U3,0 H2,7 F0,8 C8,9 R3 U5,0 R9 X9",
 		// an orphan sharing its fd table with its own child only
 		"U0,1 F0,1 F1,2 S2 F2,3 F3,4 C4,5 X3",
+		// a child sharing its grandparent's fs info, its parent
+		// having dropped it, and a table with its own child
+		"U0,1 S0 O0 S0 E0 O0 C0,1 U1,1 J0,0 K0,2 X1 F2,3 S3 K2,4 U3,1 X3 C4,5 E2 S5 K2,6 F6,7 O7 R7 J0,0 J4,2 U6,0 G4 G7",
+		// ... and that leads a session, born in its parent's
+		"U0,1 S0 J0,0 S0 K0,1 K1,2 C2,3 J1,1 C0,4 D2 F1,5 K5,6 O5 K4,7 E1 S4 R7 J0,1 S4 X3 S0 S2 E6 X7 J6,4 R6 G2 G5",
 		// the root in a group of the tree whose leader has exited
 		"U0,1 O0 R0 J0,0 F0,1 X1 O0 F0,2 G0 G2 J0,2 J2,0 X2 D0 O0 R0 F0,3 G3 F3,4 U3,1 F0,5 S4 J5,0 O5 K4,6 F4,7 E3 F3,8",
 	} {
