@@ -504,15 +504,28 @@ func (rs *restorer) create(t *rtask) error {
 
 // cloneChild creates the image's task c as a child of p, with its pid.
 func (rs *restorer) cloneChild(p *rtask, c *taskImage) (*rtask, error) {
-	t, hostPid, err := rs.clone(p, c.pid, sharedWith(p.ti, c)|rs.borrows(p.ti, c), uint64(unix.SIGCHLD))
+	flags := sharedWith(p.ti, c) | rs.borrows(p.ti, c)
+	if c.zombie() {
+		flags = zombieHolds
+	}
+	t, hostPid, err := rs.clone(p, c.pid, flags, uint64(unix.SIGCHLD))
 	if err != nil {
 		return nil, err
 	}
 	child := &rtask{ti: c, hostPid: hostPid, t: t, parent: p}
+	if c.zombie() {
+		child.holds = p
+	}
 	child.r = p.r.forTask(t)
 	child.table = maps.Clone(p.table)
 	return child, nil
 }
+
+// zombieHolds is how a zombie is cloned: sharing the fd table and fs
+// info of the task it is cloned from, which it passes on to the
+// siblings cloned from it (a session's members, CLONE_PARENT) until it
+// dies, before any task runs; it had none of its own left.
+const zombieHolds = unix.CLONE_FILES | unix.CLONE_FS
 
 // sharedWith returns the clone flags for what the images say c shares
 // with p (CRIU's kobj ids: equal ids, one object).

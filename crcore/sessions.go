@@ -432,7 +432,7 @@ func (rs *restorer) shareSource(p *rtask, c *taskImage, src *rtask, sibs []*rtas
 	}
 	sid := rs.bornIn(c)
 	for _, k := range sibs {
-		if sharedWith(k.ti, c) == need && (sid == c.pid || rs.sessionNow(k.ti) == sid) {
+		if sharedWith(objectsOf(k).ti, c) == need && (sid == c.pid || rs.sessionNow(k.ti) == sid) {
 			return k, nil
 		}
 	}
@@ -666,6 +666,9 @@ func (rs *restorer) cloneFrom(src, p *rtask, c *taskImage) (*rtask, error) {
 	// clone3 refuses an exit signal with CLONE_PARENT: the child gets
 	// src's, SIGCHLD.
 	share := sharedWith(objectsOf(src).ti, c)
+	if c.zombie() {
+		share = zombieHolds
+	}
 	t, hostPid, err := rs.clone(src, c.pid, unix.CLONE_PARENT|share, 0)
 	if err != nil {
 		return nil, err
@@ -675,7 +678,9 @@ func (rs *restorer) cloneFrom(src, p *rtask, c *taskImage) (*rtask, error) {
 	child := &rtask{ti: c, hostPid: hostPid, t: t, parent: p, memSrc: src.memSrc}
 	child.r = src.r.forTask(t)
 	child.table = maps.Clone(objectsOf(src).table)
-	if share&unix.CLONE_FILES != 0 {
+	if c.zombie() {
+		child.holds = src
+	} else if share&unix.CLONE_FILES != 0 {
 		// A sibling's fds are restored after this clone: c takes
 		// the table it leaves (create).
 		child.filesSrc = objectsOf(src)

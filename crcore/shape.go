@@ -600,6 +600,15 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 	// The sharing, as cloneChildren and shareSource will meet it.
 	helper := &shapeTask{pid: -1, files: p.files, fs: p.fs} // holds p's
 	inSession := map[int]*shapeTask{}
+	// objs: whose fd table and fs info a task cloned here holds: its
+	// own, but a zombie's are its cloner's (zombieHolds).
+	objs := map[*shapeTask]*shapeTask{}
+	holder := func(t *shapeTask) *shapeTask {
+		if o := objs[t]; o != nil {
+			return o
+		}
+		return t
+	}
 	// The children cloned right after p are siblings to clone from.
 	sibs := append([]*shapeTask(nil), early...)
 	for _, k := range sh.kids[pid] {
@@ -631,9 +640,12 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 		for _, k := range sibs {
 			need |= shared(k, c)
 		}
-		ok := shared(src, c) == need
+		ok := shared(holder(src), c) == need
 		for _, k := range sibs {
-			ok = ok || shared(k, c) == need && (bs == c.pid || now(k) == bs)
+			ok = ok || shared(holder(k), c) == need && (bs == c.pid || now(k) == bs)
+		}
+		if c.zombie {
+			objs[c] = holder(src) // need is 0: cloned from src
 		}
 		if !ok {
 			return sh.stayFor(plan, kids, c), fmt.Errorf("pid %d (session %d) shares %s with its parent %d or a sibling, but no one task it can be cloned from holds all of it in its session: clone shares only the cloner's, and a new task starts in the cloner's session, so it was cloned before a holder left the session (setsid), which crhook does not rebuild: %w",

@@ -190,6 +190,9 @@ func TestRandomShapes(t *testing.T) {
 		"U0,1 S0 O0 S0 E0 O0 C0,1 U1,1 J0,0 K0,2 X1 F2,3 S3 K2,4 U3,1 X3 C4,5 E2 S5 K2,6 F6,7 O7 R7 J0,0 J4,2 U6,0 G4 G7",
 		// ... and that leads a session, born in its parent's
 		"U0,1 S0 J0,0 S0 K0,1 K1,2 C2,3 J1,1 C0,4 D2 F1,5 K5,6 O5 K4,7 E1 S4 R7 J0,1 S4 X3 S0 S2 E6 X7 J6,4 R6 G2 G5",
+		// a member of a zombie leader's session sharing the fs info
+		// the leader shared with its parent
+		"U0,1 S0 F0,1 U1,1 R0 K0,2 C0,3 O2 G1 F2,4 X4 F0,5 G0 S2 R5 F2,6 R3 C0,7 G7 G3 K2,8 X2 X5 O7 X7 S1 H1,9 G8",
 		// the root in a group of the tree whose leader has exited
 		"U0,1 O0 R0 J0,0 F0,1 X1 O0 F0,2 G0 G2 J0,2 J2,0 X2 D0 O0 R0 F0,3 G3 F3,4 U3,1 F0,5 S4 J5,0 O5 K4,6 F4,7 E3 F3,8",
 	} {
