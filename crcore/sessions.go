@@ -33,8 +33,11 @@ import (
 //
 // The images need nothing more than the pstree entries' pgid and sid: a
 // helper is any session or group id that no task of the image has as its
-// pid, but for the root's own session and group when those come from
-// outside the tree (the restorer's, as for a shell job).
+// pid, but for the session and group the root was started in, from
+// outside the tree (crhook-inventory's outside ids, or for older images
+// the root's own): those are the restorer's, as for a shell job
+// (fromOutside). A task whose pid is a group's it has left for another
+// leads that group again while its members join it (restorer.groups).
 //
 // An orphan, a task whose session is neither its parent's nor its own,
 // is rebuilt the way it came about: once the session's leader exists
@@ -63,6 +66,15 @@ import (
 // setsid after its children), or from the helper of an exited leader's
 // session (CLONE_PARENT), when that is what brings the session's members
 // under parents not on one line of descent to one helper.
+//
+// Such a leader that also has a sibling in its own session (cloned from
+// it, CLONE_PARENT, after its setsid) clones its children of the session
+// it was born in right after its own clone, in its parent's
+// cloneChildren, and calls setsid then (checkShape's earlySetsid,
+// cloneEarly). A zombie, which has no fd table or fs info left, is
+// cloned sharing its cloner's and passes them on to the siblings cloned
+// from it (zombieHolds); its session's orphans are cloned from it before
+// it dies.
 //
 // A live leader that was itself reparented up past the parents of its
 // session's members (an orphan's parent is then no ancestor of it) is
