@@ -310,11 +310,6 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 					far = t
 				}
 			}
-			if far != nil && leader.zombie {
-				// A zombie is cloned where it stays, and dies.
-				return nil, shapeRetry{}, fmt.Errorf("pid %d is in session %d, whose leader is a zombie, but its parent %d is no ancestor of the leader: the leader was reparented away from under it, and crhook rebuilds that only for a live leader: %w",
-					far.pid, sid, far.ppid, ErrNotSupported)
-			}
 			if far == nil {
 				for _, t := range outer {
 					if leader.ppid != t.ppid {
@@ -565,15 +560,13 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 		return born(c)
 	}
 	key := map[*shapeTask]int{}
+	member := func(c *shapeTask) bool { return born(c) != c.pid && born(c) != p.sid || c.sid != c.pid }
 	for _, c := range kids {
 		switch {
 		case plan.pre[pid] != 0 && born(c) == plan.pre[pid]:
 			key[c] = -10
-		case born(c) != c.pid && born(c) != p.sid || c.sid != c.pid:
+		case member(c):
 			key[c] = 10
-			if l := sh.tasks[c.sid]; l != nil && l.ppid == pid && plan.earlySetsid[l.pid] {
-				key[c] = 17 // after its leader, which comes after some members
-			}
 		case plan.earlySetsid[c.pid]:
 			// Born in a session its siblings there share with it
 			// in, and leaving it at once: after them.
@@ -588,6 +581,13 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 					key[c] = 20
 				}
 			}
+		}
+	}
+	for _, c := range kids {
+		// A session's members come after their leader when it is a
+		// sibling that comes after some members.
+		if l := sh.tasks[c.sid]; key[c] == 10 && l != nil && l.ppid == pid && key[l] > 10 {
+			key[c] = key[l] + 2
 		}
 	}
 	sort.SliceStable(kids, func(i, j int) bool { return key[kids[i]] < key[kids[j]] })
@@ -633,7 +633,8 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 				src = helper
 				inSession[bs] = helper
 			default:
-				continue // an orphan (deferred above): not reached
+				return shapeRetry{}, fmt.Errorf("pid %d is in session %d, but no task of that session is cloned before it under its parent %d: %w",
+					c.pid, bs, pid, ErrNotSupported)
 			}
 		}
 		need := shared(p, c)

@@ -193,6 +193,8 @@ func TestRandomShapes(t *testing.T) {
 		// a member of a zombie leader's session sharing the fs info
 		// the leader shared with its parent
 		"U0,1 S0 F0,1 U1,1 R0 K0,2 C0,3 O2 G1 F2,4 X4 F0,5 G0 S2 R5 F2,6 R3 C0,7 G7 G3 K2,8 X2 X5 O7 X7 S1 H1,9 G8",
+		// an orphan of a zombie leader that went up past its parent
+		"U0,1 F0,1 U1,1 F1,2 F2,3 S3 F3,4 F4,5 X4 U1,0 X2 X3",
 		// the root in a group of the tree whose leader has exited
 		"U0,1 O0 R0 J0,0 F0,1 X1 O0 F0,2 G0 G2 J0,2 J2,0 X2 D0 O0 R0 F0,3 G3 F3,4 U3,1 F0,5 S4 J5,0 O5 K4,6 F4,7 E3 F3,8",
 	} {
@@ -286,7 +288,7 @@ func TestRandomShapes(t *testing.T) {
 				t.Errorf("script %q: after restore (pid: ppid pgid sid) %s\nall before: %v", script, idsDiff(before, after), before)
 			}
 			if got := treeSharing(t, before); got != share {
-				t.Errorf("script %q: after restore shared %q, before %q", script, got, share)
+				t.Errorf("script %q: after restore shared %q, before %q\nids (pid: ppid pgid sid): %v", script, got, share, before)
 			}
 			goesOn("after restore")
 			restored++

@@ -83,6 +83,16 @@ static int dead(pid_t pid) {
 	return r && (r[2] == 'Z' || r[2] == 'X');
 }
 
+// settle waits until the processes that exited are dead (a zombie or
+// reaped), their orphans reparented: an op, or the shape told at the
+// end, sees what their exits did.
+static void settle(void) {
+	for (int i = 1; i < MAXP; i++) {
+		while (sh->pid[i] && !sh->alive[i] && !dead(sh->pid[i]))
+			nap(1000 * 1000);
+	}
+}
+
 static void born(int id) {
 	me = id;
 	sh->pid[id] = getpid();
@@ -173,6 +183,7 @@ int main(int argc, char **argv) {
 			nap(100 * 1000);
 			continue;
 		}
+		settle();
 		run(&ops[pc]);
 		// The parent and a new child both come back here: the
 		// one the op named moves on.
@@ -180,12 +191,7 @@ int main(int argc, char **argv) {
 			sh->pc = pc + 1;
 	}
 	if (me == 0) {
-		// The processes that exited are dead (a zombie or reaped),
-		// their orphans reparented, before the shape is told.
-		for (int i = 1; i < MAXP; i++) {
-			while (sh->pid[i] && !sh->alive[i] && !dead(sh->pid[i]))
-				nap(1000 * 1000);
-		}
+		settle();
 		for (int i = 0; i < MAXP; i++)
 			if (sh->alive[i])
 				dprintf(logfd, "pid %d %d\n", i, sh->pid[i]);
