@@ -624,9 +624,12 @@ func objectsOf(t *rtask) *rtask {
 // spareHelper clones from t a helper with a pid that no task of the image
 // needs and nothing holds.
 func (rs *restorer) spareHelper(t *rtask, sid int) (*rtask, error) {
-	top := 0
-	for pid := range rs.s.tasks {
+	top := 0 // above every pid and tid of the images
+	for pid, ti := range rs.s.tasks {
 		top = max(top, pid)
+		for _, th := range ti.threads {
+			top = max(top, th.tid)
+		}
 	}
 	reserved := rs.helperPids()
 	err := ErrPidTaken

@@ -24,8 +24,8 @@ import (
 // processes forked, cloned as siblings or sharing the fd table or fs
 // info, moving to sessions and groups of their own or joining groups,
 // exiting (their orphans going up to a subreaper), reaping, toggling
-// the subreaper flag, unsharing their fd tables or fs info, and
-// changing the tables. The root is always a subreaper, so that no
+// the subreaper flag, unsharing their fd tables or fs info, changing the
+// tables, and starting threads. The root is always a subreaper, so that no
 // orphan leaves the tree, and leads a session of its own or stays in
 // the test's.
 func shapeScript(rng *rand.Rand) string {
@@ -66,7 +66,7 @@ func shapeScript(rng *rand.Rand) string {
 		case k == 10:
 			ops = append(ops, fmt.Sprintf("%c%d", "DE"[rng.Intn(2)], a))
 		case k == 11:
-			ops = append(ops, fmt.Sprintf("O%d", a))
+			ops = append(ops, fmt.Sprintf("%c%d", "OT"[rng.Intn(2)], a))
 		}
 	}
 	return strings.Join(ops, " ")
@@ -195,6 +195,10 @@ func TestRandomShapes(t *testing.T) {
 		"U0,1 S0 F0,1 U1,1 R0 K0,2 C0,3 O2 G1 F2,4 X4 F0,5 G0 S2 R5 F2,6 R3 C0,7 G7 G3 K2,8 X2 X5 O7 X7 S1 H1,9 G8",
 		// an orphan of a zombie leader that went up past its parent
 		"U0,1 F0,1 U1,1 F1,2 F2,3 S3 F3,4 F4,5 X4 U1,0 X2 X3",
+		// spare helpers for orphans, in trees with threads whose tids
+		// are above every pid
+		"U0,1 J0,0 J0,0 R0 G0 G0 G0 F0,1 F1,2 U1,1 J1,0 P2,3 R3 F3,4 S0 O3 K4,5 T3 J0,1 U5,0 E2 K5,6 G2 S4 K1,7 F4,8 T5 X4",
+		"U0,1 S0 T0 R0 C0,1 F1,2 H1,3 K2,4 R0 F2,5 O5 F3,6 C5,7 H5,8 J7,3 S5 K0,9 J5,0 X3 U6,1 D4 X1 D5 R2 S2 X9 T6 U6,1",
 		// the root in a group of the tree whose leader has exited
 		"U0,1 O0 R0 J0,0 F0,1 X1 O0 F0,2 G0 G2 J0,2 J2,0 X2 D0 O0 R0 F0,3 G3 F3,4 U3,1 F0,5 S4 J5,0 O5 K4,6 F4,7 E3 F3,8",
 	} {

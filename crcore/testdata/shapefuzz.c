@@ -20,6 +20,7 @@
 //	Da     a unshares its fd table
 //	Ea     a unshares its fs info
 //	Oa     a opens /dev/null
+//	Ta     a starts a thread (it only sleeps)
 //
 // Failed calls are ignored: the shape is what the kernel made. The
 // processes take turns through a shared page, which also holds a
@@ -107,6 +108,25 @@ static void spawn(unsigned long flags, int b) {
 		born(b);
 }
 
+// A thread: raw clone on a stack of its own, sleeping with raw syscalls
+// (no libc state of its own; a fork-like clone from another thread of
+// the process copies only that thread).
+static int sleeper(void *arg) {
+	(void)arg;
+	struct timespec ts = {1, 0};
+	for (;;)
+		syscall(SYS_nanosleep, &ts, NULL);
+	return 0;
+}
+
+static void thread(void) {
+	static char stacks[8][64 << 10];
+	static int used;
+	if (used < 8)
+		clone(sleeper, stacks[used++] + sizeof stacks[0],
+		      CLONE_VM | CLONE_THREAD | CLONE_SIGHAND | CLONE_FS | CLONE_FILES | CLONE_SYSVSEM, NULL);
+}
+
 static void run(struct op *o) {
 	switch (o->kind) {
 	case 'F':
@@ -153,6 +173,9 @@ static void run(struct op *o) {
 		break;
 	case 'O':
 		open("/dev/null", O_RDONLY);
+		break;
+	case 'T':
+		thread();
 		break;
 	}
 }
