@@ -637,6 +637,11 @@ func threadEnded(pid, tid int) bool {
 // restore could not rebuild.
 func (d *dumper) checkSharing(tasks []*dtask) error {
 	for _, t := range tasks {
+		if err := checkThreadsShare(t); err != nil {
+			return err
+		}
+	}
+	for _, t := range tasks {
 		t.filesID, t.fsID = uint32(t.nsPid), uint32(t.nsPid)
 		if t.zombie || t.parent == nil || t.parent.zombie {
 			continue

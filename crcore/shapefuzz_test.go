@@ -303,3 +303,32 @@ func TestRandomShapes(t *testing.T) {
 		t.Errorf("no tree restored")
 	}
 }
+
+// A thread with an fd table and fs info of its own (it called unshare)
+// is refused at dump, saying so, and its process goes on: the images hold
+// one of each for a process.
+func TestThreadWithOwnFdTableRefused(t *testing.T) {
+	crtest.RequireRoot(t)
+	bin := crtest.BuildC(t, "shapefuzz", false)
+	p := crtest.Start(t, bin, "U0,1 F0,1 Y1")
+	p.WaitLine(t, `^done$`, 10*time.Second)
+	all := append([]int{p.Pid}, crtest.Descendants(p.Pid)...)
+	t.Cleanup(func() {
+		for _, pid := range all {
+			unix.Kill(pid, unix.SIGKILL)
+		}
+		crtest.ReapGone(t, all, 5*time.Second)
+	})
+	var addr uint64
+	fmt.Sscanf(p.WaitLine(t, `^page (0x[0-9a-f]+)$`, time.Second)[1], "0x%x", &addr)
+	dir := filepath.Join(t.TempDir(), "img")
+	_, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir})
+	if !errors.Is(err, crcore.ErrNotSupported) || !strings.Contains(err.Error(), "of its own") {
+		t.Fatalf("dump: %v, want a refusal naming the thread's own fd table", err)
+	}
+	c0 := counters(t, p.Pid, addr)
+	time.Sleep(100 * time.Millisecond)
+	if c1 := counters(t, p.Pid, addr); c1[0] <= c0[0] || c1[1] <= c0[1] {
+		t.Errorf("after the refused dump the processes do not count on: %v, then %v", c0[:2], c1[:2])
+	}
+}

@@ -52,3 +52,29 @@ func sharedVMError(child, parent int) error {
 	return fmt.Errorf("pid %d shares the address space of its parent %d (a vfork child that has not exec'd yet, or a clone with CLONE_VM but not CLONE_THREAD): %w",
 		child, parent, ErrNotSupported)
 }
+
+// checkThreadsShare refuses a process one of whose threads has an fd
+// table or fs info of its own (unshare(CLONE_FILES) or unshare(CLONE_FS)
+// in that thread): the images hold one of each for a process, and its
+// threads are restored sharing them.
+func checkThreadsShare(t *dtask) error {
+	if t.zombie {
+		return nil
+	}
+	for _, th := range t.threads[1:] {
+		for _, k := range []struct {
+			typ  int
+			what string
+		}{{kcmpFiles, "an fd table"}, {kcmpFs, "fs info (cwd, root, umask)"}} {
+			r, err := kcmp(t.pid, th.tid, k.typ, 0, 0)
+			if err != nil {
+				return fmt.Errorf("pid %d thread %d: %w", t.pid, th.tid, err)
+			}
+			if r != 0 {
+				return fmt.Errorf("thread %d of pid %d has %s of its own (unshare in that thread), which crhook does not dump: %w",
+					th.nsTid, t.nsPid, k.what, ErrNotSupported)
+			}
+		}
+	}
+	return nil
+}

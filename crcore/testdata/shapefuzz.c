@@ -21,6 +21,7 @@
 //	Ea     a unshares its fs info
 //	Oa     a opens /dev/null
 //	Ta     a starts a thread (it only sleeps)
+//	Ya     a starts a thread that unshares its fd table and fs info
 //
 // Failed calls are ignored: the shape is what the kernel made. The
 // processes take turns through a shared page, which also holds a
@@ -119,11 +120,16 @@ static int sleeper(void *arg) {
 	return 0;
 }
 
-static void thread(void) {
+static int unsharer(void *arg) {
+	syscall(SYS_unshare, CLONE_FILES | CLONE_FS);
+	return sleeper(arg);
+}
+
+static void thread(int (*fn)(void *)) {
 	static char stacks[8][64 << 10];
 	static int used;
 	if (used < 8)
-		clone(sleeper, stacks[used++] + sizeof stacks[0],
+		clone(fn, stacks[used++] + sizeof stacks[0],
 		      CLONE_VM | CLONE_THREAD | CLONE_SIGHAND | CLONE_FS | CLONE_FILES | CLONE_SYSVSEM, NULL);
 }
 
@@ -175,7 +181,11 @@ static void run(struct op *o) {
 		open("/dev/null", O_RDONLY);
 		break;
 	case 'T':
-		thread();
+		thread(sleeper);
+		break;
+	case 'Y':
+		thread(unsharer);
+		nap(10 * 1000 * 1000); // its unshare done before the next op
 		break;
 	}
 }
