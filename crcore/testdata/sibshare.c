@@ -77,6 +77,8 @@ int main(int argc, char **argv) {
 		pid_t c = clone(c_main, st + 2 * sz, CLONE_PARENT | CLONE_FS, NULL);
 		if (b < 0 || c < 0)
 			_exit(1);
+		while (getsid(b) != b) // B's setsid, before the tree is told
+			usleep(1000);
 		dprintf(logfd, "ready %d %d %d\n", getpid(), b, c);
 		for (;;) {
 			pause();
