@@ -247,14 +247,14 @@ static void shapes(const char *mode) {
 				close(ready[1]);
 				count("B");
 			}
-			if (setsid() < 0)
+			if (setsid() < 0 || write(ready[1], "x", 1) < 0)
 				_exit(1);
 			close(ready[1]);
 			count("A");
 		}
 		close(ready[1]);
-		char b;
-		if (read(ready[0], &b, 1) != 1)
+		char b[2]; // from B and A, once each has started its session
+		if (read(ready[0], &b[0], 1) != 1 || read(ready[0], &b[1], 1) != 1)
 			_exit(1);
 		dprintf(logfd, "ready\n");
 		idle();

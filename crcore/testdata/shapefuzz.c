@@ -52,6 +52,7 @@ struct shared {
 	volatile int pc;
 	volatile int alive[MAXP];
 	volatile pid_t pid[MAXP];
+	volatile int unshared; // threads of op Y done with their unshare
 };
 
 struct op {
@@ -122,15 +123,19 @@ static int sleeper(void *arg) {
 
 static int unsharer(void *arg) {
 	syscall(SYS_unshare, CLONE_FILES | CLONE_FS);
+	sh->unshared++;
 	return sleeper(arg);
 }
 
-static void thread(int (*fn)(void *)) {
+// thread starts a thread running fn, up to 8 a process; it says whether
+// it did.
+static int thread(int (*fn)(void *)) {
 	static char stacks[8][64 << 10];
 	static int used;
-	if (used < 8)
-		clone(fn, stacks[used++] + sizeof stacks[0],
-		      CLONE_VM | CLONE_THREAD | CLONE_SIGHAND | CLONE_FS | CLONE_FILES | CLONE_SYSVSEM, NULL);
+	if (used >= 8)
+		return 0;
+	return clone(fn, stacks[used++] + sizeof stacks[0],
+		     CLONE_VM | CLONE_THREAD | CLONE_SIGHAND | CLONE_FS | CLONE_FILES | CLONE_SYSVSEM, NULL) > 0;
 }
 
 static void run(struct op *o) {
@@ -183,10 +188,13 @@ static void run(struct op *o) {
 	case 'T':
 		thread(sleeper);
 		break;
-	case 'Y':
-		thread(unsharer);
-		nap(10 * 1000 * 1000); // its unshare done before the next op
+	case 'Y': {
+		int n = sh->unshared;
+		if (thread(unsharer))
+			while (sh->unshared == n) // its unshare done before the next op
+				nap(1000 * 1000);
 		break;
+	}
 	}
 }
 
