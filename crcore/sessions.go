@@ -339,10 +339,8 @@ func (rs *restorer) cloneEarly(c *rtask, inSession map[int]*rtask) error {
 // a and b does not hold (checkShape's borrowed; cloneBorrowers).
 func (rs *restorer) borrows(a, b *taskImage) uint64 {
 	var fl uint64
-	for _, e := range rs.s.tree {
-		if int(e.GetPpid()) == b.pid && rs.shape.borrowed[int(e.GetPid())] {
-			fl |= sharedWith(a, rs.s.tasks[int(e.GetPid())]) &^ sharedWith(a, b)
-		}
+	for _, pid := range rs.shape.borrowers[b.pid] {
+		fl |= sharedWith(a, rs.s.tasks[pid]) &^ sharedWith(a, b)
 	}
 	return fl
 }
@@ -358,11 +356,7 @@ func (rs *restorer) cloneBorrowers(a, b *rtask) error {
 	if fl == 0 {
 		return nil
 	}
-	for _, e := range rs.s.tree {
-		pid := int(e.GetPid())
-		if int(e.GetPpid()) != b.ti.pid || !rs.shape.borrowed[pid] {
-			continue
-		}
+	for _, pid := range rs.shape.borrowers[b.ti.pid] {
 		c := rs.s.tasks[pid]
 		ct, hostPid, err := rs.clone(b, pid, sharedWith(b.ti, c)|sharedWith(a.ti, c)&fl, uint64(unix.SIGCHLD))
 		if err != nil {

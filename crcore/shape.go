@@ -47,6 +47,8 @@ type shapePlan struct {
 	// parent is cloned sharing it too, clones them at once, and
 	// unshares it (sessions.go).
 	borrowed map[int]bool
+	// borrowers: by parent, its borrowed children, by pid.
+	borrowers map[int][]int
 	// order: for each task, its children to be cloned by it, in the
 	// order cloneChildren clones them (cloneOrder).
 	order map[int][]int
@@ -243,7 +245,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 	tasks := sh.tasks
 	within := sh.within
 	rootSid := tasks[sh.root].sid
-	plan = &shapePlan{helperParent: map[int]int{}, pre: pre, bornUnder: map[int]int{}, borrowed: map[int]bool{}, order: map[int][]int{}, early: map[int][]int{}, earlySetsid: map[int]bool{}}
+	plan = &shapePlan{helperParent: map[int]int{}, pre: pre, bornUnder: map[int]int{}, borrowed: map[int]bool{}, borrowers: map[int][]int{}, order: map[int][]int{}, early: map[int][]int{}, earlySetsid: map[int]bool{}}
 	// born: the session a task is born in; inAtBirth: whether p is in
 	// session sid while it clones its children of it.
 	born := func(t *shapeTask) int {
@@ -476,6 +478,9 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 		if pre[pid] != 0 && pid != sh.root && sh.siblingInSession(tasks[pid]) {
 			plan.earlySetsid[pid] = true
 		}
+		if plan.borrowed[pid] {
+			plan.borrowers[tasks[pid].ppid] = append(plan.borrowers[tasks[pid].ppid], pid)
+		}
 	}
 	for _, pid := range sh.pids {
 		if retry, err := sh.cloneOrder(plan, pid, born, deferred); err != nil {
@@ -611,10 +616,8 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 	}
 	// The children cloned right after p are siblings to clone from.
 	sibs := append([]*shapeTask(nil), early...)
-	for _, k := range sh.kids[pid] {
-		if plan.borrowed[k] {
-			sibs = append(sibs, sh.tasks[k])
-		}
+	for _, k := range plan.borrowers[pid] {
+		sibs = append(sibs, sh.tasks[k])
 	}
 	for _, c := range kids {
 		if _, orphan := deferred[c.pid]; orphan {
