@@ -351,6 +351,19 @@ func (rs *restorer) run(root *rtask, gadget0 uint64) error {
 			return fmt.Errorf("pid %d is in session %d, whose leader was not rebuilt as a live task: %w", left[0].ti.pid, sid, ErrNotSupported)
 		}
 	}
+	if len(rs.tasks) != len(rs.s.tasks) {
+		// A plan that leaves a task out is crhook's bug; say so
+		// rather than restore part of the tree.
+		made := map[int]bool{}
+		for _, t := range rs.tasks {
+			made[t.ti.pid] = true
+		}
+		for pid := range rs.s.tasks {
+			if !made[pid] {
+				return fmt.Errorf("pid %d of the images was not created (%d of %d tasks): crhook's plan for the tree is wrong", pid, len(rs.tasks), len(rs.s.tasks))
+			}
+		}
+	}
 	for host, left := range rs.sess.births {
 		if len(left) > 0 {
 			return fmt.Errorf("pid %d was to be born under %d, which was not rebuilt as a live task: %w", left[0].ti.pid, host, ErrNotSupported)
