@@ -387,13 +387,8 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 	// with it, it makes, and they get from it).
 	holdsAll := func(src, t *shapeTask) bool {
 		for i, k := range kinds {
-			if k.id(src) == k.id(t) {
-				continue
-			}
-			for _, h := range holders[i][k.id(t)] {
-				if !within(t.pid, h.pid) {
-					return false // held outside t's subtree
-				}
+			if k.id(src) != k.id(t) && !sh.heldWithin(t, holders[i][k.id(t)]) {
+				return false
 			}
 		}
 		return true
@@ -663,6 +658,17 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 	return shapeRetry{}, nil
 }
 
+// heldWithin says whether t and its descendants are all the holders of an
+// object: t makes it, and they get it from t.
+func (sh *shapeTree) heldWithin(t *shapeTask, holders []*shapeTask) bool {
+	for _, h := range holders {
+		if !sh.within(t.pid, h.pid) {
+			return false
+		}
+	}
+	return true
+}
+
 // siblingInSession says whether leader t has a sibling in its session.
 func (sh *shapeTree) siblingInSession(t *shapeTask) bool {
 	for _, k := range sh.kids[t.ppid] {
@@ -737,12 +743,8 @@ func (sh *shapeTree) canBorrow(t *shapeTask, born func(*shapeTask) int, deferred
 				return false // b is cloned from a sibling holding it
 			}
 		}
-		own := true // held in t's subtree only: t makes it
-		for _, h := range holders[i][k.id(t)] {
-			own = own && sh.within(t.pid, h.pid)
-		}
 		switch {
-		case own || k.id(t) == k.id(b):
+		case sh.heldWithin(t, holders[i][k.id(t)]) || k.id(t) == k.id(b):
 		case k.id(t) == k.id(a):
 			borrows = true
 		default:
