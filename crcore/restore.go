@@ -446,12 +446,14 @@ func (rs *restorer) create(t *rtask) error {
 	if t.parent == nil {
 		// The group the root is born in, the restorer's, as the tree
 		// sees it (0 outside its pid namespace): groups from outside
-		// are that one.
-		g, err := t.r.call("getpgid", unix.SYS_GETPGID, 0)
-		if err != nil {
-			return fmt.Errorf("pid %d: %w", pid, err)
+		// are that one, for a task that must go back to it (groups).
+		if rs.rejoinsOutside() {
+			g, err := t.r.call("getpgid", unix.SYS_GETPGID, 0)
+			if err != nil {
+				return fmt.Errorf("pid %d: %w", pid, err)
+			}
+			rs.outsidePgid = int(g)
 		}
-		rs.outsidePgid = int(g)
 		// A group of the tree the root joined, whose leader has
 		// exited, gets its helper from the root.
 		if err := rs.groupHelper(t); err != nil {
@@ -780,6 +782,22 @@ func (rs *restorer) createThreads(t *rtask, leader bool) error {
 		}
 	}
 	return nil
+}
+
+// rejoinsOutside says whether a task of the images left a group from
+// outside for one of its own that others joined, and must go back to it
+// (groups, pass 2).
+func (rs *restorer) rejoinsOutside() bool {
+	used := map[int]bool{}
+	for _, ti := range rs.s.tasks {
+		used[int(ti.ps.GetPgid())] = true
+	}
+	for pid, ti := range rs.s.tasks {
+		if pgid := int(ti.ps.GetPgid()); used[pid] && pgid != pid && rs.fromOutside(pgid) {
+			return true
+		}
+	}
+	return false
 }
 
 // groups puts every task in its process group: the groups' leaders
