@@ -124,14 +124,7 @@ func orphansRoundTrip(t *testing.T, pidns bool) {
 	p.WaitLine(t, `^C got t5$`, 10*time.Second)
 	p.WaitLine(t, `^E count 5$`, 10*time.Second)
 	hosts := append([]int{p.Pid}, kernelChildren(t, p.Pid)...)
-	t.Cleanup(func() {
-		for _, pid := range hosts {
-			if pid > 0 {
-				unix.Kill(pid, unix.SIGKILL)
-			}
-		}
-		crtest.ReapGone(t, hosts, 5*time.Second) // the orphans are ours then
-	})
+	t.Cleanup(func() { crtest.KillAll(t, hosts) }) // the orphans are ours then
 	// The shape the test is about.
 	outside := os.Getpid()
 	if pidns {
@@ -220,12 +213,7 @@ func TestOrphanOfLiveSession(t *testing.T) {
 	var m int
 	fmt.Sscan(p.WaitLine(t, `^M started (\d+)$`, time.Second)[1], &m)
 	all := append([]int{p.Pid}, crtest.Descendants(p.Pid)...)
-	t.Cleanup(func() {
-		for _, pid := range all {
-			unix.Kill(pid, unix.SIGKILL)
-		}
-		crtest.ReapGone(t, all, 5*time.Second)
-	})
+	t.Cleanup(func() { crtest.KillAll(t, all) })
 	before := nsIDs(t, p.Pid)
 	if len(all) != 4 || !strings.Contains(before[m], fmt.Sprintf("ppid %d ", p.Pid)) {
 		t.Fatalf("tree %v, M (%d) should be an orphan of the root: %v", all, m, before)
@@ -269,12 +257,7 @@ func startShape(t *testing.T, mode, re string) (*crtest.Proc, []string, []int) {
 		if all == nil {
 			all = append([]int{p.Pid}, crtest.Descendants(p.Pid)...)
 		}
-		for _, pid := range all {
-			if pid > 0 {
-				unix.Kill(pid, unix.SIGKILL)
-			}
-		}
-		crtest.ReapGone(t, all, 5*time.Second)
+		crtest.KillAll(t, all)
 	})
 	p.WaitLine(t, `^ready$`, 10*time.Second)
 	m := p.WaitLine(t, re, time.Second)
@@ -618,12 +601,7 @@ func TestOrphanOfZombieLeader(t *testing.T) {
 		}
 	}
 	all := append([]int{p.Pid}, crtest.Descendants(p.Pid)...)
-	t.Cleanup(func() {
-		for _, pid := range all {
-			unix.Kill(pid, unix.SIGKILL)
-		}
-		crtest.ReapGone(t, all, 5*time.Second)
-	})
+	t.Cleanup(func() { crtest.KillAll(t, all) })
 	if ids := nsIDs(t, p.Pid); !strings.HasPrefix(ids[m], fmt.Sprintf("ppid %d ", p.Pid)) || !strings.HasSuffix(ids[m], fmt.Sprintf(" sid %d", l)) {
 		t.Fatalf("M %d: %s; want an orphan of the root in session %d", m, ids[m], l)
 	}

@@ -219,13 +219,7 @@ func TestRandomShapes(t *testing.T) {
 			var all []int
 			t.Cleanup(func() {
 				all = append(all, p.Pid)
-				all = append(all, crtest.Descendants(p.Pid)...)
-				for _, pid := range all {
-					if pid > 0 {
-						unix.Kill(pid, unix.SIGKILL)
-					}
-				}
-				crtest.ReapGone(t, all, 5*time.Second)
+				crtest.KillAll(t, append(all, crtest.Descendants(p.Pid)...))
 			})
 			p.WaitLine(t, `^done$`, 10*time.Second)
 			var addr uint64
@@ -313,12 +307,7 @@ func TestThreadWithOwnFdTableRefused(t *testing.T) {
 	p := crtest.Start(t, bin, "U0,1 F0,1 Y1")
 	p.WaitLine(t, `^done$`, 10*time.Second)
 	all := append([]int{p.Pid}, crtest.Descendants(p.Pid)...)
-	t.Cleanup(func() {
-		for _, pid := range all {
-			unix.Kill(pid, unix.SIGKILL)
-		}
-		crtest.ReapGone(t, all, 5*time.Second)
-	})
+	t.Cleanup(func() { crtest.KillAll(t, all) })
 	var addr uint64
 	fmt.Sscanf(p.WaitLine(t, `^page (0x[0-9a-f]+)$`, time.Second)[1], "0x%x", &addr)
 	dir := filepath.Join(t.TempDir(), "img")

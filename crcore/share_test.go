@@ -209,12 +209,7 @@ func TestSiblingSharing(t *testing.T) {
 		t.Fatalf("bad pids %v", m)
 	}
 	all := []int{p.Pid, a, b, c}
-	t.Cleanup(func() {
-		for _, pid := range all[1:] {
-			unix.Kill(pid, unix.SIGKILL)
-		}
-		crtest.ReapGone(t, all[1:], 5*time.Second)
-	})
+	t.Cleanup(func() { crtest.KillAll(t, all[1:]) })
 	check := func(when string) {
 		t.Helper()
 		if !shares(t, a, b, kcmpFiles) || shares(t, p.Pid, a, kcmpFiles) || shares(t, a, c, kcmpFiles) {

@@ -497,6 +497,18 @@ func Descendants(pid int) []int {
 	return out
 }
 
+// KillAll kills every pid of pids (0 and below skipped) and waits until
+// they are gone (ReapGone): a test's cleanup of the trees it started.
+func KillAll(tb testing.TB, pids []int) {
+	tb.Helper()
+	for _, pid := range pids {
+		if pid > 0 {
+			unix.Kill(pid, unix.SIGKILL)
+		}
+	}
+	ReapGone(tb, pids, 5*time.Second)
+}
+
 // ReapGone waits until every pid is gone, reaping those that are (or
 // become, as orphans of a subreaper) our children.
 func ReapGone(tb testing.TB, pids []int, timeout time.Duration) {
