@@ -216,6 +216,15 @@ static int dropped_b_main(void *arg) {
 	return 0;
 }
 
+// files_child runs fn in a child sharing our fd table (CLONE_FILES) and
+// waits for it to exit.
+static void files_child(int (*fn)(void *)) {
+	static char stack[64 << 10];
+	pid_t c = clone(fn, stack + sizeof stack, CLONE_FILES | SIGCHLD, NULL);
+	if (c < 0 || waitpid(c, NULL, 0) != c)
+		_exit(1);
+}
+
 // presetsid forks a child that counts as who, then starts a session
 // and returns the child's pid.
 static pid_t presetsid(const char *who) {
@@ -264,10 +273,7 @@ static void shapes(const char *mode) {
 			if (fork() == 0) { // L
 				if (!strcmp(mode, "sharedorphan"))
 					setsid();
-				static char stack[64 << 10];
-				pid_t k = clone(k_main, stack + sizeof stack, CLONE_FILES | SIGCHLD, NULL);
-				if (k < 0 || waitpid(k, NULL, 0) != k)
-					_exit(1);
+				files_child(k_main);
 				dprintf(logfd, "ready\n");
 				idle();
 			}
@@ -296,10 +302,7 @@ static void shapes(const char *mode) {
 	if (!strcmp(mode, "gonefiles")) {
 		if (fork() == 0) { // P
 			signal(SIGCHLD, SIG_DFL);
-			static char stack[64 << 10];
-			pid_t l = clone(gone_l_main, stack + sizeof stack, CLONE_FILES | SIGCHLD, NULL);
-			if (l < 0 || waitpid(l, NULL, 0) != l)
-				_exit(1);
+			files_child(gone_l_main);
 			dprintf(logfd, "ready\n");
 			idle();
 		}
