@@ -247,18 +247,11 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 			return nil, fmt.Errorf("pid %d: create child %d: %w", p.ti.pid, c.pid, err)
 		}
 		faultPoint("restore:after-clone")
-		if sid != int(c.ps.GetSid()) {
-			child.setsidLater = true
-		} else if sid == c.pid {
-			if err := enterSession(child); err != nil {
-				return nil, err
-			}
+		if err := rs.startChild(child); err != nil {
+			return nil, err
 		}
 		if inSession[sid] == nil && !rs.shape.earlySetsid[c.pid] {
 			inSession[sid] = child
-		}
-		if err := rs.groupHelper(child); err != nil {
-			return nil, err
 		}
 		if err := rs.cloneBorrowers(p, child); err != nil {
 			return nil, err
@@ -317,10 +310,7 @@ func (rs *restorer) cloneEarly(c *rtask, inSession map[int]*rtask) error {
 		if flags&unix.CLONE_FILES != 0 {
 			child.filesSrc = src // src's fds are restored after
 		}
-		if rs.bornIn(e) != int(e.ps.GetSid()) {
-			child.setsidLater = true
-		}
-		if err := rs.groupHelper(child); err != nil {
+		if err := rs.startChild(child); err != nil {
 			return err
 		}
 		made = append(made, child)
@@ -368,14 +358,7 @@ func (rs *restorer) cloneBorrowers(a, b *rtask) error {
 		if sharedWith(b.ti, c)&unix.CLONE_FILES != 0 {
 			child.filesSrc = b // b's fds are restored after
 		}
-		if rs.bornIn(c) != int(c.ps.GetSid()) {
-			child.setsidLater = true // born in b's session
-		} else if c.pid == int(c.ps.GetSid()) {
-			if err := enterSession(child); err != nil {
-				return err
-			}
-		}
-		if err := rs.groupHelper(child); err != nil {
+		if err := rs.startChild(child); err != nil {
 			return err
 		}
 		b.borrowers = append(b.borrowers, child)
@@ -384,6 +367,23 @@ func (rs *restorer) cloneBorrowers(a, b *rtask) error {
 		return fmt.Errorf("pid %d: %w", b.ti.pid, err)
 	}
 	return nil
+}
+
+// startChild puts a task just cloned in its session: a leader enters its
+// own now, or, born in another (checkShape's pre), once it has cloned
+// its children of that one (setsidLater); and it gives the task's group
+// its helper when the group's leader has exited.
+func (rs *restorer) startChild(t *rtask) error {
+	ti := t.ti
+	switch sid := int(ti.ps.GetSid()); {
+	case rs.bornIn(ti) != sid:
+		t.setsidLater = true
+	case sid == ti.pid:
+		if err := enterSession(t); err != nil {
+			return err
+		}
+	}
+	return rs.groupHelper(t)
 }
 
 // memoryReady waits until t's pages are all in place, for a task to be
@@ -531,7 +531,7 @@ func (rs *restorer) adoptOrphans(src, memSrc *rtask, sid int) ([]*rtask, error) 
 		if err != nil {
 			return nil, fmt.Errorf("pid %d: create orphan %d in session %d: %w", o.parent.ti.pid, o.ti.pid, sid, err)
 		}
-		if err := rs.groupHelper(c); err != nil {
+		if err := rs.startChild(c); err != nil {
 			return nil, err
 		}
 		out = append(out, c)
@@ -567,12 +567,7 @@ func (rs *restorer) bearUnder(host *rtask) ([]*rtask, error) {
 		if err != nil {
 			return nil, fmt.Errorf("pid %d: create %d under %d: %w", o.parent.ti.pid, o.ti.pid, host.ti.pid, err)
 		}
-		if int(o.ti.ps.GetSid()) == o.ti.pid {
-			if err := enterSession(c); err != nil {
-				return nil, err
-			}
-		}
-		if err := rs.groupHelper(c); err != nil {
+		if err := rs.startChild(c); err != nil {
 			return nil, err
 		}
 		out = append(out, c)
