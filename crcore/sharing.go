@@ -53,10 +53,10 @@ func sharedVMError(child, parent int) error {
 		child, parent, ErrNotSupported)
 }
 
-// checkThreadsShare refuses a process one of whose threads has an fd
-// table or fs info of its own (unshare(CLONE_FILES) or unshare(CLONE_FS)
-// in that thread): the images hold one of each for a process, and its
-// threads are restored sharing them.
+// checkThreadsShare refuses a process one of whose threads has another
+// fd table or fs info than its leader (unshare(CLONE_FILES) or
+// unshare(CLONE_FS) in that thread, or in the leader): the images hold
+// one of each for a process, and its threads are restored sharing them.
 func checkThreadsShare(t *dtask) error {
 	if t.zombie {
 		return nil
@@ -71,8 +71,8 @@ func checkThreadsShare(t *dtask) error {
 				return fmt.Errorf("pid %d thread %d: %w", t.pid, th.tid, err)
 			}
 			if r != 0 {
-				return fmt.Errorf("thread %d of pid %d has %s of its own (unshare in that thread), which crhook does not dump: %w",
-					th.nsTid, t.nsPid, k.what, ErrNotSupported)
+				return fmt.Errorf("thread %d of pid %d has %s of its own, not its process leader's (one of them called unshare), which crhook does not dump: %w",
+					th.tid, t.pid, k.what, ErrNotSupported)
 			}
 		}
 	}
