@@ -813,8 +813,40 @@ func (rs *restorer) groups() error {
 	for _, t := range rs.tasks {
 		used[int(t.ti.ps.GetPgid())] = true
 	}
+	// Those that led a group for the while go to their own (pass 2)
+	// once no other of them is still to join their group, which may
+	// have no other member.
+	var back, wait []*rtask
+	for _, t := range rs.tasks {
+		pid, pgid := t.ti.pid, int(t.ti.ps.GetPgid())
+		if pgid != 0 && int(t.ti.ps.GetSid()) != pid && used[pid] && pgid != pid {
+			wait = append(wait, t)
+		}
+	}
+	for len(wait) > 0 {
+		var still []*rtask
+		for _, g := range wait {
+			joined := true
+			for _, h := range wait {
+				joined = joined && (h == g || int(h.ti.ps.GetPgid()) != g.ti.pid)
+			}
+			if joined {
+				back = append(back, g)
+			} else {
+				still = append(still, g)
+			}
+		}
+		if len(still) == len(wait) {
+			return fmt.Errorf("pid %d: process groups whose leaders joined each other's: %w", wait[0].ti.pid, ErrBadImage)
+		}
+		wait = still
+	}
 	for pass := 0; pass < 3; pass++ {
-		for _, t := range rs.tasks {
+		list := rs.tasks
+		if pass == 2 {
+			list = back
+		}
+		for _, t := range list {
 			pid, pgid, sid := t.ti.pid, int(t.ti.ps.GetPgid()), int(t.ti.ps.GetSid())
 			if pgid == 0 || sid == pid {
 				continue

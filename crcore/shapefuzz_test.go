@@ -34,6 +34,7 @@ func shapeScript(rng *rand.Rand) string {
 		ops = append(ops, "S0")
 	}
 	alive, next := []int{0}, 1
+	threaded := map[int]bool{} // unsharing there is refused on purpose
 	for len(ops) < 28 {
 		a := alive[rng.Intn(len(alive))]
 		switch k := rng.Intn(12); {
@@ -63,10 +64,12 @@ func shapeScript(rng *rand.Rand) string {
 			ops = append(ops, fmt.Sprintf("R%d", a))
 		case k == 9 && a != 0:
 			ops = append(ops, fmt.Sprintf("U%d,%d", a, rng.Intn(2)))
-		case k == 10:
+		case k == 10 && !threaded[a]:
 			ops = append(ops, fmt.Sprintf("%c%d", "DE"[rng.Intn(2)], a))
 		case k == 11:
-			ops = append(ops, fmt.Sprintf("%c%d", "OT"[rng.Intn(2)], a))
+			op := "OT"[rng.Intn(2)]
+			threaded[a] = threaded[a] || op == 'T'
+			ops = append(ops, fmt.Sprintf("%c%d", op, a))
 		}
 	}
 	return strings.Join(ops, " ")
@@ -199,6 +202,8 @@ func TestRandomShapes(t *testing.T) {
 		// are above every pid
 		"U0,1 J0,0 J0,0 R0 G0 G0 G0 F0,1 F1,2 U1,1 J1,0 P2,3 R3 F3,4 S0 O3 K4,5 T3 J0,1 U5,0 E2 K5,6 G2 S4 K1,7 F4,8 T5 X4",
 		"U0,1 S0 T0 R0 C0,1 F1,2 H1,3 K2,4 R0 F2,5 O5 F3,6 C5,7 H5,8 J7,3 S5 K0,9 J5,0 X3 U6,1 D4 X1 D5 R2 S2 X9 T6 U6,1",
+		// two tasks that left their groups, one for the other's
+		"U0,1 C0,1 C0,2 R0 F1,3 G2 K2,4 X4 G0 K2,5 E0 H1,6 C0,7 O5 U5,0 F2,8 X3 R2 G1 J2,0 S8 K5,9 G7 U1,1 S2 J8,1 J0,8 J0,6",
 		// the root in a group of the tree whose leader has exited
 		"U0,1 O0 R0 J0,0 F0,1 X1 O0 F0,2 G0 G2 J0,2 J2,0 X2 D0 O0 R0 F0,3 G3 F3,4 U3,1 F0,5 S4 J5,0 O5 K4,6 F4,7 E3 F3,8",
 	} {
