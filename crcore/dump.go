@@ -372,6 +372,7 @@ func (d *dumper) seizeTree(root int, extra []int, thaw func() error, cl *cleanup
 		}
 		t.nsPgid, _ = nsAt(t.status, "NSpgid", d.level)
 		t.nsSid, _ = nsAt(t.status, "NSsid", d.level)
+		t.nsPgid, t.nsSid = unseenID(t.nsPgid), unseenID(t.nsSid)
 		if t.parent != nil {
 			t.nsPpid = t.parent.nsPid
 		}
@@ -468,6 +469,33 @@ func (d *dumper) seizeTree(root int, extra []int, thaw func() error, cl *cleanup
 // it left them, are the restorer's on restore, like the root's own.
 type outsideIDs struct{ sid, pgid int }
 
+// outsideNS stands, in the dump's and the restore's view of a tree, for
+// a session or process group whose leader lies outside the tree's pid
+// namespace: the kernel shows its id as 0 there (a tree started from a
+// shell outside the namespace, as in a container or CI runner). There
+// can be one such session and group only: a task leaves it only by
+// setsid or setpgid, whose ids are then the tree's own. Images record
+// it as 0, as the kernel shows it (imageID). It is above every pid
+// (PID_MAX_LIMIT is 1<<22), so it names no task and no helper.
+const outsideNS = 1 << 30
+
+// unseenID maps a session or group id 0, one outside the namespace, to
+// outsideNS.
+func unseenID(id int) int {
+	if id == 0 {
+		return outsideNS
+	}
+	return id
+}
+
+// imageID is the id the images record for a session or group id.
+func imageID(id int) uint32 {
+	if id == outsideNS {
+		return 0
+	}
+	return uint32(id)
+}
+
 func (o outsideIDs) has(id int) bool { return id > 0 && (id == o.sid || id == o.pgid) }
 
 // outsideOf reads the root's parent's session and group, as the root's
@@ -487,7 +515,7 @@ func outsideOf(tasks []*dtask, level int) outsideIDs {
 		id  *int
 	}{{"NSsid", &o.sid}, {"NSpgid", &o.pgid}} {
 		if v, err := st.Ints(k.key); err == nil && len(v) > level && !inTree[v[level]] {
-			*k.id = v[level]
+			*k.id = unseenID(v[level])
 		}
 	}
 	return o
@@ -514,17 +542,26 @@ func samePidNS(root int, extra []int) error {
 	return nil
 }
 
-// adoptGroups records the tasks whose session or process group lies
-// outside the root's pid namespace (0 there: a `runc exec` process's)
-// in the root's, which a restore then gives them: the root is the one
-// task of the tree such a task can inherit them from.
+// adoptGroups records the tasks of the extra roots' trees whose session
+// or process group lies outside the root's pid namespace (outsideNS: a
+// `runc exec` process's) in the root's, which a restore then gives
+// them: the root is the one task of the tree such a task can inherit
+// them from. The root's own tasks keep outsideNS: theirs is the session
+// the root was started in, and left after cloning them.
 func adoptGroups(tasks []*dtask) {
 	root := tasks[0]
 	for _, t := range tasks[1:] {
-		if t.nsSid == 0 && root.nsSid != 0 {
+		top := t
+		for top.parent != root {
+			top = top.parent
+		}
+		if top.st.Ppid == root.pid {
+			continue // the root's child, not an extra root
+		}
+		if t.nsSid == outsideNS && root.nsSid != outsideNS {
 			t.nsSid = root.nsSid
 		}
-		if t.nsPgid == 0 && root.nsPgid != 0 {
+		if t.nsPgid == outsideNS && root.nsPgid != outsideNS {
 			t.nsPgid = root.nsPgid
 		}
 	}

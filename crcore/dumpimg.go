@@ -31,8 +31,8 @@ func (d *dumper) writeImages(tasks []*dtask) error {
 		CreatedBy:       proto.String("crhook"),
 		CreatedUnixNano: proto.Int64(time.Now().UnixNano()),
 		PageSize:        proto.Uint32(uint32(pageSize)),
-		OutsideSid:      proto.Uint32(uint32(d.outside.sid)),
-		OutsidePgid:     proto.Uint32(uint32(d.outside.pgid)),
+		OutsideSid:      proto.Uint32(imageID(d.outside.sid)),
+		OutsidePgid:     proto.Uint32(imageID(d.outside.pgid)),
 	}); err != nil {
 		return err
 	}
@@ -44,8 +44,8 @@ func (d *dumper) writeImages(tasks []*dtask) error {
 		e := &pb.PstreeEntry{
 			Pid:  proto.Uint32(uint32(t.nsPid)),
 			Ppid: proto.Uint32(uint32(t.nsPpid)),
-			Pgid: proto.Uint32(uint32(t.nsPgid)),
-			Sid:  proto.Uint32(uint32(t.nsSid)),
+			Pgid: proto.Uint32(imageID(t.nsPgid)),
+			Sid:  proto.Uint32(imageID(t.nsSid)),
 		}
 		for _, th := range t.threads {
 			e.Threads = append(e.Threads, uint32(th.nsTid))

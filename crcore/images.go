@@ -59,6 +59,11 @@ type taskImage struct {
 	runs    []mem.Run
 }
 
+// sid and pgid are the task's session and process group, outsideNS for
+// one whose leader is outside the tree's pid namespace (0 in the image).
+func (ti *taskImage) sid() int  { return unseenID(int(ti.ps.GetSid())) }
+func (ti *taskImage) pgid() int { return unseenID(int(ti.ps.GetPgid())) }
+
 func readOne(d *image.Dir, name string, k image.Kind, m proto.Message) error {
 	r, err := d.NewReader(name, k)
 	if err != nil {

@@ -460,7 +460,7 @@ func (rs *restorer) create(t *rtask) error {
 			return err
 		}
 	}
-	if int(t.ti.ps.GetSid()) == pid && t.parent == nil {
+	if t.ti.sid() == pid && t.parent == nil {
 		// A child enters its session as it is cloned; the root
 		// here, or once it has cloned its children of the session
 		// it was started in (checkShape's pre).
@@ -790,10 +790,10 @@ func (rs *restorer) createThreads(t *rtask, leader bool) error {
 func (rs *restorer) rejoinsOutside() bool {
 	used := map[int]bool{}
 	for _, ti := range rs.s.tasks {
-		used[int(ti.ps.GetPgid())] = true
+		used[ti.pgid()] = true
 	}
 	for pid, ti := range rs.s.tasks {
-		if pgid := int(ti.ps.GetPgid()); used[pid] && pgid != pid && rs.fromOutside(pgid) {
+		if pgid := ti.pgid(); used[pid] && pgid != pid && rs.fromOutside(pgid) {
 			return true
 		}
 	}
@@ -811,15 +811,15 @@ func (rs *restorer) rejoinsOutside() bool {
 func (rs *restorer) groups() error {
 	used := map[int]bool{}
 	for _, t := range rs.tasks {
-		used[int(t.ti.ps.GetPgid())] = true
+		used[t.ti.pgid()] = true
 	}
 	// Those that led a group for the while go to their own (pass 2)
 	// once no other of them is still to join their group, which may
 	// have no other member.
 	var back, wait []*rtask
 	for _, t := range rs.tasks {
-		pid, pgid := t.ti.pid, int(t.ti.ps.GetPgid())
-		if pgid != 0 && int(t.ti.ps.GetSid()) != pid && used[pid] && pgid != pid {
+		pid, pgid := t.ti.pid, t.ti.pgid()
+		if pgid != 0 && t.ti.sid() != pid && used[pid] && pgid != pid {
 			wait = append(wait, t)
 		}
 	}
@@ -828,7 +828,7 @@ func (rs *restorer) groups() error {
 		for _, g := range wait {
 			joined := true
 			for _, h := range wait {
-				joined = joined && (h == g || int(h.ti.ps.GetPgid()) != g.ti.pid)
+				joined = joined && (h == g || h.ti.pgid() != g.ti.pid)
 			}
 			if joined {
 				back = append(back, g)
@@ -847,7 +847,7 @@ func (rs *restorer) groups() error {
 			list = back
 		}
 		for _, t := range list {
-			pid, pgid, sid := t.ti.pid, int(t.ti.ps.GetPgid()), int(t.ti.ps.GetSid())
+			pid, pgid, sid := t.ti.pid, t.ti.pgid(), t.ti.sid()
 			if pgid == 0 || sid == pid {
 				continue
 			}

@@ -133,7 +133,7 @@ type deferredOrphan struct {
 func (rs *restorer) helperPids() map[int]bool {
 	out := map[int]bool{}
 	for _, ti := range rs.s.tasks {
-		for _, id := range []int{int(ti.ps.GetSid()), int(ti.ps.GetPgid())} {
+		for _, id := range []int{ti.sid(), ti.pgid()} {
 			if rs.needsHelper(id) {
 				out[id] = true
 			}
@@ -161,14 +161,17 @@ func (rs *restorer) fromOutside(id int) bool {
 	if _, ok := rs.s.tasks[id]; ok || id <= 0 {
 		return false
 	}
+	if id == outsideNS {
+		return true
+	}
 	root := rs.s.tasks[int(rs.s.tree[0].GetPid())]
 	out, known := rs.s.outside()
 	if known {
 		// The root's group may be one of the tree's, led by a
 		// task that has exited: the root joined it.
-		return id == int(root.ps.GetSid()) || out.has(id)
+		return id == root.sid() || out.has(id)
 	}
-	return id == int(root.ps.GetSid()) || id == int(root.ps.GetPgid())
+	return id == root.sid() || id == root.pgid()
 }
 
 // cloneChildren creates the children of p, each in its session, with the
@@ -216,7 +219,7 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 			}
 			p.setsidLater = false
 		}
-		if sid != c.pid && sid != int(p.ti.ps.GetSid()) && sid != early {
+		if sid != c.pid && sid != p.ti.sid() && sid != early {
 			var err error
 			if src, err = rs.sessionSource(p, c, sid, inSession); err != nil {
 				return nil, err
@@ -375,7 +378,7 @@ func (rs *restorer) cloneBorrowers(a, b *rtask) error {
 // its helper when the group's leader has exited.
 func (rs *restorer) startChild(t *rtask) error {
 	ti := t.ti
-	switch sid := int(ti.ps.GetSid()); {
+	switch sid := ti.sid(); {
 	case rs.bornIn(ti) != sid:
 		t.setsidLater = true
 	case sid == ti.pid:
@@ -416,7 +419,7 @@ func (rs *restorer) bornIn(ti *taskImage) int {
 	if s := rs.shape.pre[ti.pid]; s != 0 {
 		return s
 	}
-	return int(ti.ps.GetSid())
+	return ti.sid()
 }
 
 // shareSource returns the task child c of p is to be cloned from so that
@@ -642,7 +645,7 @@ func (rs *restorer) spareHelper(t *rtask, sid int) (*rtask, error) {
 // helper with the group's pid in t's session that starts the group (a
 // zombie's too: it joins its group before it dies).
 func (rs *restorer) groupHelper(t *rtask) error {
-	pgid := int(t.ti.ps.GetPgid())
+	pgid := t.ti.pgid()
 	if pgid == t.ti.pid || !rs.needsHelper(pgid) || rs.sess.byPid[pgid] != nil {
 		return nil
 	}

@@ -121,7 +121,7 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int, outside outsid
 		switch {
 		case retry.viaHelper != 0 && !viaHelper[retry.viaHelper]:
 			viaHelper[retry.viaHelper] = true
-		case retry.leader != 0 && forSiblings[retry.leader] == 0:
+		case retry.leader != 0 && forSiblings[retry.leader] == 0 && retry.session != 0:
 			forSiblings[retry.leader] = retry.session
 		default:
 			return nil, first
@@ -799,7 +799,12 @@ func otherThan(g []*shapeTask, t *shapeTask) *shapeTask {
 // when no task of the tree leads them, and whether the images say (older
 // crhooks did not).
 func (s *imageSet) outside() (out outsideIDs, known bool) {
-	return outsideIDs{sid: int(s.ext.GetOutsideSid()), pgid: int(s.ext.GetOutsidePgid())}, s.ext.OutsidePgid != nil
+	if s.ext.OutsidePgid == nil {
+		return outsideIDs{}, false
+	}
+	// 0: outside the root's pid namespace (or, for a group, led by a
+	// task of the tree, which no id of the tree's is then compared to).
+	return outsideIDs{sid: unseenID(int(s.ext.GetOutsideSid())), pgid: unseenID(int(s.ext.GetOutsidePgid()))}, true
 }
 
 // shapeOfImages gives checkShape the restore's images.
@@ -807,7 +812,7 @@ func (s *imageSet) shape() (*shapePlan, error) {
 	tasks := map[int]*shapeTask{}
 	for pid, ti := range s.tasks {
 		ids := ti.core.GetIds()
-		tasks[pid] = &shapeTask{pid: pid, ppid: int(ti.ps.GetPpid()), sid: int(ti.ps.GetSid()),
+		tasks[pid] = &shapeTask{pid: pid, ppid: int(ti.ps.GetPpid()), sid: ti.sid(),
 			files: ids.GetFilesId(), fs: ids.GetFsId(), zombie: ti.zombie()}
 		if ids == nil {
 			// No ids: shares nothing.
@@ -816,5 +821,5 @@ func (s *imageSet) shape() (*shapePlan, error) {
 	}
 	root := s.tasks[int(s.tree[0].GetPid())]
 	out, _ := s.outside()
-	return checkShape(tasks, root.pid, int(root.ps.GetPgid()), out)
+	return checkShape(tasks, root.pid, root.pgid(), out)
 }

@@ -28,6 +28,8 @@ func TestCheckShapePlan(t *testing.T) {
 		{name: "line of leaders", tree: "1 0 1, 2 1 2, 3 2 3, 4 3 1", pre: map[int]int{2: 1, 3: 1}},
 		{name: "line of leaders, outside session", tree: "10 5 5, 11 10 11, 12 11 12, 13 12 5", pre: map[int]int{11: 5, 12: 5}},
 		{name: "root that left the session it was started in", tree: "1 0 1, 2 1 2, 3 2 5, 4 1 5", outside: 5, pre: map[int]int{1: 5, 2: 5}},
+		{name: "root that left the session it was started in, a grandchild in it", tree: "1 0 1, 2 1 2, 3 2 5", outside: 5, pre: map[int]int{1: 5, 2: 5}},
+		{name: "root that left a session outside the pid namespace", tree: fmt.Sprintf("1 0 1, 2 1 2, 3 2 %d, 4 1 1", outsideNS), outside: outsideNS, pre: map[int]int{1: outsideNS, 2: outsideNS}},
 		{name: "exited leader, one line", tree: "1 0 1, 2 1 1, 4 1 3, 5 2 3", helper: map[int]int{3: 2}},
 		{name: "exited leader, members under leaders born in it", tree: "1 0 1, 3 1 3, 4 3 2, 5 1 5, 6 5 2",
 			pre: map[int]int{3: 2, 5: 2}, helper: map[int]int{2: 1}},
