@@ -272,15 +272,14 @@ func huskChildren() []int {
 	return out
 }
 
-// alive reports the pids that exist and are not zombies, reaping those
-// that are our zombies.
-func alive(pids []int) []int {
+// present reports the pids that still exist, zombies too, reaping
+// those that are our zombies: a zombie keeps its pid from a restore.
+func present(pids []int) []int {
 	var out []int
 	for _, pid := range pids {
 		var ws unix.WaitStatus
 		unix.Wait4(pid, &ws, unix.WNOHANG|unix.WALL, nil)
-		st, err := crtest.State(pid)
-		if err == nil && st != 'Z' && st != 'X' {
+		if st, err := crtest.State(pid); err == nil && st != 'X' {
 			out = append(out, pid)
 		}
 	}
@@ -288,26 +287,24 @@ func alive(pids []int) []int {
 }
 
 // checkNoStray fails when a process of pids, or a husk of ours, stays
-// alive beyond a short grace period (PTRACE_O_EXITKILL acts at once, the
-// reaping of the dead takes a moment).
+// beyond a short grace period (PTRACE_O_EXITKILL acts at once, the
+// reaping of the dead takes a moment). The killed restorer's tasks die
+// as orphans of this test (a subreaper), once their own parent is gone:
+// until then they are another's zombies, and they are waited for, or
+// the next restore finds their pids taken.
 func checkNoStray(t *testing.T, pids []int) {
 	t.Helper()
 	deadline := time.Now().Add(3 * time.Second)
 	for {
-		// The killed restorer's tasks die as orphans of this test (a
-		// subreaper): reap them, or their zombies keep the pids.
-		for _, pid := range pids {
-			var ws unix.WaitStatus
-			unix.Wait4(pid, &ws, unix.WNOHANG, nil)
-		}
-		left := append(alive(pids), alive(huskChildren())...)
+		left := append(present(pids), present(huskChildren())...)
 		if len(left) == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
 			for _, pid := range left {
 				cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-				t.Errorf("pid %d (%q) survives", pid, bytes.ReplaceAll(cmd, []byte{0}, []byte{' '}))
+				st, _ := crtest.State(pid)
+				t.Errorf("pid %d (%q, state %c) survives", pid, bytes.ReplaceAll(cmd, []byte{0}, []byte{' '}), st)
 				crtest.KillAndReap(pid)
 			}
 			return
