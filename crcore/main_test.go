@@ -24,6 +24,10 @@ func TestMain(m *testing.M) {
 	if mode := os.Getenv(helperEnv); mode != "" {
 		helperProcess(mode) // exits
 	}
+	if msg := checkOutsideNS(); msg != "" {
+		fmt.Fprintln(os.Stderr, msg)
+		os.Exit(1)
+	}
 	fds := crtest.OpenFds()
 	code := m.Run()
 	if n := crtest.OpenFds(); code == 0 && n > fds {
