@@ -550,6 +550,65 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 	if len(kids) == 0 {
 		return shapeRetry{}, nil
 	}
+	// lateLeaders: a leader born in another session (pre) that shares
+	// with a sibling in another session goes after it too, to be
+	// cloned from it; tried when the order without fails.
+	sortKids := func(lateLeaders bool) {
+		key := map[*shapeTask]int{}
+		member := func(c *shapeTask) bool { return born(c) != c.pid && born(c) != p.sid || c.sid != c.pid }
+		for _, c := range kids {
+			switch {
+			case plan.pre[pid] != 0 && born(c) == plan.pre[pid]:
+				key[c] = -10
+			case member(c):
+				key[c] = 10
+			case plan.earlySetsid[c.pid]:
+				// Born in a session its siblings there share with it
+				// in, and leaving it at once: after them.
+				for _, k := range kids {
+					if k != c && born(k) == born(c) && shared(k, c)&^shared(p, c) != 0 {
+						key[c] = 15
+					}
+				}
+			case plan.pre[c.pid] == 0 || lateLeaders:
+				for _, k := range kids {
+					if k != c && k.sid != c.sid && shared(k, c)&^shared(p, c) != 0 {
+						key[c] = 20
+					}
+				}
+			}
+		}
+		for _, c := range kids {
+			// A session's members come after their leader when it is a
+			// sibling that comes after some members.
+			if l := sh.tasks[c.sid]; key[c] == 10 && l != nil && l.ppid == pid && key[l] > 10 {
+				key[c] = key[l] + 2
+			}
+		}
+		sort.SliceStable(kids, func(i, j int) bool { return key[kids[i]] < key[kids[j]] })
+	}
+	sortKids(false)
+	retry, err := sh.simulateClones(plan, p, kids, early, born, deferred)
+	if err != nil {
+		sortKids(true)
+		if _, err2 := sh.simulateClones(plan, p, kids, early, born, deferred); err2 != nil {
+			return retry, err
+		}
+	}
+	order := make([]int, len(kids))
+	for i, c := range kids {
+		order[i] = c.pid
+	}
+	plan.order[pid] = order
+	return shapeRetry{}, nil
+}
+
+// simulateClones checks that each of p's children, cloned in the order
+// of kids (its early ones before), finds a task to be cloned from that
+// holds all it shares with p and its siblings cloned before it, in the
+// session it is born in.
+func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early []*shapeTask, born func(*shapeTask) int, deferred map[int]int) (shapeRetry, error) {
+	pid := p.pid
 	// now: the session a child is in while its later siblings are
 	// cloned: the one it is born in, or its own for a leader that calls
 	// setsid right after its early children (plan.earlySetsid).
@@ -559,44 +618,6 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 		}
 		return born(c)
 	}
-	key := map[*shapeTask]int{}
-	member := func(c *shapeTask) bool { return born(c) != c.pid && born(c) != p.sid || c.sid != c.pid }
-	for _, c := range kids {
-		switch {
-		case plan.pre[pid] != 0 && born(c) == plan.pre[pid]:
-			key[c] = -10
-		case member(c):
-			key[c] = 10
-		case plan.earlySetsid[c.pid]:
-			// Born in a session its siblings there share with it
-			// in, and leaving it at once: after them.
-			for _, k := range kids {
-				if k != c && born(k) == born(c) && shared(k, c)&^shared(p, c) != 0 {
-					key[c] = 15
-				}
-			}
-		case plan.pre[c.pid] == 0:
-			for _, k := range kids {
-				if k != c && k.sid != c.sid && shared(k, c)&^shared(p, c) != 0 {
-					key[c] = 20
-				}
-			}
-		}
-	}
-	for _, c := range kids {
-		// A session's members come after their leader when it is a
-		// sibling that comes after some members.
-		if l := sh.tasks[c.sid]; key[c] == 10 && l != nil && l.ppid == pid && key[l] > 10 {
-			key[c] = key[l] + 2
-		}
-	}
-	sort.SliceStable(kids, func(i, j int) bool { return key[kids[i]] < key[kids[j]] })
-	order := make([]int, len(kids))
-	for i, c := range kids {
-		order[i] = c.pid
-	}
-	plan.order[pid] = order
-
 	// The sharing, as cloneChildren and shareSource will meet it.
 	helper := &shapeTask{pid: -1, files: p.files, fs: p.fs} // holds p's
 	inSession := map[int]*shapeTask{}

@@ -9,10 +9,11 @@ import (
 	"testing"
 )
 
-// The shape planner on trees written as "pid ppid sid [files]" (the
+// The shape planner on trees written as "pid ppid sid [files [fs]]" (the
 // first is the root; a session id that is no pid is a leader that has
-// exited, or the root's session from outside; files, the fd table's id,
-// is the pid when not given; a "z" at the end makes it a zombie).
+// exited, or the root's session from outside; files and fs, the fd
+// table's and fs info's ids, are the pid when not given; a "z" at the
+// end makes it a zombie).
 func TestCheckShapePlan(t *testing.T) {
 	for _, tc := range []struct {
 		name, tree string
@@ -30,6 +31,7 @@ func TestCheckShapePlan(t *testing.T) {
 		{name: "root that left the session it was started in", tree: "1 0 1, 2 1 2, 3 2 5, 4 1 5", outside: 5, pre: map[int]int{1: 5, 2: 5}},
 		{name: "root that left the session it was started in, a grandchild in it", tree: "1 0 1, 2 1 2, 3 2 5", outside: 5, pre: map[int]int{1: 5, 2: 5}},
 		{name: "root that left a session outside the pid namespace", tree: fmt.Sprintf("1 0 1, 2 1 2, 3 2 %d, 4 1 1", outsideNS), outside: outsideNS, pre: map[int]int{1: outsideNS, 2: outsideNS}},
+		{name: "leader born in its parent's session, cloned from a sibling", tree: "1 0 1, 2 1 1 2 1, 3 1 3 2 3, 4 3 1 4 4", pre: map[int]int{3: 1}},
 		{name: "exited leader, one line", tree: "1 0 1, 2 1 1, 4 1 3, 5 2 3", helper: map[int]int{3: 2}},
 		{name: "exited leader, members under leaders born in it", tree: "1 0 1, 3 1 3, 4 3 2, 5 1 5, 6 5 2",
 			pre: map[int]int{3: 2, 5: 2}, helper: map[int]int{2: 1}},
@@ -62,6 +64,9 @@ func TestCheckShapePlan(t *testing.T) {
 				st.files, st.fs = uint32(st.pid), uint32(st.pid)
 				if fl := strings.Fields(strings.TrimSuffix(strings.TrimSpace(f), "z")); len(fl) > 3 {
 					fmt.Sscan(fl[3], &st.files)
+				}
+				if fl := strings.Fields(strings.TrimSuffix(strings.TrimSpace(f), "z")); len(fl) > 4 {
+					fmt.Sscan(fl[4], &st.fs)
 				}
 				st.zombie = strings.HasSuffix(strings.TrimSpace(f), "z")
 				tasks[st.pid] = &st
