@@ -179,6 +179,10 @@ type rtask struct {
 	// filesSrc: the sibling whose fd table this task shares, restored
 	// after this task was cloned; create takes its table from there.
 	filesSrc *rtask
+	// spare: for a task cloned from a spare helper (an orphan, or one
+	// born under another), that helper, its parent until the helper
+	// exits (endHelpers).
+	spare *rtask
 	// reaper, orphans (a spare helper's, sessions.go): the task its
 	// orphans are to be reparented to when it exits, and those orphans.
 	reaper  *rtask
@@ -813,31 +817,37 @@ func (rs *restorer) groups() error {
 	for _, t := range rs.tasks {
 		used[t.ti.pgid()] = true
 	}
-	// Those that led a group for the while go to their own (pass 2)
-	// once no other of them is still to join their group, which may
-	// have no other member.
+	// Those that led a group for the while go to their own (pass 2),
+	// each once its group is no longer needed for others of them to
+	// join, or keeps a member that stays: a group lives as long as it
+	// has a task. kept counts, by group, the tasks that are in it for
+	// good: those placed in passes 0 and 1, and those moved back.
 	var back, wait []*rtask
+	kept := map[int]int{}
 	for _, t := range rs.tasks {
 		pid, pgid := t.ti.pid, t.ti.pgid()
-		if pgid != 0 && t.ti.sid() != pid && used[pid] && pgid != pid {
+		if t.ti.sid() != pid && used[pid] && pgid != pid {
 			wait = append(wait, t)
+		} else {
+			kept[pgid]++
 		}
 	}
 	for len(wait) > 0 {
 		var still []*rtask
 		for _, g := range wait {
-			joined := true
+			needed := false
 			for _, h := range wait {
-				joined = joined && (h == g || h.ti.pgid() != g.ti.pid)
+				needed = needed || h != g && h.ti.pgid() == g.ti.pid
 			}
-			if joined {
+			if !needed || kept[g.ti.pid] > 0 {
 				back = append(back, g)
+				kept[g.ti.pgid()]++
 			} else {
 				still = append(still, g)
 			}
 		}
 		if len(still) == len(wait) {
-			return fmt.Errorf("pid %d: process groups whose leaders joined each other's: %w", wait[0].ti.pid, ErrBadImage)
+			return fmt.Errorf("pid %d: process groups whose leaders joined each other's, with no other member: %w", wait[0].ti.pid, ErrBadImage)
 		}
 		wait = still
 	}

@@ -587,7 +587,7 @@ func (rs *restorer) cloneOrphan(h *rtask, o deferredOrphan, memSrc *rtask) (*rta
 	if err != nil {
 		return nil, err
 	}
-	c := &rtask{ti: o.ti, hostPid: hostPid, t: ct, parent: o.parent, memSrc: memSrc}
+	c := &rtask{ti: o.ti, hostPid: hostPid, t: ct, parent: o.parent, memSrc: memSrc, spare: h}
 	c.r = h.r.forTask(ct)
 	// The objects' holder has its fds in place already.
 	c.table = maps.Clone(from.table)
@@ -650,7 +650,12 @@ func (rs *restorer) groupHelper(t *rtask) error {
 		return nil
 	}
 	parent := t.parent
-	if parent == nil {
+	switch {
+	case t.spare != nil:
+		// Its sibling under the spare, which reaps it: the spare's
+		// exit would leave it a zombie under the task's image parent.
+		parent = t.spare
+	case parent == nil:
 		parent = t // the root: the helper is its child
 	}
 	h, err := rs.newHelper(t, parent, pgid)
@@ -780,7 +785,12 @@ func (rs *restorer) reapHelper(h *rtask) error {
 	for {
 		got, err := p.r.call("wait4", unix.SYS_WAIT4, uint64(h.ti.pid), 0, unix.WNOHANG|unix.WALL, 0)
 		if errors.Is(err, unix.ECHILD) {
-			break // reaped already (SIGCHLD ignored: the kernel reaps)
+			// Reaped already (SIGCHLD ignored: the kernel reaps), or
+			// not p's child: then its zombie would stay.
+			if _, err := procfs.ReadStat(h.hostPid); err == nil {
+				return fmt.Errorf("helper %d is not a child of %d: its zombie would stay", h.ti.pid, p.ti.pid)
+			}
+			break
 		}
 		if err != nil {
 			return err
