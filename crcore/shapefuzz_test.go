@@ -206,6 +206,16 @@ func TestRandomShapes(t *testing.T) {
 		"U0,1 C0,1 C0,2 R0 F1,3 G2 K2,4 X4 G0 K2,5 E0 H1,6 C0,7 O5 U5,0 F2,8 X3 R2 G1 J2,0 S8 K5,9 G7 U1,1 S2 J8,1 J0,8 J0,6",
 		// the root in a group of the tree whose leader has exited
 		"U0,1 O0 R0 J0,0 F0,1 X1 O0 F0,2 G0 G2 J0,2 J2,0 X2 D0 O0 R0 F0,3 G3 F3,4 U3,1 F0,5 S4 J5,0 O5 K4,6 F4,7 E3 F3,8",
+		// a leader born in its parent's session sharing an fd table
+		// with a sibling that shares its fs info with the parent
+		"U0,1 S0 K0,1 G1 U1,1 H1,2 E2 T1 C0,3 F2,4 K4,5 S0 R3 S2 F0,6 F5,7 D4 X4 G7 G7 S1 G7 X5 X3 G1 P6,8 P7,9 O2",
+		// an orphan in a group whose leader has exited: the group's
+		// helper was left a zombie under the orphan's parent
+		"U0,1 S0 F0,1 D0 K1,2 E1 K0,3 F0,4 C2,5 T2 F3,6 C3,7 J3,7 R1 U1,0 J7,6 G5 R6 C5,8 X5 F8,9 S4 J6,2 X9 J2,4 R2 J3,4 G3",
+		// two group leaders each in the other's group, which keeps
+		// other members
+		"U0,1 K0,1 F0,2 R2 G0 X1 S0 X2 F0,3 R0 R0 G3 D3 R3 R3 F3,4 J3,0 J4,4 F0,5 H3,6 J0,4 S5 S3 D4 D3 X6 X5 F0,7",
+		"U0,1 G0 S0 T0 S0 J0,0 F0,1 G1 E1 F0,2 D1 K2,3 G1 K3,4 J0,1 U3,0 P1,5 H3,6 U6,0 F6,7 U1,0 J4,6 T3 J3,5 J1,2 U5,1 R6 S7",
 	} {
 		seeds = append(seeds, int64(-1-i))
 		scripts[int64(-1-i)] = sc
