@@ -414,8 +414,17 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 			var heads []*shapeTask
 			for _, t := range g {
 				if src, orphan := deferred[t.pid]; orphan {
-					if s := tasks[src]; s != nil && !s.zombie && holdsAll(s, t) {
-						continue // passed on by the spare it is cloned from
+					// A zombie's spare holds what the zombie's cloner
+					// held (zombieHolds): enough for an orphan sharing
+					// only with its own descendants.
+					if s := tasks[src]; s != nil {
+						from := s
+						if s.zombie {
+							from = noObjects
+						}
+						if holdsAll(from, t) {
+							continue // passed on by the spare it is cloned from
+						}
 					}
 					return nil, shapeRetry{}, fmt.Errorf("pid %d shares %s with pid %d, but is rebuilt as an orphan of %d (cloned from a spare helper of task %d, then reparented), and %d does not hold all it shares: %w",
 						t.pid, k.what, otherThan(g, t).pid, t.ppid, src, src, ErrNotSupported)
@@ -484,6 +493,9 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 	}
 	return plan, shapeRetry{}, nil
 }
+
+// noObjects is a task that shares no object with any other.
+var noObjects = &shapeTask{pid: -1}
 
 // shared returns the clone flags for what c shares with a.
 func shared(a, c *shapeTask) uint64 {

@@ -50,6 +50,7 @@ func TestCheckShapePlan(t *testing.T) {
 		{name: "holder that dropped the table two levels up", tree: "1 0 1, 2 1 1 2, 3 2 1 3, 4 3 1 4, 6 4 1 2", refused: "not siblings"},
 		{name: "exited leader's orphan sharing the helper parent's fd table", tree: "1 0 1 1, 2 1 1 1, 4 1 3 1, 5 2 3", helper: map[int]int{3: 2}},
 		{name: "orphan of a zombie leader", tree: "1 0 1, 2 1 1, 3 2 3 z, 5 1 3"},
+		{name: "orphan of a zombie leader sharing its fd table with its child", tree: "1 0 1, 2 1 1, 3 2 3 z, 5 1 3 5, 6 5 3 5"},
 		{name: "orphan of a zombie leader moved past its parent", tree: "1 0 1, 2 1 1, 4 1 4 z, 5 2 4", bornUnder: map[int]int{4: 2}},
 		{name: "orphan of a task below the leader", tree: "1 0 1, 2 1 1, 3 2 3, 4 3 3, 5 4 3, 6 1 1, 7 6 3", refused: "not an ancestor of the session's leader"},
 	} {
