@@ -179,6 +179,11 @@ type rtask struct {
 	// filesSrc: the sibling whose fd table this task shares, restored
 	// after this task was cloned; create takes its table from there.
 	filesSrc *rtask
+	// lends: what the task lends its children while it clones them
+	// (checkShape's lent), and lentFiles, the first child cloned
+	// sharing the lent fd table, which restores its fds.
+	lends     *lentObjs
+	lentFiles *rtask
 	// spare: for a task cloned from a spare helper (an orphan, or one
 	// born under another), that helper, its parent until the helper
 	// exits (endHelpers).
@@ -523,7 +528,8 @@ func (rs *restorer) create(t *rtask) error {
 
 // cloneChild creates the image's task c as a child of p, with its pid.
 func (rs *restorer) cloneChild(p *rtask, c *taskImage) (*rtask, error) {
-	flags := sharedWith(p.ti, c) | rs.borrows(p.ti, c)
+	lent := lentTo(p, c)
+	flags := sharedWith(p.ti, c) | rs.borrows(p.ti, c) | lent
 	if c.zombie() {
 		flags = zombieHolds
 	}
@@ -537,7 +543,40 @@ func (rs *restorer) cloneChild(p *rtask, c *taskImage) (*rtask, error) {
 	}
 	child.r = p.r.forTask(t)
 	child.table = maps.Clone(p.table)
+	if lent&unix.CLONE_FILES != 0 {
+		// The first to be built restores the lent table's fds.
+		if p.lentFiles == nil {
+			p.lentFiles = child
+		} else {
+			child.filesSrc = p.lentFiles
+		}
+	}
 	return child, nil
+}
+
+// lentTo returns the clone flags for what t, while it lends its children
+// objects it drops after (checkShape's lent), lends c.
+func lentTo(t *rtask, c *taskImage) uint64 {
+	ids := c.core.GetIds()
+	if t.lends == nil || ids == nil {
+		return 0
+	}
+	var fl uint64
+	if t.lends.files != 0 && ids.GetFilesId() == t.lends.files {
+		fl |= unix.CLONE_FILES
+	}
+	if t.lends.fs != 0 && ids.GetFsId() == t.lends.fs {
+		fl |= unix.CLONE_FS
+	}
+	return fl
+}
+
+// holdsFor returns the clone flags for what c shares with the objects t
+// holds now: its own or, for a helper or zombie, its source's, and what
+// a lender lends.
+func holdsFor(t *rtask, c *taskImage) uint64 {
+	o := objectsOf(t)
+	return sharedWith(o.ti, c) | lentTo(o, c)
 }
 
 // zombieHolds is how a zombie is cloned: sharing the fd table and fs

@@ -186,6 +186,11 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 	for _, pid := range rs.shape.order[p.ti.pid] {
 		kids = append(kids, rs.s.tasks[pid])
 	}
+	if l, ok := rs.shape.lent[p.ti.pid]; ok {
+		// p lends its children its fd table or fs info, as it is
+		// now, and keeps a copy once they are cloned.
+		p.lends = &l
+	}
 	if len(kids) > 0 {
 		// The children inherit p's memory (inherit.go): all of it,
 		// whoever they are cloned from, since the sibling or helper
@@ -270,6 +275,19 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 			return nil, err
 		}
 		p.setsidLater = false
+	}
+	if l := p.lends; l != nil {
+		var fl uint64
+		if l.files != 0 {
+			fl |= unix.CLONE_FILES
+		}
+		if l.fs != 0 {
+			fl |= unix.CLONE_FS
+		}
+		if _, err := p.r.call("unshare", unix.SYS_UNSHARE, fl); err != nil {
+			return nil, fmt.Errorf("pid %d: keep a copy of what it lent its children: %w", p.ti.pid, err)
+		}
+		p.lends = nil
 	}
 	return append(p.borrowers, out...), nil
 }
@@ -431,17 +449,17 @@ func (rs *restorer) bornIn(ti *taskImage) int {
 // Precondition: no sibling in sibs built yet (its table and fs are
 // still to be restored, its memory still p's).
 func (rs *restorer) shareSource(p *rtask, c *taskImage, src *rtask, sibs []*rtask) (*rtask, error) {
-	// need: what c shares with p or a sibling.
-	need := sharedWith(p.ti, c)
+	// need: what c shares with p (or p lends it) or a sibling.
+	need := sharedWith(p.ti, c) | lentTo(p, c)
 	for _, k := range sibs {
 		need |= sharedWith(k.ti, c)
 	}
-	if sharedWith(objectsOf(src).ti, c) == need {
+	if holdsFor(src, c) == need {
 		return src, nil
 	}
 	sid := rs.bornIn(c)
 	for _, k := range sibs {
-		if sharedWith(objectsOf(k).ti, c) == need && (sid == c.pid || rs.sessionNow(k.ti) == sid) {
+		if holdsFor(k, c) == need && (sid == c.pid || rs.sessionNow(k.ti) == sid) {
 			return k, nil
 		}
 	}
@@ -677,7 +695,7 @@ func (rs *restorer) cloneFrom(src, p *rtask, c *taskImage) (*rtask, error) {
 	}
 	// clone3 refuses an exit signal with CLONE_PARENT: the child gets
 	// src's, SIGCHLD.
-	share := sharedWith(objectsOf(src).ti, c)
+	share := holdsFor(src, c)
 	if c.zombie() {
 		share = zombieHolds
 	}
@@ -694,8 +712,16 @@ func (rs *restorer) cloneFrom(src, p *rtask, c *taskImage) (*rtask, error) {
 		child.holds = src
 	} else if share&unix.CLONE_FILES != 0 {
 		// A sibling's fds are restored after this clone: c takes
-		// the table it leaves (create).
-		child.filesSrc = objectsOf(src)
+		// the table it leaves (create). A lent table's are restored
+		// by the first child that holds it.
+		switch o := objectsOf(src); {
+		case lentTo(o, c)&unix.CLONE_FILES == 0:
+			child.filesSrc = o
+		case o.lentFiles == nil:
+			o.lentFiles = child
+		default:
+			child.filesSrc = o.lentFiles
+		}
 	}
 	return child, nil
 }

@@ -62,6 +62,28 @@ type shapePlan struct {
 	// sibling in their own: they call setsid right after their early
 	// children, in their parent's cloneChildren.
 	earlySetsid map[int]bool
+	// lent: tasks that lend their children an fd table or fs info they
+	// do not hold themselves: they cloned those children sharing their
+	// own, and dropped it since (unshare). Its holders are all below
+	// the lender, which holds its own alone. The restore clones the
+	// children sharing the lender's, and has the lender unshare it
+	// once they are all cloned (cloneChildren).
+	lent map[int]lentObjs
+}
+
+// lentObjs are the objects a task lends its children (0: none).
+type lentObjs struct{ files, fs uint32 }
+
+// view is t as its children see it while it lends them l.
+func (l lentObjs) view(t *shapeTask) *shapeTask {
+	v := *t
+	if l.files != 0 {
+		v.files = l.files
+	}
+	if l.fs != 0 {
+		v.fs = l.fs
+	}
+	return &v
 }
 
 // shareKind is one kind of object tasks share: its name and its id.
@@ -84,13 +106,14 @@ type shapeTree struct {
 	rootPgid int
 	outside  outsideIDs
 	needs    map[int][]int // needsOf's memo
+	lends    map[int]lentObjs
 }
 
 // checkShape refuses a tree whose sessions or sharing crhook cannot
 // rebuild, saying why; root is the root's pid, rootPgid its group,
 // outside the session and group it was started in.
 func checkShape(tasks map[int]*shapeTask, root int, rootPgid int, outside outsideIDs) (*shapePlan, error) {
-	sh := &shapeTree{tasks: tasks, root: root, rootPgid: rootPgid, outside: outside, kids: map[int][]int{}, needs: map[int][]int{}}
+	sh := &shapeTree{tasks: tasks, root: root, rootPgid: rootPgid, outside: outside, kids: map[int][]int{}, needs: map[int][]int{}, lends: map[int]lentObjs{}}
 	for pid := range tasks {
 		sh.pids = append(sh.pids, pid)
 	}
@@ -123,6 +146,8 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int, outside outsid
 			viaHelper[retry.viaHelper] = true
 		case retry.leader != 0 && forSiblings[retry.leader] == 0 && retry.session != 0:
 			forSiblings[retry.leader] = retry.session
+		case retry.lend != 0 && sh.lends[retry.lend] == (lentObjs{}):
+			sh.lends[retry.lend] = retry.lent
 		default:
 			return nil, first
 		}
@@ -136,6 +161,8 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int, outside outsid
 type shapeRetry struct {
 	viaHelper       int
 	leader, session int
+	lend            int // a task to lend its children what lent says
+	lent            lentObjs
 }
 
 // deepest returns the deepest of ts's parents, the one the others are
@@ -245,7 +272,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 	tasks := sh.tasks
 	within := sh.within
 	rootSid := tasks[sh.root].sid
-	plan = &shapePlan{helperParent: map[int]int{}, pre: pre, bornUnder: map[int]int{}, borrowed: map[int]bool{}, borrowers: map[int][]int{}, order: map[int][]int{}, early: map[int][]int{}, earlySetsid: map[int]bool{}}
+	plan = &shapePlan{helperParent: map[int]int{}, pre: pre, bornUnder: map[int]int{}, borrowed: map[int]bool{}, borrowers: map[int][]int{}, order: map[int][]int{}, early: map[int][]int{}, earlySetsid: map[int]bool{}, lent: sh.lends}
 	// born: the session a task is born in; inAtBirth: whether p is in
 	// session sid while it clones its children of it.
 	born := func(t *shapeTask) int {
@@ -630,8 +657,13 @@ func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early [
 		}
 		return born(c)
 	}
-	// The sharing, as cloneChildren and shareSource will meet it.
+	// The sharing, as cloneChildren and shareSource will meet it. A
+	// lender holds what it lends while it clones its children.
 	helper := &shapeTask{pid: -1, files: p.files, fs: p.fs} // holds p's
+	pv := p
+	if l, ok := sh.lends[pid]; ok {
+		pv = l.view(p)
+	}
 	inSession := map[int]*shapeTask{}
 	// objs: whose fd table and fs info a task cloned here holds: its
 	// own, but a zombie's are its cloner's (zombieHolds).
@@ -655,7 +687,7 @@ func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early [
 		if plan.pre[pid] != 0 {
 			early = plan.pre[pid]
 		}
-		src := p
+		src := pv
 		if bs != c.pid && bs != p.sid && bs != early {
 			switch {
 			case inSession[bs] != nil:
@@ -668,7 +700,7 @@ func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early [
 					c.pid, bs, pid, ErrNotSupported)
 			}
 		}
-		need := shared(p, c)
+		need := shared(pv, c)
 		for _, k := range sibs {
 			need |= shared(k, c)
 		}
@@ -680,7 +712,11 @@ func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early [
 			objs[c] = holder(src) // need is 0: cloned from src
 		}
 		if !ok {
-			return sh.stayFor(plan, kids, c), fmt.Errorf("pid %d (session %d) shares %s with its parent %d or a sibling, but no one task it can be cloned from holds all of it in its session: clone shares only the cloner's, and a new task starts in the cloner's session, so it was cloned before a holder left the session (setsid), which crhook does not rebuild: %w",
+			retry := sh.lendFor(plan, p, c, deferred)
+			if retry.lend == 0 {
+				retry = sh.stayFor(plan, kids, c)
+			}
+			return retry, fmt.Errorf("pid %d (session %d) shares %s with its parent %d or a sibling, but no one task it can be cloned from holds all of it in its session: clone shares only the cloner's, and a new task starts in the cloner's session, so it was cloned before a holder left the session (setsid), which crhook does not rebuild: %w",
 				c.pid, bs, shareWhat(need), pid, ErrNotSupported)
 		}
 		sibs = append(sibs, c)
@@ -710,6 +746,52 @@ func (sh *shapeTree) siblingInSession(t *shapeTask) bool {
 		}
 	}
 	return false
+}
+
+// lendFor suggests, for a child c of p that no task can be cloned from,
+// that p lend c (and its siblings) the objects c shares with a sibling
+// and p does not hold: p held them, cloned them sharing them, and
+// dropped them (unshare). That is so when their holders are all below
+// p, and p's own object of the kind is p's alone (a child sharing it
+// would get the lent one). A lender is no source of helpers, spares,
+// borrowers or early children: those share what p holds at the time.
+func (sh *shapeTree) lendFor(plan *shapePlan, p, c *shapeTask, deferred map[int]int) shapeRetry {
+	if p.zombie || c.zombie || sh.lends[p.pid] != (lentObjs{}) || plan.earlySetsid[p.pid] || plan.borrowed[p.pid] || len(plan.borrowers[p.pid]) > 0 {
+		return shapeRetry{}
+	}
+	for _, m := range []map[int]int{plan.helperParent, plan.bornUnder, deferred} {
+		for _, v := range m {
+			if v == p.pid {
+				return shapeRetry{}
+			}
+		}
+	}
+	var lent [2]uint32
+	for i, k := range shareKinds {
+		x := k.id(c)
+		if x == k.id(p) {
+			continue
+		}
+		withSibling := false
+		for _, h := range sh.tasks {
+			switch {
+			case h != p && k.id(h) == k.id(p):
+				return shapeRetry{} // p's own is shared
+			case h != c && k.id(h) == x:
+				if h == p || h.zombie || !sh.within(p.pid, h.pid) {
+					return shapeRetry{}
+				}
+				withSibling = withSibling || h.ppid == p.pid
+			}
+		}
+		if withSibling {
+			lent[i] = x
+		}
+	}
+	if lent == [2]uint32{} {
+		return shapeRetry{}
+	}
+	return shapeRetry{lend: p.pid, lent: lentObjs{files: lent[0], fs: lent[1]}}
 }
 
 // stayFor suggests, for a child c of no task to be cloned from, a leader

@@ -21,6 +21,7 @@ func TestCheckShapePlan(t *testing.T) {
 		helper     map[int]int // want plan.helperParent
 		bornUnder  map[int]int // want plan.bornUnder
 		borrowed   map[int]bool
+		lent       map[int]lentObjs
 		outside    int    // the session and group the root was started in
 		refused    string // or want this in the refusal
 	}{
@@ -32,6 +33,8 @@ func TestCheckShapePlan(t *testing.T) {
 		{name: "root that left the session it was started in, a grandchild in it", tree: "1 0 1, 2 1 2, 3 2 5", outside: 5, pre: map[int]int{1: 5, 2: 5}},
 		{name: "root that left a session outside the pid namespace", tree: fmt.Sprintf("1 0 1, 2 1 2, 3 2 %d, 4 1 1", outsideNS), outside: outsideNS, pre: map[int]int{1: outsideNS, 2: outsideNS}},
 		{name: "leader born in its parent's session, cloned from a sibling", tree: "1 0 1, 2 1 1 2 1, 3 1 3 2 3, 4 3 1 4 4", pre: map[int]int{3: 1}},
+		{name: "leader that lent its children of two sessions a table it dropped", tree: "1 0 1, 2 1 2, 3 2 1 3, 4 2 2 3", pre: map[int]int{2: 1}, lent: map[int]lentObjs{2: {files: 3}}},
+		{name: "leader that lent a table, its own shared with a child", tree: "1 0 1, 2 1 2, 3 2 1 3, 4 2 2 3, 5 2 2 2", refused: "no one task it can be cloned from"},
 		{name: "exited leader, one line", tree: "1 0 1, 2 1 1, 4 1 3, 5 2 3", helper: map[int]int{3: 2}},
 		{name: "exited leader, members under leaders born in it", tree: "1 0 1, 3 1 3, 4 3 2, 5 1 5, 6 5 2",
 			pre: map[int]int{3: 2, 5: 2}, helper: map[int]int{2: 1}},
@@ -87,8 +90,9 @@ func TestCheckShapePlan(t *testing.T) {
 			}
 			if fmt.Sprint(plan.pre) != fmt.Sprint(orEmpty(tc.pre)) || fmt.Sprint(plan.helperParent) != fmt.Sprint(orEmpty(tc.helper)) ||
 				fmt.Sprint(plan.bornUnder) != fmt.Sprint(orEmpty(tc.bornUnder)) || len(plan.borrowed) != len(tc.borrowed) ||
-				fmt.Sprint(plan.borrowed) != fmt.Sprint(tc.borrowed) && len(tc.borrowed) > 0 {
-				t.Errorf("pre %v, helper parents %v, born under %v, borrowed %v; want %v, %v, %v, %v", plan.pre, plan.helperParent, plan.bornUnder, plan.borrowed, tc.pre, tc.helper, tc.bornUnder, tc.borrowed)
+				fmt.Sprint(plan.borrowed) != fmt.Sprint(tc.borrowed) && len(tc.borrowed) > 0 || fmt.Sprint(plan.lent) != fmt.Sprint(tc.lent) {
+				t.Errorf("pre %v, helper parents %v, born under %v, borrowed %v, lent %v; want %v, %v, %v, %v, %v",
+					plan.pre, plan.helperParent, plan.bornUnder, plan.borrowed, plan.lent, tc.pre, tc.helper, tc.bornUnder, tc.borrowed, tc.lent)
 			}
 		})
 	}

@@ -216,6 +216,9 @@ func TestRandomShapes(t *testing.T) {
 		// other members
 		"U0,1 K0,1 F0,2 R2 G0 X1 S0 X2 F0,3 R0 R0 G3 D3 R3 R3 F3,4 J3,0 J4,4 F0,5 H3,6 J0,4 S5 S3 D4 D3 X6 X5 F0,7",
 		"U0,1 G0 S0 T0 S0 J0,0 F0,1 G1 E1 F0,2 D1 K2,3 G1 K3,4 J0,1 U3,0 P1,5 H3,6 U6,0 F6,7 U1,0 J4,6 T3 J3,5 J1,2 U5,1 R6 S7",
+		// a leader that lent its children, born before and after its
+		// setsid, an fd table it dropped since
+		"U0,1 D0 G0 R0 R0 G0 S0 T0 C0,1 S1 S1 R0 X1 R0 F0,2 F0,3 K0,4 C3,5 R2 R3 S3 D4 C3,6 J0,4 F3,7 D3 K7,8 J3,4",
 		// an orphan of a zombie leader sharing its fd table with its child
 		"U0,1 K0,1 G1 X1 F0,2 J2,2 F2,3 O3 X3 D2 J0,0 F2,4 G2 U4,1 S0 S0 S4 C0,5 G5 J4,5 F0,6 F5,7 K4,8 C8,9 J4,0 X4 X7 S5",
 	} {
