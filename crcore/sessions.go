@@ -320,6 +320,8 @@ func (rs *restorer) cloneEarly(c *rtask, inSession map[int]*rtask) error {
 		flags, sig := sharedWith(src.ti, e), uint64(unix.SIGCHLD)
 		if src != c {
 			flags, sig = flags|unix.CLONE_PARENT, 0
+		} else {
+			flags |= rs.borrows(c.ti, e) // checkShape clones a borrower from c
 		}
 		ct, hostPid, err := rs.clone(src, pid, flags, sig)
 		if err != nil {
@@ -332,6 +334,9 @@ func (rs *restorer) cloneEarly(c *rtask, inSession map[int]*rtask) error {
 			child.filesSrc = src // src's fds are restored after
 		}
 		if err := rs.startChild(child); err != nil {
+			return err
+		}
+		if err := rs.cloneBorrowers(c, child); err != nil {
 			return err
 		}
 		made = append(made, child)

@@ -221,12 +221,19 @@ func (sh *shapeTree) needsOf(pid int) []int {
 	return out
 }
 
+// siblingLeader says whether session s is led by a live child of pp.
+func (sh *shapeTree) siblingLeader(pp, s int) bool {
+	l, ok := sh.tasks[s]
+	return ok && l.ppid == pp && l.sid == s && !l.zombie
+}
+
 // preSessions chooses, from the root down, the session each session
 // leader is born in when it has children in one it does not lead (born
 // before its setsid): one its parent is in when it clones it (the
 // parent's own, or the one the parent is born in), or, for the sessions
 // of viaHelper, whose leader has exited, that session's helper (cloned
-// from the parent, the leader from it with CLONE_PARENT). A leader with
+// from the parent, the leader from it with CLONE_PARENT), or else one a
+// live sibling leads (cloned from that sibling). A leader with
 // a sibling in its own session (cloned from it with CLONE_PARENT, after
 // its setsid) clones those children at once, and calls setsid then
 // (plan.early). A leader of forSiblings is born in the session given
@@ -255,6 +262,11 @@ func (sh *shapeTree) preSessions(viaHelper map[int]bool, forSiblings map[int]int
 				if s == sh.tasks[pp].sid || s == pre[pp] || viaHelper[s] {
 					pre[pid] = s
 					break
+				}
+			}
+			for _, s := range sh.needsOf(pid) {
+				if pre[pid] == 0 && sh.siblingLeader(pp, s) {
+					pre[pid] = s // cloned from that leader (CLONE_PARENT)
 				}
 			}
 			if s := forSiblings[pid]; pre[pid] == 0 && s != 0 && (s == sh.tasks[pp].sid || s == pre[pp]) {
@@ -442,12 +454,17 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 			for _, t := range g {
 				if src, orphan := deferred[t.pid]; orphan {
 					// A zombie's spare holds what the zombie's cloner
-					// held (zombieHolds): enough for an orphan sharing
-					// only with its own descendants.
+					// held (zombieHolds): its parent's, when it is
+					// cloned from it. Else nothing that is sure: enough
+					// for an orphan sharing only with its own
+					// descendants.
 					if s := tasks[src]; s != nil {
 						from := s
 						if s.zombie {
 							from = noObjects
+							if _, moved := plan.bornUnder[s.pid]; !moved && tasks[s.ppid] != nil && !tasks[s.ppid].zombie {
+								from = tasks[s.ppid]
+							}
 						}
 						if holdsAll(from, t) {
 							continue // passed on by the spare it is cloned from
@@ -577,7 +594,9 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 			}
 			ok := false
 			for _, src := range append([]*shapeTask{p}, early[:i]...) {
-				ok = ok || shared(src, e) == need
+				// One with borrowed children is cloned from p, sharing
+				// what they borrow (cloneEarly).
+				ok = ok || shared(src, e) == need && (src == p || len(plan.borrowers[e.pid]) == 0)
 			}
 			if !ok {
 				return shapeRetry{}, fmt.Errorf("pid %d shares %s with its parent %d or a sibling born, as it was, before %d left the session, but no one of them holds all of it: %w",
@@ -620,7 +639,7 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 		for _, c := range kids {
 			// A session's members come after their leader when it is a
 			// sibling that comes after some members.
-			if l := sh.tasks[c.sid]; key[c] == 10 && l != nil && l.ppid == pid && key[l] > 10 {
+			if l := sh.tasks[born(c)]; key[c] == 10 && l != nil && l.ppid == pid && key[l] > 10 {
 				key[c] = key[l] + 2
 			}
 		}
@@ -761,8 +780,8 @@ func (sh *shapeTree) lendFor(plan *shapePlan, p, c *shapeTask, deferred map[int]
 	}
 	for _, m := range []map[int]int{plan.helperParent, plan.bornUnder, deferred} {
 		for _, v := range m {
-			if v == p.pid {
-				return shapeRetry{}
+			if v == p.pid || sh.tasks[v] != nil && sh.tasks[v].zombie && sh.tasks[v].ppid == p.pid {
+				return shapeRetry{} // p's, or its zombie child's: what p holds
 			}
 		}
 	}

@@ -35,6 +35,7 @@ func TestCheckShapePlan(t *testing.T) {
 		{name: "leader born in its parent's session, cloned from a sibling", tree: "1 0 1, 2 1 1 2 1, 3 1 3 2 3, 4 3 1 4 4", pre: map[int]int{3: 1}},
 		{name: "leader that lent its children of two sessions a table it dropped", tree: "1 0 1, 2 1 2, 3 2 1 3, 4 2 2 3", pre: map[int]int{2: 1}, lent: map[int]lentObjs{2: {files: 3}}},
 		{name: "leader that lent a table, its own shared with a child", tree: "1 0 1, 2 1 2, 3 2 1 3, 4 2 2 3, 5 2 2 2", refused: "no one task it can be cloned from"},
+		{name: "leader born in its sibling leader's session", tree: "1 0 1, 2 1 1, 3 2 3 2, 6 2 6, 7 6 3", pre: map[int]int{6: 3}},
 		{name: "exited leader, one line", tree: "1 0 1, 2 1 1, 4 1 3, 5 2 3", helper: map[int]int{3: 2}},
 		{name: "exited leader, members under leaders born in it", tree: "1 0 1, 3 1 3, 4 3 2, 5 1 5, 6 5 2",
 			pre: map[int]int{3: 2, 5: 2}, helper: map[int]int{2: 1}},
@@ -54,6 +55,7 @@ func TestCheckShapePlan(t *testing.T) {
 		{name: "exited leader's orphan sharing the helper parent's fd table", tree: "1 0 1 1, 2 1 1 1, 4 1 3 1, 5 2 3", helper: map[int]int{3: 2}},
 		{name: "orphan of a zombie leader", tree: "1 0 1, 2 1 1, 3 2 3 z, 5 1 3"},
 		{name: "orphan of a zombie leader sharing its fd table with its child", tree: "1 0 1, 2 1 1, 3 2 3 z, 5 1 3 5, 6 5 3 5"},
+		{name: "orphan of a zombie leader sharing the leader's parent's fs info", tree: "1 0 1, 2 1 1, 3 2 3 z, 5 1 3 5 2"},
 		{name: "orphan of a zombie leader moved past its parent", tree: "1 0 1, 2 1 1, 4 1 4 z, 5 2 4", bornUnder: map[int]int{4: 2}},
 		{name: "orphan of a task below the leader", tree: "1 0 1, 2 1 1, 3 2 3, 4 3 3, 5 4 3, 6 1 1, 7 6 3", refused: "not an ancestor of the session's leader"},
 	} {

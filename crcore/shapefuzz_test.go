@@ -219,6 +219,16 @@ func TestRandomShapes(t *testing.T) {
 		// a leader that lent its children, born before and after its
 		// setsid, an fd table it dropped since
 		"U0,1 D0 G0 R0 R0 G0 S0 T0 C0,1 S1 S1 R0 X1 R0 F0,2 F0,3 K0,4 C3,5 R2 R3 S3 D4 C3,6 J0,4 F3,7 D3 K7,8 J3,4",
+		// a leader born in its sibling leader's session, which shares
+		// its parent's fd table
+		"U0,1 S0 F0,1 G1 K1,2 G0 S1 C1,3 S3 F0,4 U1,0 G2 G2 K4,5 S2 R5 J1,4 R3 P3,6 F6,7 P7,8 C0,9 R8 J3,0 J3,5 R8 E3 S6",
+		// an orphan of a zombie leader sharing the leader's parent's
+		// fs info
+		"U0,1 S0 F0,1 F0,2 O1 C1,3 C1,4 K2,5 S5 C0,6 K5,7 J0,1 K7,8 S6 J8,5 C6,9 J1,4 R3 G5 S0 T0 S4 T0 O9 S0 G1 X5 E8",
+		// an early child of a leader (born before its setsid, with a
+		// sibling in the leader's session) whose own child borrows the
+		// leader's fd table: the borrower was never created
+		"U0,1 F0,1 R1 C1,2 C2,3 C0,4 F0,5 X4 O0 E1 D2 S1 G2 R0 J3,3 P1,6 R0 S0 E1 E0 U6,1 U6,0 G3 C5,7 K0,8 G0 U8,1 H6,9",
 		// an orphan of a zombie leader sharing its fd table with its child
 		"U0,1 K0,1 G1 X1 F0,2 J2,2 F2,3 O3 X3 D2 J0,0 F2,4 G2 U4,1 S0 S0 S4 C0,5 G5 J4,5 F0,6 F5,7 K4,8 C8,9 J4,0 X4 X7 S5",
 	} {
