@@ -261,7 +261,11 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 		if inSession[sid] == nil && !rs.shape.earlySetsid[c.pid] {
 			inSession[sid] = child
 		}
-		if err := rs.cloneBorrowers(p, child); err != nil {
+		from := p // what child's borrowed children borrow
+		if _, ok := rs.shape.borrowFrom[c.pid]; ok {
+			from = src
+		}
+		if err := rs.cloneBorrowers(from, child); err != nil {
 			return nil, err
 		}
 		if err := rs.cloneEarly(child, inSession); err != nil {
@@ -381,8 +385,11 @@ func (rs *restorer) cloneBorrowers(a, b *rtask) error {
 		child := &rtask{ti: c, hostPid: hostPid, t: ct, parent: b, memSrc: unbuiltMemory(b)}
 		child.r = b.r.forTask(ct)
 		child.table = maps.Clone(a.table)
-		if sharedWith(b.ti, c)&unix.CLONE_FILES != 0 {
+		switch {
+		case sharedWith(b.ti, c)&unix.CLONE_FILES != 0:
 			child.filesSrc = b // b's fds are restored after
+		case a != b.parent && sharedWith(a.ti, c)&fl&unix.CLONE_FILES != 0:
+			child.filesSrc = a // a sibling of b's, built after this
 		}
 		if err := rs.startChild(child); err != nil {
 			return err
@@ -391,6 +398,11 @@ func (rs *restorer) cloneBorrowers(a, b *rtask) error {
 	}
 	if _, err := b.r.call("unshare", unix.SYS_UNSHARE, fl); err != nil {
 		return fmt.Errorf("pid %d: %w", b.ti.pid, err)
+	}
+	if fl&unix.CLONE_FILES != 0 {
+		// b's table is its own copy now, of what it had from a: not
+		// a's once restored (b was cloned from a sibling a).
+		b.filesSrc = nil
 	}
 	return nil
 }
@@ -458,6 +470,15 @@ func (rs *restorer) shareSource(p *rtask, c *taskImage, src *rtask, sibs []*rtas
 	need := sharedWith(p.ti, c) | lentTo(p, c)
 	for _, k := range sibs {
 		need |= sharedWith(k.ti, c)
+	}
+	if s, ok := rs.shape.borrowFrom[c.pid]; ok {
+		// It borrows from that sibling for its children (checkShape).
+		for _, k := range sibs {
+			if k.ti.pid == s {
+				return k, nil
+			}
+		}
+		return nil, fmt.Errorf("pid %d borrows from its sibling %d, which is not cloned before it: %w", c.pid, s, ErrNotSupported)
 	}
 	if holdsFor(src, c) == need {
 		return src, nil
@@ -701,6 +722,9 @@ func (rs *restorer) cloneFrom(src, p *rtask, c *taskImage) (*rtask, error) {
 	// clone3 refuses an exit signal with CLONE_PARENT: the child gets
 	// src's, SIGCHLD.
 	share := holdsFor(src, c)
+	if _, ok := rs.shape.borrowFrom[c.pid]; ok {
+		share |= rs.borrows(objectsOf(src).ti, c) // for its children
+	}
 	if c.zombie() {
 		share = zombieHolds
 	}

@@ -49,6 +49,11 @@ type shapePlan struct {
 	borrowed map[int]bool
 	// borrowers: by parent, its borrowed children, by pid.
 	borrowers map[int][]int
+	// borrowFrom: parents whose borrowed children borrow from a
+	// sibling of theirs (it dropped what it had from that sibling),
+	// not from their grandparent: the parent is cloned from that
+	// sibling (CLONE_PARENT) sharing it, clones them, and unshares.
+	borrowFrom map[int]int
 	// order: for each task, its children to be cloned by it, in the
 	// order cloneChildren clones them (cloneOrder).
 	order map[int][]int
@@ -107,6 +112,9 @@ type shapeTree struct {
 	outside  outsideIDs
 	needs    map[int][]int // needsOf's memo
 	lends    map[int]lentObjs
+	// siblingBorrow: parents may borrow from a sibling (borrowFrom),
+	// tried when the plan fails without.
+	siblingBorrow bool
 }
 
 // checkShape refuses a tree whose sessions or sharing crhook cannot
@@ -148,6 +156,9 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int, outside outsid
 			forSiblings[retry.leader] = retry.session
 		case retry.lend != 0 && sh.lends[retry.lend] == (lentObjs{}):
 			sh.lends[retry.lend] = retry.lent
+		case !sh.siblingBorrow:
+			// Last: parents that dropped what they had from a sibling.
+			sh.siblingBorrow = true
 		default:
 			return nil, first
 		}
@@ -284,7 +295,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 	tasks := sh.tasks
 	within := sh.within
 	rootSid := tasks[sh.root].sid
-	plan = &shapePlan{helperParent: map[int]int{}, pre: pre, bornUnder: map[int]int{}, borrowed: map[int]bool{}, borrowers: map[int][]int{}, order: map[int][]int{}, early: map[int][]int{}, earlySetsid: map[int]bool{}, lent: sh.lends}
+	plan = &shapePlan{helperParent: map[int]int{}, pre: pre, bornUnder: map[int]int{}, borrowed: map[int]bool{}, borrowers: map[int][]int{}, borrowFrom: map[int]int{}, order: map[int][]int{}, early: map[int][]int{}, earlySetsid: map[int]bool{}, lent: sh.lends}
 	// born: the session a task is born in; inAtBirth: whether p is in
 	// session sid while it clones its children of it.
 	born := func(t *shapeTask) int {
@@ -480,6 +491,13 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 					plan.borrowed[t.pid] = true
 					continue
 				}
+				if sh.siblingBorrow {
+					if s := sh.siblingToBorrow(t, born, deferred, pre, holders); s != 0 && (plan.borrowFrom[t.ppid] == 0 || plan.borrowFrom[t.ppid] == s) {
+						plan.borrowed[t.pid] = true
+						plan.borrowFrom[t.ppid] = s
+						continue
+					}
+				}
 				heads = append(heads, t)
 			}
 			if len(heads) < 2 {
@@ -520,6 +538,21 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 			}
 			return nil, shapeRetry{}, fmt.Errorf("pid %d %s, so it is born under %d and reparented up to %d, but a task on that line is itself rebuilt away from its parent: %w",
 				pid, what, host, tasks[pid].ppid, ErrNotSupported)
+		}
+	}
+	for _, pid := range sh.pids {
+		// A parent borrowing from a sibling lends its borrowed
+		// children that sibling's objects only.
+		t := tasks[pid]
+		s, ok := plan.borrowFrom[t.ppid]
+		if !plan.borrowed[pid] || !ok {
+			continue
+		}
+		for i, k := range shareKinds {
+			if x := k.id(t); x != k.id(tasks[t.ppid]) && x != k.id(tasks[s]) && !sh.heldWithin(t, holders[i][x]) {
+				return nil, shapeRetry{}, fmt.Errorf("pid %d shares %s that its parent %d dropped, but not with the sibling %d it borrows from: %w",
+					pid, k.what, t.ppid, s, ErrNotSupported)
+			}
 		}
 	}
 	for _, pid := range sh.pids {
@@ -727,6 +760,13 @@ func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early [
 		for _, k := range sibs {
 			ok = ok || shared(holder(k), c) == need && (bs == c.pid || now(k) == bs)
 		}
+		if s, borrows := plan.borrowFrom[c.pid]; borrows {
+			// Cloned from the sibling it borrows from, no other.
+			ok = false
+			for _, k := range sibs {
+				ok = ok || k.pid == s && shared(holder(k), c) == need && (bs == c.pid || now(k) == bs)
+			}
+		}
 		if c.zombie {
 			objs[c] = holder(src) // need is 0: cloned from src
 		}
@@ -835,6 +875,62 @@ func (sh *shapeTree) stayFor(plan *shapePlan, kids []*shapeTask, c *shapeTask) s
 func (sh *shapeTree) isTask(pid int) bool {
 	_, ok := sh.tasks[pid]
 	return ok
+}
+
+// siblingToBorrow returns, for t whose parent B does not hold an object
+// t shares, a sibling S of B that holds it and that B can be cloned from
+// (CLONE_PARENT) in the session B is born in: B held it from S, cloned
+// t, and dropped it (unshare). 0 when there is none. B's own object of
+// such a kind is held within B's subtree only, t is no orphan and is
+// born in B's session (a leader t has no sibling in its session), and
+// neither B nor S is born early or calls setsid with early children.
+func (sh *shapeTree) siblingToBorrow(t *shapeTask, born func(*shapeTask) int, deferred, pre map[int]int, holders []map[uint32][]*shapeTask) int {
+	b, ok := sh.tasks[t.ppid]
+	if !ok || b.zombie || b.pid == sh.root || pre[t.pid] != 0 && pre[t.pid] != born(b) {
+		return 0
+	}
+	a, ok := sh.tasks[b.ppid]
+	if !ok || a.zombie {
+		return 0
+	}
+	for _, pid := range []int{t.pid, b.pid} {
+		if _, orphan := deferred[pid]; orphan {
+			return 0
+		}
+	}
+	early := func(x *shapeTask) bool { return pre[x.pid] != 0 && sh.siblingInSession(x) }
+	if early(a) && born(b) == pre[a.pid] || early(b) {
+		return 0
+	}
+	if t.sid == t.pid {
+		for _, k := range sh.kids[b.pid] {
+			if k != t.pid && sh.tasks[k].sid == t.pid {
+				return 0
+			}
+		}
+	} else if t.sid != born(b) {
+		return 0
+	}
+	for _, sp := range sh.kids[a.pid] {
+		s := sh.tasks[sp]
+		if _, orphan := deferred[sp]; s == b || s.zombie || orphan || early(s) || born(b) != b.pid && born(b) != born(s) {
+			continue
+		}
+		borrows, fits := false, true
+		for i, k := range shareKinds {
+			switch x := k.id(t); {
+			case sh.heldWithin(t, holders[i][x]) || x == k.id(b):
+			case x == k.id(s) && sh.heldWithin(b, holders[i][k.id(b)]):
+				borrows = true
+			default:
+				fits = false
+			}
+		}
+		if borrows && fits {
+			return sp
+		}
+	}
+	return 0
 }
 
 // canBorrow says whether t, whose parent B does not hold an object t

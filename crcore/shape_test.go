@@ -22,6 +22,7 @@ func TestCheckShapePlan(t *testing.T) {
 		bornUnder  map[int]int // want plan.bornUnder
 		borrowed   map[int]bool
 		lent       map[int]lentObjs
+		borrowFrom map[int]int
 		outside    int    // the session and group the root was started in
 		refused    string // or want this in the refusal
 	}{
@@ -36,6 +37,9 @@ func TestCheckShapePlan(t *testing.T) {
 		{name: "leader that lent its children of two sessions a table it dropped", tree: "1 0 1, 2 1 2, 3 2 1 3, 4 2 2 3", pre: map[int]int{2: 1}, lent: map[int]lentObjs{2: {files: 3}}},
 		{name: "leader that lent a table, its own shared with a child", tree: "1 0 1, 2 1 2, 3 2 1 3, 4 2 2 3, 5 2 2 2", refused: "no one task it can be cloned from"},
 		{name: "leader born in its sibling leader's session", tree: "1 0 1, 2 1 1, 3 2 3 2, 6 2 6, 7 6 3", pre: map[int]int{6: 3}},
+		{name: "holder that dropped a table it had from a sibling", tree: "1 0 1, 3 1 3 3, 4 1 3 4, 5 4 3 3",
+			borrowed: map[int]bool{5: true}, borrowFrom: map[int]int{4: 3}},
+		{name: "holder that dropped a table from a sibling, and its grandparent's", tree: "1 0 1, 3 1 3 3, 4 1 3 4, 5 4 3 3 1", refused: "not siblings"},
 		{name: "exited leader, one line", tree: "1 0 1, 2 1 1, 4 1 3, 5 2 3", helper: map[int]int{3: 2}},
 		{name: "exited leader, members under leaders born in it", tree: "1 0 1, 3 1 3, 4 3 2, 5 1 5, 6 5 2",
 			pre: map[int]int{3: 2, 5: 2}, helper: map[int]int{2: 1}},
@@ -92,9 +96,10 @@ func TestCheckShapePlan(t *testing.T) {
 			}
 			if fmt.Sprint(plan.pre) != fmt.Sprint(orEmpty(tc.pre)) || fmt.Sprint(plan.helperParent) != fmt.Sprint(orEmpty(tc.helper)) ||
 				fmt.Sprint(plan.bornUnder) != fmt.Sprint(orEmpty(tc.bornUnder)) || len(plan.borrowed) != len(tc.borrowed) ||
-				fmt.Sprint(plan.borrowed) != fmt.Sprint(tc.borrowed) && len(tc.borrowed) > 0 || fmt.Sprint(plan.lent) != fmt.Sprint(tc.lent) {
-				t.Errorf("pre %v, helper parents %v, born under %v, borrowed %v, lent %v; want %v, %v, %v, %v, %v",
-					plan.pre, plan.helperParent, plan.bornUnder, plan.borrowed, plan.lent, tc.pre, tc.helper, tc.bornUnder, tc.borrowed, tc.lent)
+				fmt.Sprint(plan.borrowed) != fmt.Sprint(tc.borrowed) && len(tc.borrowed) > 0 || fmt.Sprint(plan.lent) != fmt.Sprint(tc.lent) ||
+				fmt.Sprint(plan.borrowFrom) != fmt.Sprint(orEmpty(tc.borrowFrom)) {
+				t.Errorf("pre %v, helper parents %v, born under %v, borrowed %v, lent %v, borrow from %v; want %v, %v, %v, %v, %v, %v",
+					plan.pre, plan.helperParent, plan.bornUnder, plan.borrowed, plan.lent, plan.borrowFrom, tc.pre, tc.helper, tc.bornUnder, tc.borrowed, tc.lent, tc.borrowFrom)
 			}
 		})
 	}
