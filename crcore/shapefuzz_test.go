@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -104,6 +105,47 @@ func treeSharing(t *testing.T, ids map[int]string) string {
 		}
 	}
 	return strings.Join(out, ", ")
+}
+
+// fdTables lists, for each live process of ids, its fds from 3 up and
+// what they open (pipes and sockets by kind: their inode numbers are
+// new after a restore; fds 0-2 lead outside, to the restorer's after).
+func fdTables(t *testing.T, ids map[int]string) string {
+	t.Helper()
+	var pids []int
+	for pid := range ids {
+		if st, err := crtest.State(pid); err == nil && st != 'Z' {
+			pids = append(pids, pid)
+		}
+	}
+	sort.Ints(pids)
+	var out []string
+	for _, pid := range pids {
+		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fds []string
+		for _, e := range ents {
+			fd, _ := strconv.Atoi(e.Name())
+			if fd < 3 {
+				continue
+			}
+			target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, fd))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, kind := range []string{"pipe:", "socket:"} {
+				if strings.HasPrefix(target, kind) {
+					target = kind
+				}
+			}
+			fds = append(fds, fmt.Sprintf("%03d=%s", fd, target))
+		}
+		sort.Strings(fds)
+		out = append(out, fmt.Sprintf("%d{%s}", pid, strings.Join(fds, " ")))
+	}
+	return strings.Join(out, " ")
 }
 
 // idsDiff lists the processes whose ids differ between before and after.
@@ -229,6 +271,13 @@ func TestRandomShapes(t *testing.T) {
 		// sibling in the leader's session) whose own child borrows the
 		// leader's fd table: the borrower was never created
 		"U0,1 F0,1 R1 C1,2 C2,3 C0,4 F0,5 X4 O0 E1 D2 S1 G2 R0 J3,3 P1,6 R0 S0 E1 E0 U6,1 U6,0 G3 C5,7 K0,8 G0 U8,1 H6,9",
+		// a task that dropped an fd table it had from a sibling, after
+		// cloning a child sharing it
+		"U0,1 S0 R0 F0,1 R1 O1 O0 J0,1 P1,2 R2 K2,3 X3 O2 J2,2 O2 G1 G0 S2 C2,4 R4 H2,5 C5,6 X4 R2 J2,6 G1 S2 D5",
+		"U0,1 C0,1 C0,2 F2,3 R3 F0,4 R2 C1,5 S2 D1 U4,0 C4,6 G6 F1,7 C6,8 O8 J1,0 R3 X8 F7,9 G2 X9 O5 R6 J5,4 O6 D0 T4",
+		// the same, with fds of their own in the parent and in the
+		// task that dropped the table
+		"U0,1 K0,1 O1 H1,2 C2,3 D2 O2 O2 O1 O0 O0",
 		// an orphan of a zombie leader sharing its fd table with its child
 		"U0,1 K0,1 G1 X1 F0,2 J2,2 F2,3 O3 X3 D2 J0,0 F2,4 G2 U4,1 S0 S0 S4 C0,5 G5 J4,5 F0,6 F5,7 K4,8 C8,9 J4,0 X4 X7 S5",
 	} {
@@ -264,6 +313,7 @@ func TestRandomShapes(t *testing.T) {
 			all = append([]int{p.Pid}, crtest.Descendants(p.Pid)...)
 			before, share := nsIDs(t, p.Pid), ""
 			share = treeSharing(t, before)
+			fds := fdTables(t, before)
 			goesOn := func(when string) {
 				t.Helper()
 				c0 := counters(t, p.Pid, addr)
@@ -317,6 +367,9 @@ func TestRandomShapes(t *testing.T) {
 			}
 			if got := treeSharing(t, before); got != share {
 				t.Errorf("script %q: after restore shared %q, before %q\nids (pid: ppid pgid sid): %v", script, got, share, before)
+			}
+			if got := fdTables(t, before); got != fds {
+				t.Errorf("script %q: after restore fds %s\nbefore %s", script, got, fds)
 			}
 			goesOn("after restore")
 			restored++
