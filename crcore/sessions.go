@@ -376,14 +376,24 @@ func (rs *restorer) cloneBorrowers(a, b *rtask) error {
 	if fl == 0 {
 		return nil
 	}
+	leaders := map[int]*rtask{}
 	for _, pid := range rs.shape.borrowers[b.ti.pid] {
 		c := rs.s.tasks[pid]
-		ct, hostPid, err := rs.clone(b, pid, sharedWith(b.ti, c)|sharedWith(a.ti, c)&fl, uint64(unix.SIGCHLD))
+		// A member of a borrowed leader's session is cloned from it
+		// (CLONE_PARENT), holding what it holds (checkShape).
+		src, flags, sig := b, sharedWith(b.ti, c)|sharedWith(a.ti, c)&fl, uint64(unix.SIGCHLD)
+		if l := leaders[c.sid()]; l != nil {
+			src, flags, sig = l, sharedWith(l.ti, c)|unix.CLONE_PARENT, 0
+		}
+		ct, hostPid, err := rs.clone(src, pid, flags, sig)
 		if err != nil {
 			return fmt.Errorf("pid %d: create child %d: %w", b.ti.pid, pid, err)
 		}
 		child := &rtask{ti: c, hostPid: hostPid, t: ct, parent: b, memSrc: unbuiltMemory(b)}
-		child.r = b.r.forTask(ct)
+		if c.sid() == pid {
+			leaders[pid] = child
+		}
+		child.r = src.r.forTask(ct)
 		child.table = maps.Clone(a.table)
 		switch {
 		case sharedWith(b.ti, c)&unix.CLONE_FILES != 0:

@@ -938,8 +938,11 @@ func (sh *shapeTree) siblingToBorrow(t *shapeTask, born func(*shapeTask) int, de
 // is cloned from A sharing it, clones t, and unshares it. That is, in
 // every kind t shares anything in, t holds A's object (borrowed) or
 // B's; B is cloned from A, in its session, as what B holds it shares
-// with A or its own descendants only; t is born in B's session and is
-// no orphan, and a leader t has no sibling cloned from it.
+// with A or its own descendants only; t is no orphan, and is born in
+// B's session or is a member of a borrowing sibling leader's session
+// (cloned from that leader, CLONE_PARENT, after its setsid: it then
+// holds the leader's objects or its own); and the siblings in a
+// leader t's session can be cloned from it so.
 func (sh *shapeTree) canBorrow(t *shapeTask, born func(*shapeTask) int, deferred, pre map[int]int, holders []map[uint32][]*shapeTask) bool {
 	b, ok := sh.tasks[t.ppid]
 	if !ok || b.zombie || b.pid == sh.root || pre[t.pid] != 0 && pre[t.pid] != born(b) {
@@ -957,13 +960,26 @@ func (sh *shapeTree) canBorrow(t *shapeTask, born func(*shapeTask) int, deferred
 	if bs := born(b); bs != b.pid && bs != a.sid && bs != pre[a.pid] {
 		return false // cloned from a task of its session
 	}
-	if t.sid == t.pid {
-		for _, k := range sh.kids[b.pid] {
-			if k != t.pid && sh.tasks[k].sid == t.pid {
+	// fromLeader: k, cloned from leader l, holds what it shares.
+	fromLeader := func(l, k *shapeTask) bool {
+		for i, kind := range shareKinds {
+			if x := kind.id(k); x != kind.id(l) && !sh.heldWithin(k, holders[i][x]) {
 				return false
 			}
 		}
-	} else if t.sid != born(b) {
+		return true
+	}
+	switch l := sh.tasks[t.sid]; {
+	case t.sid == t.pid:
+		for _, k := range sh.kids[b.pid] {
+			if k != t.pid && sh.tasks[k].sid == t.pid && (k < t.pid || !fromLeader(t, sh.tasks[k])) {
+				return false
+			}
+		}
+	case t.sid == born(b):
+	case l != nil && l.ppid == b.pid && l.pid < t.pid && pre[l.pid] == 0 && fromLeader(l, t):
+		return sh.canBorrow(l, born, deferred, pre, holders)
+	default:
 		return false
 	}
 	borrows := false

@@ -40,6 +40,7 @@ func TestCheckShapePlan(t *testing.T) {
 		{name: "holder that dropped a table it had from a sibling", tree: "1 0 1, 3 1 3 3, 4 1 3 4, 5 4 3 3",
 			borrowed: map[int]bool{5: true}, borrowFrom: map[int]int{4: 3}},
 		{name: "holder that dropped a table from a sibling, and its grandparent's", tree: "1 0 1, 3 1 3 3, 4 1 3 4, 5 4 3 3 1", refused: "not siblings"},
+		{name: "borrowed leader with a sibling in its session", tree: "1 0 1, 2 1 1 2, 3 2 3 1, 4 2 3 1", borrowed: map[int]bool{3: true, 4: true}},
 		{name: "exited leader, one line", tree: "1 0 1, 2 1 1, 4 1 3, 5 2 3", helper: map[int]int{3: 2}},
 		{name: "exited leader, members under leaders born in it", tree: "1 0 1, 3 1 3, 4 3 2, 5 1 5, 6 5 2",
 			pre: map[int]int{3: 2, 5: 2}, helper: map[int]int{2: 1}},

@@ -278,6 +278,10 @@ func TestRandomShapes(t *testing.T) {
 		// the same, with fds of their own in the parent and in the
 		// task that dropped the table
 		"U0,1 K0,1 O1 H1,2 C2,3 D2 O2 O2 O1 O0 O0",
+		// a borrowed leader with a sibling in its session, cloned
+		// from it: both share their grandparent's fd table
+		"U0,1 S0 C0,1 G0 K0,2 C1,3 J2,1 S3 O2 R0 X2 K0,4 S1 F4,5 H3,6 J1,5 S1 U3,1 S5 D1 F3,7 U5,1 G3 G0 F6,8 F4,9 J0,8 U9,1",
+		"U0,1 S0 R0 J0,0 E0 C0,1 J0,1 X1 G0 E0 C0,2 C2,3 S2 S3 D2 U3,1 K0,4 F3,5 R4 U2,0 H5,6 R6 U5,0 X4 E2 J6,5 G3 H3,7",
 		// an orphan of a zombie leader sharing its fd table with its child
 		"U0,1 K0,1 G1 X1 F0,2 J2,2 F2,3 O3 X3 D2 J0,0 F2,4 G2 U4,1 S0 S0 S4 C0,5 G5 J4,5 F0,6 F5,7 K4,8 C8,9 J4,0 X4 X7 S5",
 	} {
