@@ -76,10 +76,8 @@ func shapeScript(rng *rand.Rand) string {
 	return strings.Join(ops, " ")
 }
 
-// treeSharing lists, in the tree's pid namespace's pids, the pairs of
-// the live processes of ids that share an fd table or fs info (kcmp).
-func treeSharing(t *testing.T, ids map[int]string) string {
-	t.Helper()
+// livePids returns, sorted, the pids of ids that are not zombies.
+func livePids(ids map[int]string) []int {
 	var pids []int
 	for pid := range ids {
 		if st, err := crtest.State(pid); err == nil && st != 'Z' {
@@ -87,6 +85,14 @@ func treeSharing(t *testing.T, ids map[int]string) string {
 		}
 	}
 	sort.Ints(pids)
+	return pids
+}
+
+// treeSharing lists, in the tree's pid namespace's pids, the pairs of
+// the live processes of ids that share an fd table or fs info (kcmp).
+func treeSharing(t *testing.T, ids map[int]string) string {
+	t.Helper()
+	pids := livePids(ids)
 	var out []string
 	for i, a := range pids {
 		for _, b := range pids[i+1:] {
@@ -112,13 +118,7 @@ func treeSharing(t *testing.T, ids map[int]string) string {
 // new after a restore; fds 0-2 lead outside, to the restorer's after).
 func fdTables(t *testing.T, ids map[int]string) string {
 	t.Helper()
-	var pids []int
-	for pid := range ids {
-		if st, err := crtest.State(pid); err == nil && st != 'Z' {
-			pids = append(pids, pid)
-		}
-	}
-	sort.Ints(pids)
+	pids := livePids(ids)
 	var out []string
 	for _, pid := range pids {
 		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
