@@ -89,8 +89,17 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 		return fmt.Errorf("checkpoint container %s: it is %s: %w", o.id, st.Status, ocirt.ErrNotRunning)
 	}
 	pid := st.Pid
-	if err := ownPidNS(pid); err != nil {
+	// failed names the container's stop, when it was killed or deleted
+	// meanwhile: the error of the step that met it (a vanished /proc
+	// file, a zombie) would not say so.
+	failed := func(err error) error {
+		if initGone(pid) {
+			return fmt.Errorf("checkpoint container %s: it stopped while being checkpointed (killed or deleted meanwhile?): %w", o.id, err)
+		}
 		return fmt.Errorf("checkpoint container %s: %w", o.id, err)
+	}
+	if err := ownPidNS(pid); err != nil {
+		return failed(err)
 	}
 	digest, err := ocirt.BundleDigest(st.Bundle)
 	if err != nil {
@@ -110,7 +119,7 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 	case errors.Is(err, ocirt.ErrNoFreezer):
 		log.WithError(err).Warn("dumping without freezing the container's cgroup")
 	case err != nil:
-		return fmt.Errorf("checkpoint container %s: %w", o.id, err)
+		return failed(err)
 	default:
 		cgroupPath = fr.Path()
 		// The guard thaws the cgroup if crhook dies while it is frozen.
@@ -129,7 +138,7 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 		err = fr.Freeze(fctx)
 		cancel()
 		if err != nil {
-			return fmt.Errorf("checkpoint container %s: %w", o.id, err)
+			return failed(err)
 		}
 		crcore.FaultPoint("checkpoint:after-freeze")
 		var once sync.Once
@@ -152,7 +161,7 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 
 	extra, err := checkExternal(pid, o.includeExternal)
 	if err != nil {
-		return fmt.Errorf("checkpoint container %s: %w", o.id, err)
+		return failed(err)
 	}
 	if len(extra) > 0 {
 		log.WithField("pids", extra).Info("including processes outside the init's tree")
@@ -165,12 +174,7 @@ func checkpoint(ctx context.Context, o checkpointOpts, log *logrus.Entry) error 
 	})
 	stopProgress()
 	if err != nil {
-		if initGone(pid) {
-			// Killed or deleted meanwhile: the dump's own error (a
-			// vanished /proc file, a zombie) would not say so.
-			return fmt.Errorf("checkpoint container %s: it stopped while being checkpointed (killed or deleted meanwhile?): %w", o.id, err)
-		}
-		return fmt.Errorf("checkpoint container %s: %w", o.id, err)
+		return failed(err)
 	}
 	if !freezeStart.IsZero() {
 		// The container stopped running at the freeze, not once Dump
