@@ -562,13 +562,13 @@ func lentTo(t *rtask, c *taskImage) uint64 {
 		return 0
 	}
 	var fl uint64
-	if t.lends.files != 0 && ids.GetFilesId() == t.lends.files {
+	if ids.GetFilesId() == t.lends.files {
 		fl |= unix.CLONE_FILES
 	}
-	if t.lends.fs != 0 && ids.GetFsId() == t.lends.fs {
+	if ids.GetFsId() == t.lends.fs {
 		fl |= unix.CLONE_FS
 	}
-	return fl
+	return fl & t.lends.flags()
 }
 
 // holdsFor returns the clone flags for what c shares with the objects t
@@ -897,7 +897,7 @@ func (rs *restorer) groups() error {
 		}
 		for _, t := range list {
 			pid, pgid, sid := t.ti.pid, t.ti.pgid(), t.ti.sid()
-			if pgid == 0 || sid == pid {
+			if sid == pid {
 				continue
 			}
 			left := used[pid] && pgid != pid // left its group for another

@@ -281,14 +281,7 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 		p.setsidLater = false
 	}
 	if l := p.lends; l != nil {
-		var fl uint64
-		if l.files != 0 {
-			fl |= unix.CLONE_FILES
-		}
-		if l.fs != 0 {
-			fl |= unix.CLONE_FS
-		}
-		if _, err := p.r.call("unshare", unix.SYS_UNSHARE, fl); err != nil {
+		if _, err := p.r.call("unshare", unix.SYS_UNSHARE, l.flags()); err != nil {
 			return nil, fmt.Errorf("pid %d: keep a copy of what it lent its children: %w", p.ti.pid, err)
 		}
 		p.lends = nil

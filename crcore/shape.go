@@ -79,6 +79,18 @@ type shapePlan struct {
 // lentObjs are the objects a task lends its children (0: none).
 type lentObjs struct{ files, fs uint32 }
 
+// flags are the clone (and unshare) flags of the kinds l lends.
+func (l lentObjs) flags() uint64 {
+	var fl uint64
+	if l.files != 0 {
+		fl |= unix.CLONE_FILES
+	}
+	if l.fs != 0 {
+		fl |= unix.CLONE_FS
+	}
+	return fl
+}
+
 // view is t as its children see it while it lends them l.
 func (l lentObjs) view(t *shapeTask) *shapeTask {
 	v := *t
@@ -877,6 +889,27 @@ func (sh *shapeTree) isTask(pid int) bool {
 	return ok
 }
 
+// borrowLine returns t's parent B and grandparent A when B could be
+// cloned holding for a while what t borrows: both live tasks, B not the
+// root, neither t nor B rebuilt as an orphan, and t born in B's session
+// when it is born in another than its own. Else nil.
+func (sh *shapeTree) borrowLine(t *shapeTask, born func(*shapeTask) int, deferred, pre map[int]int) (a, b *shapeTask) {
+	b, ok := sh.tasks[t.ppid]
+	if !ok || b.zombie || b.pid == sh.root || pre[t.pid] != 0 && pre[t.pid] != born(b) {
+		return nil, nil
+	}
+	a, ok = sh.tasks[b.ppid]
+	if !ok || a.zombie {
+		return nil, nil
+	}
+	for _, pid := range []int{t.pid, b.pid} {
+		if _, orphan := deferred[pid]; orphan {
+			return nil, nil
+		}
+	}
+	return a, b
+}
+
 // siblingToBorrow returns, for t whose parent B does not hold an object
 // t shares, a sibling S of B that holds it and that B can be cloned from
 // (CLONE_PARENT) in the session B is born in: B held it from S, cloned
@@ -885,18 +918,9 @@ func (sh *shapeTree) isTask(pid int) bool {
 // born in B's session (a leader t has no sibling in its session), and
 // neither B nor S is born early or calls setsid with early children.
 func (sh *shapeTree) siblingToBorrow(t *shapeTask, born func(*shapeTask) int, deferred, pre map[int]int, holders []map[uint32][]*shapeTask) int {
-	b, ok := sh.tasks[t.ppid]
-	if !ok || b.zombie || b.pid == sh.root || pre[t.pid] != 0 && pre[t.pid] != born(b) {
+	a, b := sh.borrowLine(t, born, deferred, pre)
+	if b == nil {
 		return 0
-	}
-	a, ok := sh.tasks[b.ppid]
-	if !ok || a.zombie {
-		return 0
-	}
-	for _, pid := range []int{t.pid, b.pid} {
-		if _, orphan := deferred[pid]; orphan {
-			return 0
-		}
 	}
 	early := func(x *shapeTask) bool { return pre[x.pid] != 0 && sh.siblingInSession(x) }
 	if early(a) && born(b) == pre[a.pid] || early(b) {
@@ -944,18 +968,9 @@ func (sh *shapeTree) siblingToBorrow(t *shapeTask, born func(*shapeTask) int, de
 // holds the leader's objects or its own); and the siblings in a
 // leader t's session can be cloned from it so.
 func (sh *shapeTree) canBorrow(t *shapeTask, born func(*shapeTask) int, deferred, pre map[int]int, holders []map[uint32][]*shapeTask) bool {
-	b, ok := sh.tasks[t.ppid]
-	if !ok || b.zombie || b.pid == sh.root || pre[t.pid] != 0 && pre[t.pid] != born(b) {
+	a, b := sh.borrowLine(t, born, deferred, pre)
+	if b == nil {
 		return false
-	}
-	a, ok := sh.tasks[b.ppid]
-	if !ok || a.zombie {
-		return false
-	}
-	for _, pid := range []int{t.pid, b.pid} {
-		if _, orphan := deferred[pid]; orphan {
-			return false
-		}
 	}
 	if bs := born(b); bs != b.pid && bs != a.sid && bs != pre[a.pid] {
 		return false // cloned from a task of its session
