@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -51,13 +52,14 @@ func newPidSetter(target int, need map[int]bool) (*pidSetter, error) {
 		return nil, err
 	}
 	if need[own] {
-		// Move the namespace's pid counter past every needed pid, start
-		// another husk there and let the first one go.
-		high := 0
-		for pid := range need {
-			high = max(high, pid)
+		// Move the namespace's pid counter to a pid no task needs,
+		// start another husk there and let the first one go.
+		free := freePids(need, 1)
+		if len(free) == 0 {
+			p.close()
+			return nil, fmt.Errorf("no pid in the namespace is free for a helper: %w", ErrPidTaken)
 		}
-		if err := p.set(high + 1); err != nil {
+		if err := p.set(free[0]); err != nil {
 			p.close()
 			return nil, err
 		}
@@ -110,4 +112,41 @@ func (p *pidSetter) close() {
 		killAndReap(p.h)
 		p.h = nil
 	}
+}
+
+// freePids returns n pids that need does not hold, in the order to try
+// them: above every pid of need, and past the last pid (pid_max) from
+// the bottom up, as the kernel wraps around (pid 1 is the namespace's
+// init).
+func freePids(need map[int]bool, n int) []int {
+	top := 1
+	for pid := range need {
+		top = max(top, pid)
+	}
+	last := pidMax() - 1
+	out := make([]int, 0, n)
+	for pid := top + 1; pid <= last && len(out) < n; pid++ {
+		out = append(out, pid)
+	}
+	for pid := 2; pid <= top && pid <= last && len(out) < n; pid++ {
+		if !need[pid] {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// pidMax is the kernel's pid_max as this process's pid namespace has it,
+// or the largest the kernel allows when it cannot be read.
+func pidMax() int {
+	const limit = 1 << 22 // PID_MAX_LIMIT on 64-bit
+	b, err := os.ReadFile("/proc/sys/kernel/pid_max")
+	if err != nil {
+		return limit
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || n <= 1 {
+		return limit
+	}
+	return min(n, limit)
 }

@@ -482,6 +482,9 @@ func (rs *restorer) create(t *rtask) error {
 	if t.filesSrc != nil {
 		t.table = maps.Clone(t.filesSrc.table)
 	}
+	if err := rs.dropLentTable(t); err != nil {
+		return fmt.Errorf("pid %d: %w", pid, err)
+	}
 	if err := rs.restoreFds(t); err != nil {
 		return fmt.Errorf("pid %d: %w", pid, err)
 	}
@@ -529,7 +532,7 @@ func (rs *restorer) create(t *rtask) error {
 // cloneChild creates the image's task c as a child of p, with its pid.
 func (rs *restorer) cloneChild(p *rtask, c *taskImage) (*rtask, error) {
 	lent := lentTo(p, c)
-	flags := sharedWith(p.ti, c) | rs.borrows(p.ti, c) | lent
+	flags := sharedWith(p.ti, c) | rs.borrows(p.ti, c) | lent | rs.lentAtBirth(p, c)
 	if c.zombie() {
 		flags = zombieHolds
 	}
@@ -541,6 +544,7 @@ func (rs *restorer) cloneChild(p *rtask, c *taskImage) (*rtask, error) {
 	if c.zombie() {
 		child.holds = p
 	}
+	rs.startLending(child)
 	child.r = p.r.forTask(t)
 	child.table = maps.Clone(p.table)
 	if lent&unix.CLONE_FILES != 0 {
@@ -552,6 +556,76 @@ func (rs *restorer) cloneChild(p *rtask, c *taskImage) (*rtask, error) {
 		}
 	}
 	return child, nil
+}
+
+// lentAtBirth returns the clone flags for what c lends its children or
+// siblings and src holds: c's parent's, which c held and dropped after
+// cloning them (checkShape's lendBorrowed, lendToSibling). c is cloned
+// sharing it.
+func (rs *restorer) lentAtBirth(src *rtask, c *taskImage) uint64 {
+	l, ok := rs.shape.lent[c.pid]
+	if !ok {
+		return 0
+	}
+	o := objectsOf(src)
+	files, fs := o.ti.core.GetIds().GetFilesId(), o.ti.core.GetIds().GetFsId()
+	if o.lends != nil && o.lends.files != 0 {
+		files = o.lends.files
+	}
+	if o.lends != nil && o.lends.fs != 0 {
+		fs = o.lends.fs
+	}
+	var fl uint64
+	if l.files != 0 && l.files == files {
+		fl |= unix.CLONE_FILES
+	}
+	if l.fs != 0 && l.fs == fs {
+		fl |= unix.CLONE_FS
+	}
+	return fl
+}
+
+// dropLentTable has t, which lent its siblings an fd table it held
+// from its parent and that no task below it holds, take a copy of its
+// own before its fds are restored into it.
+func (rs *restorer) dropLentTable(t *rtask) error {
+	l := t.lends
+	if l == nil || l.files == 0 || t.ti.core.GetIds().GetFilesId() == l.files {
+		return nil
+	}
+	for pid, ti := range rs.s.tasks {
+		if ti.core.GetIds().GetFilesId() == l.files && pid != t.ti.pid && rs.below(ti, t.ti.pid) {
+			return nil // its children share it: cloneChildren drops it
+		}
+	}
+	if _, err := t.r.call("unshare", unix.SYS_UNSHARE, unix.CLONE_FILES); err != nil {
+		return fmt.Errorf("keep a copy of the fd table it lent its siblings: %w", err)
+	}
+	t.lends = &lentObjs{fs: l.fs}
+	return nil
+}
+
+// below says whether ti is a descendant of task pid in the images.
+func (rs *restorer) below(ti *taskImage, pid int) bool {
+	for n := 0; n <= len(rs.s.tasks); n++ {
+		pp := int(ti.ps.GetPpid())
+		if pp == pid {
+			return true
+		}
+		if ti = rs.s.tasks[pp]; ti == nil {
+			return false
+		}
+	}
+	return false
+}
+
+// startLending marks a task that lends its children objects as holding
+// them from its birth: the tasks cloned from it before it unshares them
+// (cloneChildren) get them too.
+func (rs *restorer) startLending(t *rtask) {
+	if l, ok := rs.shape.lent[t.ti.pid]; ok {
+		t.lends = &l
+	}
 }
 
 // lentTo returns the clone flags for what t, while it lends its children

@@ -186,9 +186,10 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 	for _, pid := range rs.shape.order[p.ti.pid] {
 		kids = append(kids, rs.s.tasks[pid])
 	}
-	if l, ok := rs.shape.lent[p.ti.pid]; ok {
+	if l, ok := rs.shape.lent[p.ti.pid]; ok && p.lends == nil {
 		// p lends its children its fd table or fs info, as it is
-		// now, and keeps a copy once they are cloned.
+		// now, and keeps a copy once they are cloned (set at its
+		// birth but for the root: startLending).
 		p.lends = &l
 	}
 	if len(kids) > 0 {
@@ -280,12 +281,12 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 		}
 		p.setsidLater = false
 	}
-	if l := p.lends; l != nil {
+	if l := p.lends; l != nil && l.flags() != 0 {
 		if _, err := p.r.call("unshare", unix.SYS_UNSHARE, l.flags()); err != nil {
 			return nil, fmt.Errorf("pid %d: keep a copy of what it lent its children: %w", p.ti.pid, err)
 		}
-		p.lends = nil
 	}
+	p.lends = nil
 	return append(p.borrowers, out...), nil
 }
 
@@ -663,19 +664,18 @@ func objectsOf(t *rtask) *rtask {
 // spareHelper clones from t a helper with a pid that no task of the image
 // needs and nothing holds.
 func (rs *restorer) spareHelper(t *rtask, sid int) (*rtask, error) {
-	top := 0 // above every pid and tid of the images
+	need := rs.helperPids()
 	for pid, ti := range rs.s.tasks {
-		top = max(top, pid)
+		need[pid] = true
 		for _, th := range ti.threads {
-			top = max(top, th.tid)
+			need[th.tid] = true
 		}
 	}
-	reserved := rs.helperPids()
+	for pid := range rs.sess.byPid {
+		need[pid] = true
+	}
 	err := ErrPidTaken
-	for pid := top + 1; pid < top+64; pid++ {
-		if rs.sess.byPid[pid] != nil || reserved[pid] {
-			continue
-		}
+	for _, pid := range freePids(need, 64) {
 		var h *rtask
 		// A taken pid: try the next one at once.
 		if h, err = rs.newHelperWithin(t, t, pid, 0); err == nil {
@@ -724,7 +724,7 @@ func (rs *restorer) cloneFrom(src, p *rtask, c *taskImage) (*rtask, error) {
 	}
 	// clone3 refuses an exit signal with CLONE_PARENT: the child gets
 	// src's, SIGCHLD.
-	share := holdsFor(src, c)
+	share := holdsFor(src, c) | rs.lentAtBirth(src, c)
 	if _, ok := rs.shape.borrowFrom[c.pid]; ok {
 		share |= rs.borrows(objectsOf(src).ti, c) // for its children
 	}
@@ -738,6 +738,7 @@ func (rs *restorer) cloneFrom(src, p *rtask, c *taskImage) (*rtask, error) {
 	// src, a sibling or a helper, is not built: it has p's memory,
 	// or the memory it was cloned with.
 	child := &rtask{ti: c, hostPid: hostPid, t: t, parent: p, memSrc: src.memSrc}
+	rs.startLending(child)
 	child.r = src.r.forTask(t)
 	child.table = maps.Clone(objectsOf(src).table)
 	if c.zombie() {

@@ -67,12 +67,16 @@ type shapePlan struct {
 	// sibling in their own: they call setsid right after their early
 	// children, in their parent's cloneChildren.
 	earlySetsid map[int]bool
-	// lent: tasks that lend their children an fd table or fs info they
-	// do not hold themselves: they cloned those children sharing their
-	// own, and dropped it since (unshare). Its holders are all below
-	// the lender, which holds its own alone. The restore clones the
-	// children sharing the lender's, and has the lender unshare it
-	// once they are all cloned (cloneChildren).
+	// lent: tasks that lend their children (or siblings) an fd table
+	// or fs info they do not hold themselves: they cloned those tasks
+	// sharing it, and dropped it since (unshare). It is one the lender
+	// made, its holders all below the lender (lendFor), or its
+	// parent's, which the lender is cloned sharing (lendBorrowed: fs
+	// info; lendToSibling). The lender holds its own alone. The
+	// restore has it hold the lent one from its birth, and unshare it
+	// once the tasks sharing it are cloned (cloneChildren), or for a
+	// table lent only to siblings, before its fds are restored
+	// (dropLentTable).
 	lent map[int]lentObjs
 }
 
@@ -117,7 +121,7 @@ var shareKinds = []shareKind{
 // shapeTree is the tasks of checkShape with their children.
 type shapeTree struct {
 	tasks    map[int]*shapeTask
-	pids     []int // sorted
+	pids     []int // byAge
 	kids     map[int][]int
 	root     int
 	rootPgid int
@@ -137,7 +141,7 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int, outside outsid
 	for pid := range tasks {
 		sh.pids = append(sh.pids, pid)
 	}
-	sort.Ints(sh.pids)
+	sh.byAge(sh.pids)
 	for _, pid := range sh.pids {
 		if t := tasks[pid]; pid != root && tasks[t.ppid] != nil && t.ppid != pid {
 			sh.kids[t.ppid] = append(sh.kids[t.ppid], pid)
@@ -188,6 +192,22 @@ type shapeRetry struct {
 	lent            lentObjs
 }
 
+// byAge sorts pids in the order the kernel gave them out, which is the
+// order of the tasks' births: ascending from the root's, the root being
+// older than every task of its tree, and then those below it, given out
+// after the pids wrapped around at pid_max.
+func (sh *shapeTree) byAge(pids []int) {
+	sort.Slice(pids, func(i, j int) bool { return sh.older(pids[i], pids[j]) })
+}
+
+// older says whether the task with pid a was born before b's (byAge).
+func (sh *shapeTree) older(a, b int) bool {
+	if wa, wb := a < sh.root, b < sh.root; wa != wb {
+		return wb
+	}
+	return a < b
+}
+
 // deepest returns the deepest of ts's parents, the one the others are
 // ancestors of when they are on one line of descent.
 func (sh *shapeTree) deepest(ts []*shapeTask) int {
@@ -215,7 +235,7 @@ func (sh *shapeTree) within(a, b int) bool {
 	return false
 }
 
-// needsOf returns, sorted, the sessions other than its own that task pid
+// needsOf returns, byAge, the sessions other than its own that task pid
 // has to be in before it calls setsid (were it a leader) for its
 // children to be born in theirs: its children's sessions, and for a
 // child that leads a session, what that child needs.
@@ -239,7 +259,7 @@ func (sh *shapeTree) needsOf(pid int) []int {
 	for s := range set {
 		out = append(out, s)
 	}
-	sort.Ints(out)
+	sh.byAge(out)
 	sh.needs[pid] = out
 	return out
 }
@@ -347,7 +367,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 	for sid := range members {
 		sids = append(sids, sid)
 	}
-	sort.Ints(sids)
+	sh.byAge(sids)
 	for _, sid := range sids {
 		// The members whose parent is not in the session when it
 		// clones them: each was born in it from another task of it,
@@ -496,8 +516,8 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 					return nil, shapeRetry{}, fmt.Errorf("pid %d shares %s with pid %d, but is rebuilt as an orphan of %d (cloned from a spare helper of task %d, then reparented), and %d does not hold all it shares: %w",
 						t.pid, k.what, otherThan(g, t).pid, t.ppid, src, src, ErrNotSupported)
 				}
-				if p, ok := tasks[t.ppid]; ok && !p.zombie && k.id(p) == k.id(t) {
-					continue
+				if p, ok := tasks[t.ppid]; ok && !p.zombie && k.id(sh.view(p)) == k.id(t) {
+					continue // p holds it, or lends it its children
 				}
 				if plan.borrowed[t.pid] || sh.canBorrow(t, born, deferred, pre, holders) {
 					plan.borrowed[t.pid] = true
@@ -526,7 +546,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 					if o == t {
 						o = heads[1]
 					}
-					return nil, shapeRetry{}, fmt.Errorf("pids %d and %d share %s, but they are not siblings (parents %d and %d) and neither's parent holds it: clone shares it only with the new task, the cloner's child or (CLONE_PARENT) sibling, so one got its parent by a reparenting or through a holder that has dropped it since (unshare, exec, exit), and crhook rebuilds only a task reparented to an ancestor of another holder in its session, and a task whose parent dropped what it shares with its grandparent: %w",
+					return nil, sh.lendBorrowed(plan, heads, i, id, holders[i][id], deferred), fmt.Errorf("pids %d and %d share %s, but they are not siblings (parents %d and %d) and neither's parent holds it: clone shares it only with the new task, the cloner's child or (CLONE_PARENT) sibling, so one got its parent by a reparenting or through a holder that has dropped it since (unshare, exec, exit), and crhook rebuilds only a task reparented to an ancestor of another holder in its session, and a task whose parent dropped what it shares with its grandparent: %w",
 						o.pid, t.pid, k.what, o.ppid, t.ppid, ErrNotSupported)
 				}
 				deferred[t.pid] = host.pid
@@ -561,7 +581,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 			continue
 		}
 		for i, k := range shareKinds {
-			if x := k.id(t); x != k.id(tasks[t.ppid]) && x != k.id(tasks[s]) && !sh.heldWithin(t, holders[i][x]) {
+			if x := k.id(t); x != k.id(tasks[t.ppid]) && x != k.id(tasks[s]) && !sh.heldFrom(t, holders[i][x]) {
 				return nil, shapeRetry{}, fmt.Errorf("pid %d shares %s that its parent %d dropped, but not with the sibling %d it borrows from: %w",
 					pid, k.what, t.ppid, s, ErrNotSupported)
 			}
@@ -688,6 +708,13 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 				key[c] = key[l] + 2
 			}
 		}
+		for _, c := range kids {
+			// A task borrowing from a sibling is cloned from it,
+			// after it.
+			if s, ok := plan.borrowFrom[c.pid]; ok && key[sh.tasks[s]] >= key[c] {
+				key[c] = key[sh.tasks[s]] + 1
+			}
+		}
 		sort.SliceStable(kids, func(i, j int) bool { return key[kids[i]] < key[kids[j]] })
 	}
 	sortKids(false)
@@ -724,10 +751,7 @@ func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early [
 	// The sharing, as cloneChildren and shareSource will meet it. A
 	// lender holds what it lends while it clones its children.
 	helper := &shapeTask{pid: -1, files: p.files, fs: p.fs} // holds p's
-	pv := p
-	if l, ok := sh.lends[pid]; ok {
-		pv = l.view(p)
-	}
+	pv := sh.view(p)
 	inSession := map[int]*shapeTask{}
 	// objs: whose fd table and fs info a task cloned here holds: its
 	// own, but a zombie's are its cloner's (zombieHolds).
@@ -736,7 +760,7 @@ func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early [
 		if o := objs[t]; o != nil {
 			return o
 		}
-		return t
+		return sh.view(t)
 	}
 	// The children cloned right after p are siblings to clone from.
 	sibs := append([]*shapeTask(nil), early...)
@@ -764,19 +788,21 @@ func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early [
 					c.pid, bs, pid, ErrNotSupported)
 			}
 		}
-		need := shared(pv, c)
+		// A lender is born holding what it lends.
+		cv := sh.view(c)
+		need := shared(pv, cv)
 		for _, k := range sibs {
-			need |= shared(k, c)
+			need |= shared(sh.view(k), cv)
 		}
-		ok := shared(holder(src), c) == need
+		ok := shared(holder(src), cv) == need
 		for _, k := range sibs {
-			ok = ok || shared(holder(k), c) == need && (bs == c.pid || now(k) == bs)
+			ok = ok || shared(holder(k), cv) == need && (bs == c.pid || now(k) == bs)
 		}
 		if s, borrows := plan.borrowFrom[c.pid]; borrows {
 			// Cloned from the sibling it borrows from, no other.
 			ok = false
 			for _, k := range sibs {
-				ok = ok || k.pid == s && shared(holder(k), c) == need && (bs == c.pid || now(k) == bs)
+				ok = ok || k.pid == s && shared(holder(k), cv) == need && (bs == c.pid || now(k) == bs)
 			}
 		}
 		if c.zombie {
@@ -786,6 +812,7 @@ func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early [
 			retry := sh.lendFor(plan, p, c, deferred)
 			if retry.lend == 0 {
 				retry = sh.stayFor(plan, kids, c)
+				retry.lend, retry.lent = sh.lendToSibling(plan, pv, c, cv, need, sibs, now, deferred)
 			}
 			return retry, fmt.Errorf("pid %d (session %d) shares %s with its parent %d or a sibling, but no one task it can be cloned from holds all of it in its session: clone shares only the cloner's, and a new task starts in the cloner's session, so it was cloned before a holder left the session (setsid), which crhook does not rebuild: %w",
 				c.pid, bs, shareWhat(need), pid, ErrNotSupported)
@@ -796,6 +823,25 @@ func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early [
 		}
 	}
 	return shapeRetry{}, nil
+}
+
+// heldFrom says whether t can make an object that its borrowing parent
+// does not hold: t and its descendants are all its holders, or, when
+// sh.siblingBorrow, t's siblings and theirs too (cloned from t,
+// CLONE_PARENT, after it).
+func (sh *shapeTree) heldFrom(t *shapeTask, holders []*shapeTask) bool {
+	if sh.heldWithin(t, holders) {
+		return true
+	}
+	if !sh.siblingBorrow {
+		return false
+	}
+	for _, h := range holders {
+		if h.pid == t.ppid || !sh.within(t.ppid, h.pid) {
+			return false
+		}
+	}
+	return true
 }
 
 // heldWithin says whether t and its descendants are all the holders of an
@@ -830,12 +876,8 @@ func (sh *shapeTree) lendFor(plan *shapePlan, p, c *shapeTask, deferred map[int]
 	if p.zombie || c.zombie || sh.lends[p.pid] != (lentObjs{}) || plan.earlySetsid[p.pid] || plan.borrowed[p.pid] || len(plan.borrowers[p.pid]) > 0 {
 		return shapeRetry{}
 	}
-	for _, m := range []map[int]int{plan.helperParent, plan.bornUnder, deferred} {
-		for _, v := range m {
-			if v == p.pid || sh.tasks[v] != nil && sh.tasks[v].zombie && sh.tasks[v].ppid == p.pid {
-				return shapeRetry{} // p's, or its zombie child's: what p holds
-			}
-		}
+	if !sh.sourceOfNone(plan, p, deferred) {
+		return shapeRetry{}
 	}
 	var lent [2]uint32
 	for i, k := range shareKinds {
@@ -863,6 +905,132 @@ func (sh *shapeTree) lendFor(plan *shapePlan, p, c *shapeTask, deferred map[int]
 		return shapeRetry{}
 	}
 	return shapeRetry{lend: p.pid, lent: lentObjs{files: lent[0], fs: lent[1]}}
+}
+
+// view is t as the tasks cloned from it see it: holding what it lends.
+func (sh *shapeTree) view(t *shapeTask) *shapeTask {
+	if l, ok := sh.lends[t.pid]; ok {
+		return l.view(t)
+	}
+	return t
+}
+
+// lendBorrowed suggests, for heads of fs info x (kind i) that are not
+// siblings, a head's ancestor B that may have held x from its parent A,
+// cloned its children of x sharing it, and dropped it (unshare): B is
+// then cloned from A sharing x and lends it (lent). A holds x or lends
+// it itself; the tasks between B and the head, none holding x, lend it
+// too, each in a retry of its own, from the top down. Each of them
+// holds its own alone, every holder of x below it is below a child of
+// it that holds or lends x, and none is a source of helpers, spares,
+// borrowers or borrowed tasks, which share what it holds at the time.
+func (sh *shapeTree) lendBorrowed(plan *shapePlan, heads []*shapeTask, i int, x uint32, holders []*shapeTask, deferred map[int]int) shapeRetry {
+	k := shareKinds[i]
+	if i != 1 {
+		return shapeRetry{} // an fd table's fds are restored by its first holder
+	}
+	for _, t := range heads {
+		var line []*shapeTask // from t's parent up to B
+		inLine := map[*shapeTask]bool{}
+		for c := t; ; {
+			b, ok := sh.tasks[c.ppid]
+			if !ok || b.zombie || b.pid == sh.root || inLine[b] {
+				line = nil
+				break
+			}
+			line = append(line, b)
+			inLine[b] = true
+			if a, ok := sh.tasks[b.ppid]; ok && !a.zombie && k.id(sh.view(a)) == x {
+				break
+			}
+			c = b
+		}
+		fits := len(line) > 0
+		for _, b := range line {
+			if !fits || sh.lends[b.pid] != (lentObjs{}) || plan.borrowed[b.pid] || len(plan.borrowers[b.pid]) > 0 {
+				fits = false
+				break
+			}
+			if _, orphan := deferred[b.pid]; orphan || !sh.sourceOfNone(plan, b, deferred) {
+				fits = false
+				break
+			}
+			for _, h := range sh.tasks {
+				if h != b && k.id(h) == k.id(b) {
+					fits = false // B's own is shared
+				}
+			}
+			for _, h := range holders {
+				if h == b || !sh.within(b.pid, h.pid) {
+					continue
+				}
+				c := h
+				for c.ppid != b.pid {
+					c = sh.tasks[c.ppid]
+				}
+				fits = fits && (k.id(sh.view(c)) == x || inLine[c])
+			}
+		}
+		if fits {
+			return shapeRetry{lend: line[len(line)-1].pid, lent: lentObjs{fs: x}}
+		}
+	}
+	return shapeRetry{}
+}
+
+// lendToSibling suggests, for child c of the task pv is the view of, that
+// no task holding what it shares can be cloned from in the session it
+// is born in, a sibling B of it there that held some of p's objects,
+// cloned c sharing them (CLONE_PARENT), and dropped them (unshare): B is
+// then cloned from p sharing them and lends them (lent). B holds its own
+// alone; no task below B holds an fd table it lends (B drops it before
+// its fds are restored); and B is no source of helpers, spares,
+// borrowers or borrowed tasks.
+func (sh *shapeTree) lendToSibling(plan *shapePlan, pv, c, cv *shapeTask, need uint64, sibs []*shapeTask, now func(*shapeTask) int, deferred map[int]int) (int, lentObjs) {
+	bs := now(c)
+	for _, b := range sibs {
+		if b.zombie || b.ppid != pv.pid || bs != c.pid && now(b) != bs || sh.lends[b.pid] != (lentObjs{}) || plan.borrowed[b.pid] || len(plan.borrowers[b.pid]) > 0 {
+			continue
+		}
+		if _, orphan := deferred[b.pid]; orphan || !sh.sourceOfNone(plan, b, deferred) {
+			continue
+		}
+		var lent [2]uint32
+		fits := true
+		for i, k := range shareKinds {
+			x := k.id(cv)
+			if x == k.id(b) || x != k.id(pv) {
+				continue
+			}
+			for _, h := range sh.tasks {
+				switch {
+				case h != b && k.id(h) == k.id(b):
+					fits = false // B's own is shared
+				case i == 0 && k.id(h) == x && h != b && sh.within(b.pid, h.pid):
+					fits = false // B's children would share the table B fills
+				}
+			}
+			lent[i] = x
+		}
+		l := lentObjs{files: lent[0], fs: lent[1]}
+		if fits && l != (lentObjs{}) && shared(l.view(b), cv) == need {
+			return b.pid, l
+		}
+	}
+	return 0, lentObjs{}
+}
+
+// sourceOfNone says whether no helper, spare or orphan is cloned from p
+// or from a zombie child of p: those share what p holds at the time.
+func (sh *shapeTree) sourceOfNone(plan *shapePlan, p *shapeTask, deferred map[int]int) bool {
+	for _, m := range []map[int]int{plan.helperParent, plan.bornUnder, deferred} {
+		for _, v := range m {
+			if v == p.pid || sh.tasks[v] != nil && sh.tasks[v].zombie && sh.tasks[v].ppid == p.pid {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // stayFor suggests, for a child c of no task to be cloned from, a leader
@@ -943,7 +1111,7 @@ func (sh *shapeTree) siblingToBorrow(t *shapeTask, born func(*shapeTask) int, de
 		borrows, fits := false, true
 		for i, k := range shareKinds {
 			switch x := k.id(t); {
-			case sh.heldWithin(t, holders[i][x]) || x == k.id(b):
+			case sh.heldFrom(t, holders[i][x]) || x == k.id(b):
 			case x == k.id(s) && sh.heldWithin(b, holders[i][k.id(b)]):
 				borrows = true
 			default:
@@ -987,12 +1155,12 @@ func (sh *shapeTree) canBorrow(t *shapeTask, born func(*shapeTask) int, deferred
 	switch l := sh.tasks[t.sid]; {
 	case t.sid == t.pid:
 		for _, k := range sh.kids[b.pid] {
-			if k != t.pid && sh.tasks[k].sid == t.pid && (k < t.pid || !fromLeader(t, sh.tasks[k])) {
+			if k != t.pid && sh.tasks[k].sid == t.pid && (sh.older(k, t.pid) || !fromLeader(t, sh.tasks[k])) {
 				return false
 			}
 		}
 	case t.sid == born(b):
-	case l != nil && l.ppid == b.pid && l.pid < t.pid && pre[l.pid] == 0 && fromLeader(l, t):
+	case l != nil && l.ppid == b.pid && sh.older(l.pid, t.pid) && pre[l.pid] == 0 && fromLeader(l, t):
 		return sh.canBorrow(l, born, deferred, pre, holders)
 	default:
 		return false
@@ -1005,7 +1173,7 @@ func (sh *shapeTree) canBorrow(t *shapeTask, born func(*shapeTask) int, deferred
 			}
 		}
 		switch {
-		case sh.heldWithin(t, holders[i][k.id(t)]) || k.id(t) == k.id(b):
+		case sh.heldFrom(t, holders[i][k.id(t)]) || k.id(t) == k.id(b):
 		case k.id(t) == k.id(a):
 			borrows = true
 		default:

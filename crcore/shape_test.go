@@ -23,8 +23,9 @@ func TestCheckShapePlan(t *testing.T) {
 		borrowed   map[int]bool
 		lent       map[int]lentObjs
 		borrowFrom map[int]int
-		outside    int    // the session and group the root was started in
-		refused    string // or want this in the refusal
+		order      map[int][]int // want these of plan.order
+		outside    int           // the session and group the root was started in
+		refused    string        // or want this in the refusal
 	}{
 		{name: "plain", tree: "1 0 1, 2 1 1, 3 2 3, 4 3 3"},
 		{name: "born before setsid", tree: "1 0 1, 2 1 2, 3 2 1", pre: map[int]int{2: 1}},
@@ -40,6 +41,20 @@ func TestCheckShapePlan(t *testing.T) {
 		{name: "holder that dropped a table it had from a sibling", tree: "1 0 1, 3 1 3 3, 4 1 3 4, 5 4 3 3",
 			borrowed: map[int]bool{5: true}, borrowFrom: map[int]int{4: 3}},
 		{name: "holder that dropped a table from a sibling, and its grandparent's", tree: "1 0 1, 3 1 3 3, 4 1 3 4, 5 4 3 3 1", refused: "not siblings"},
+		{name: "leader borrowing from a member sibling, cloned after it", tree: "1 0 1, 2 1 1, 5 1 5, 6 5 6 2, 7 5 1",
+			pre: map[int]int{5: 1}, borrowed: map[int]bool{6: true}, borrowFrom: map[int]int{5: 2}, order: map[int][]int{1: {2, 5}}},
+		{name: "holder that dropped its parent's fs info, sharing a table with a sibling", tree: "1 0 1, 3 1 3, 6 3 3 6 1, 8 3 3 6 8",
+			lent: map[int]lentObjs{3: {fs: 1}}},
+		{name: "... and its own fs info with a child", tree: "1 0 1, 3 1 3, 6 3 3 6 1, 8 3 3 6 8, 9 3 3 9 3",
+			borrowed: map[int]bool{6: true}},
+		{name: "leader that lent its own session's child its parent's fs info", tree: "1 0 1, 2 1 2, 3 2 1, 4 2 2 4 1",
+			pre: map[int]int{2: 1}, lent: map[int]lentObjs{2: {fs: 1}}},
+		{name: "leader that lent its parent's fd table to a sibling in its session", tree: "1 0 1, 2 1 2, 3 1 2 1",
+			lent: map[int]lentObjs{2: {files: 1}}, order: map[int][]int{1: {2, 3}}},
+		{name: "leader that lent its parent's fd table to a sibling and a child", tree: "1 0 1, 2 1 2, 3 1 2 1, 4 2 2 1", refused: "no one task"},
+		{name: "tasks that lent fs info they had from two levels up", tree: "1 0 1, 2 1 1, 3 2 1, 4 3 1 4 1",
+			lent: map[int]lentObjs{2: {fs: 1}, 3: {fs: 1}}},
+		{name: "leader that lent its parent's fs info, its own shared", tree: "1 0 1, 2 1 2, 3 2 1, 4 2 2 4 1, 5 2 2 5 2", refused: "not siblings"},
 		{name: "borrowed leader with a sibling in its session", tree: "1 0 1, 2 1 1 2, 3 2 3 1, 4 2 3 1", borrowed: map[int]bool{3: true, 4: true}},
 		{name: "exited leader, one line", tree: "1 0 1, 2 1 1, 4 1 3, 5 2 3", helper: map[int]int{3: 2}},
 		{name: "exited leader, members under leaders born in it", tree: "1 0 1, 3 1 3, 4 3 2, 5 1 5, 6 5 2",
@@ -52,7 +67,8 @@ func TestCheckShapePlan(t *testing.T) {
 		{name: "orphan sharing its fd table with its child only", tree: "1 0 1, 2 1 1, 3 2 3, 5 1 3 5, 6 5 3 5"},
 		{name: "orphan sharing its parent's fd table", tree: "1 0 1 1, 2 1 1, 3 2 3, 5 1 3 1", refused: "does not hold all it shares"},
 		{name: "task sharing with a holder on another branch", tree: "1 0 1, 2 1 1, 3 2 1 3, 5 1 1 3", bornUnder: map[int]int{5: 3}},
-		{name: "task sharing with a holder in another session", tree: "1 0 1, 2 1 2, 3 2 2 3, 5 1 1 3", refused: "not siblings"},
+		{name: "task sharing with a holder in another session", tree: "1 0 1, 2 1 2, 3 2 2 3, 5 1 1 3",
+			borrowed: map[int]bool{3: true}, borrowFrom: map[int]int{2: 5}},
 		{name: "holder that dropped the table between", tree: "1 0 1, 2 1 1 2, 3 2 1 3, 4 3 1 2", borrowed: map[int]bool{4: true}},
 		{name: "holder that dropped a table it shares with its child", tree: "1 0 1, 2 1 1 2, 3 2 1 3, 4 3 1 2, 5 3 1 3", borrowed: map[int]bool{4: true}},
 		{name: "holder that dropped the table, sharing its own with a sibling", tree: "1 0 1, 2 1 1 2, 3 2 1 3, 7 2 1 3, 4 3 1 2", refused: "not siblings"},
@@ -101,6 +117,11 @@ func TestCheckShapePlan(t *testing.T) {
 				fmt.Sprint(plan.borrowFrom) != fmt.Sprint(orEmpty(tc.borrowFrom)) {
 				t.Errorf("pre %v, helper parents %v, born under %v, borrowed %v, lent %v, borrow from %v; want %v, %v, %v, %v, %v, %v",
 					plan.pre, plan.helperParent, plan.bornUnder, plan.borrowed, plan.lent, plan.borrowFrom, tc.pre, tc.helper, tc.bornUnder, tc.borrowed, tc.lent, tc.borrowFrom)
+			}
+			for pid, want := range tc.order {
+				if got := plan.order[pid]; fmt.Sprint(got) != fmt.Sprint(want) {
+					t.Errorf("pid %d clones %v, want %v", pid, got, want)
+				}
 			}
 		})
 	}

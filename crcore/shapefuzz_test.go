@@ -26,9 +26,10 @@ import (
 // info, moving to sessions and groups of their own or joining groups,
 // exiting (their orphans going up to a subreaper), reaping, toggling
 // the subreaper flag, unsharing their fd tables or fs info, changing the
-// tables, and starting threads. The root is always a subreaper, so that no
-// orphan leaves the tree, and leads a session of its own or stays in
-// the test's.
+// tables (opening files and pipes) and the fs info (cwd and umask), and
+// starting threads. The root is always a subreaper, so that no orphan
+// leaves the tree, and leads a session of its own or stays in the
+// test's.
 func shapeScript(rng *rand.Rand) string {
 	ops := []string{"U0,1"}
 	if rng.Intn(2) == 0 {
@@ -38,7 +39,7 @@ func shapeScript(rng *rand.Rand) string {
 	threaded := map[int]bool{} // unsharing there is refused on purpose
 	for len(ops) < 28 {
 		a := alive[rng.Intn(len(alive))]
-		switch k := rng.Intn(12); {
+		switch k := rng.Intn(13); {
 		case k < 4 && next < 10:
 			kind := "FFCK"[rng.Intn(4)]
 			if a != 0 && rng.Intn(4) == 0 {
@@ -68,12 +69,38 @@ func shapeScript(rng *rand.Rand) string {
 		case k == 10 && !threaded[a]:
 			ops = append(ops, fmt.Sprintf("%c%d", "DE"[rng.Intn(2)], a))
 		case k == 11:
-			op := "OT"[rng.Intn(2)]
+			op := "OTQ"[rng.Intn(3)]
 			threaded[a] = threaded[a] || op == 'T'
 			ops = append(ops, fmt.Sprintf("%c%d", op, a))
+		case k == 12:
+			ops = append(ops, fmt.Sprintf("W%d,%d", a, rng.Intn(4)))
 		}
 	}
 	return strings.Join(ops, " ")
+}
+
+// fsInfos lists, for each live process of ids, its cwd and umask.
+func fsInfos(t *testing.T, ids map[int]string) string {
+	t.Helper()
+	var out []string
+	for _, pid := range livePids(ids) {
+		cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		umask := "?"
+		for _, l := range strings.Split(string(st), "\n") {
+			if v, ok := strings.CutPrefix(l, "Umask:"); ok {
+				umask = strings.TrimSpace(v)
+			}
+		}
+		out = append(out, fmt.Sprintf("%d %s %s", pid, cwd, umask))
+	}
+	return strings.Join(out, ", ")
 }
 
 // livePids returns, sorted, the pids of ids that are not zombies.
@@ -284,6 +311,24 @@ func TestRandomShapes(t *testing.T) {
 		"U0,1 S0 R0 J0,0 E0 C0,1 J0,1 X1 G0 E0 C0,2 C2,3 S2 S3 D2 U3,1 K0,4 F3,5 R4 U2,0 H5,6 R6 U5,0 X4 E2 J6,5 G3 H3,7",
 		// an orphan of a zombie leader sharing its fd table with its child
 		"U0,1 K0,1 G1 X1 F0,2 J2,2 F2,3 O3 X3 D2 J0,0 F2,4 G2 U4,1 S0 S0 S4 C0,5 G5 J4,5 F0,6 F5,7 K4,8 C8,9 J4,0 X4 X7 S5",
+		// a restore's spare helper got pid_max as its pid when the
+		// tree's pids wrapped around (TestShapesAcrossPidMax)
+		"U0,1 J0,0 F0,1 S1 J1,0 J1,0 E1 H1,2 F2,3 F0,4 S2 F0,5 F2,6 H3,7 E1 R5 O1 G4 K1,8 S3 J7,3 R4 X1 O3 G3 F5,9 X9 R0",
+		// a leader born in the root's session borrowing a table from
+		// a sibling member of it: cloned after that sibling
+		"U0,1 K0,1 G0 X1 G0 R0 S0 O0 F0,2 G0 G0 F2,3 U2,0 G0 U2,0 G3 G0 R3 K2,4 R3 H2,5 C5,6 D5 S6 O0 F5,7 J3,4 S5",
+		// a borrower sharing its table with a sibling cloned from it
+		"U0,1 K0,1 S1 K1,2 H2,3 E1 K1,4 W4,2 W2,3 W3,0",
+		// a leader that lent its child of its own session the fs info
+		// it had from its parent, after cloning one in the parent's
+		"U0,1 W0,1 K0,1 F1,2 S1 K1,3 E1 W1,2 W3,3 W2,0",
+		// ... two levels down
+		"U0,1 W0,2 K0,1 K1,2 K2,3 E1 E2 W3,1 W1,2 W2,3",
+		"U0,1 K0,1 G1 S0 C1,2 X2 G1 K1,3 D0 O0 C1,4 F3,5 G3 K3,6 H1,7 E1 G0 E3 T0 R1 P7,8 G8 U3,1 H6,9 U5,1 S1 G3 S4",
+		// a leader that lent a sibling in its session its parent's
+		// fd table
+		"U0,1 O0 C0,1 S1 H1,2 O1 D1 Q1 O1 O2",
+		"U0,1 T0 T0 C0,1 F1,2 D2 S2 S1 K2,3 F1,4 J1,3 J1,2 G0 X4 J1,3 K1,5 F3,6 T5 C3,7 S7 U7,0 F3,8 H1,9 U2,0 O7 J2,2 S8 D1",
 	} {
 		seeds = append(seeds, int64(-1-i))
 		scripts[int64(-1-i)] = sc
@@ -298,6 +343,7 @@ func TestRandomShapes(t *testing.T) {
 			script = shapeScript(rand.New(rand.NewSource(seed)))
 		}
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			nearPidMax(t)
 			p := crtest.Start(t, bin, script)
 			var all []int
 			t.Cleanup(func() {
@@ -317,7 +363,7 @@ func TestRandomShapes(t *testing.T) {
 			all = append([]int{p.Pid}, crtest.Descendants(p.Pid)...)
 			before, share := nsIDs(t, p.Pid), ""
 			share = treeSharing(t, before)
-			fds := fdTables(t, before)
+			fds, fsi := fdTables(t, before), fsInfos(t, before)
 			goesOn := func(when string) {
 				t.Helper()
 				c0 := counters(t, p.Pid, addr)
@@ -374,6 +420,9 @@ func TestRandomShapes(t *testing.T) {
 			}
 			if got := fdTables(t, before); got != fds {
 				t.Errorf("script %q: after restore fds %s\nbefore %s", script, got, fds)
+			}
+			if got := fsInfos(t, before); got != fsi {
+				t.Errorf("script %q: after restore cwd and umask %s\nbefore %s", script, got, fsi)
 			}
 			goesOn("after restore")
 			restored++

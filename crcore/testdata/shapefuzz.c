@@ -20,6 +20,10 @@
 //	Da     a unshares its fd table
 //	Ea     a unshares its fs info
 //	Oa     a opens /dev/null
+//	Qa     a opens a pipe, its read end at fd 4, and its write end
+//	       open at another fd
+//	Wa,v   a moves to /, /usr, /etc or /tmp (v 0-3), with umask 022,
+//	       027, 077 or 002 (its fs info, shared or not)
 //	Ta     a starts a thread (it only sleeps)
 //	Ya     a starts a thread that unshares its fd table and fs info
 //
@@ -39,6 +43,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -185,6 +190,21 @@ static void run(struct op *o) {
 	case 'O':
 		open("/dev/null", O_RDONLY);
 		break;
+	case 'Q': {
+		int p[2];
+		if (pipe(p) == 0) {
+			dup2(p[0], 4); // 3 is the log's
+			close(p[0]);
+		}
+		break;
+	}
+	case 'W': {
+		static const char *dirs[] = {"/", "/usr", "/etc", "/tmp"};
+		static const mode_t masks[] = {022, 027, 077, 002};
+		if (chdir(dirs[o->b & 3]) == 0)
+			umask(masks[o->b & 3]);
+		break;
+	}
 	case 'T':
 		thread(sleeper);
 		break;
