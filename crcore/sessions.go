@@ -70,8 +70,10 @@ import (
 // Such a leader that also has a sibling in its own session (cloned from
 // it, CLONE_PARENT, after its setsid) clones its children of the session
 // it was born in right after its own clone, in its parent's
-// cloneChildren, and calls setsid then (checkShape's earlySetsid,
-// cloneEarly). A zombie, which has no fd table or fs info left, is
+// cloneChildren (checkShape's earlySetsid, cloneEarly), and calls setsid
+// when the first sibling of its own session is to be cloned, or once all
+// are (leaveEarly): siblings of the session it was born in may be cloned
+// from it before. A zombie, which has no fd table or fs info left, is
 // cloned sharing its cloner's and passes them on to the siblings cloned
 // from it (zombieHolds); its session's orphans are cloned from it before
 // it dies.
@@ -218,6 +220,9 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 			continue
 		}
 		sid := rs.bornIn(c)
+		if err := rs.leaveEarly(sibs, sid, inSession); err != nil {
+			return nil, err
+		}
 		src := p
 		if p.setsidLater && sid != early {
 			if err := enterSession(p); err != nil {
@@ -269,11 +274,14 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 		if err := rs.cloneBorrowers(from, child); err != nil {
 			return nil, err
 		}
-		if err := rs.cloneEarly(child, inSession); err != nil {
+		if err := rs.cloneEarly(child); err != nil {
 			return nil, err
 		}
 		out = append(out, child)
 		sibs = append(sibs, child)
+	}
+	if err := rs.leaveEarly(sibs, 0, inSession); err != nil {
+		return nil, err
 	}
 	if p.setsidLater {
 		if err := enterSession(p); err != nil {
@@ -292,12 +300,13 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 
 // cloneEarly creates, when c, just cloned from its parent p, leads a
 // session with a sibling in it but was born in another, its children of
-// that other session (checkShape's early), and then has c call setsid:
-// the sibling is cloned from c after that, before c's own turn comes.
+// that other session (checkShape's early); c calls setsid later, before
+// the sibling is cloned from it (leaveEarly), and before its own turn
+// comes.
 // The children are cloned from c, or from one of them (CLONE_PARENT)
 // holding what they share, and have the memory c was cloned with: c is
 // not built yet.
-func (rs *restorer) cloneEarly(c *rtask, inSession map[int]*rtask) error {
+func (rs *restorer) cloneEarly(c *rtask) error {
 	if !rs.shape.earlySetsid[c.ti.pid] {
 		return nil
 	}
@@ -340,11 +349,7 @@ func (rs *restorer) cloneEarly(c *rtask, inSession map[int]*rtask) error {
 		made = append(made, child)
 	}
 	c.borrowers = append(c.borrowers, made...)
-	if err := enterSession(c); err != nil {
-		return err
-	}
-	c.setsidLater = false
-	inSession[c.ti.pid] = c
+	c.setsidLater = true // leaveEarly
 	return nil
 }
 
@@ -441,14 +446,34 @@ func (rs *restorer) memoryReady(t *rtask) error {
 	return nil
 }
 
-// sessionNow returns the session the image's task ti is in while its
-// later siblings are cloned: the one it is born in, or its own for a
-// leader that calls setsid right after its early children.
-func (rs *restorer) sessionNow(ti *taskImage) int {
-	if rs.shape.earlySetsid[ti.pid] {
-		return ti.pid
+// sessionNow returns the session t is in while its later siblings are
+// cloned: the one it is born in, or its own once a leader with early
+// children has called setsid (leaveEarly).
+func (rs *restorer) sessionNow(t *rtask) int {
+	if rs.shape.earlySetsid[t.ti.pid] && !t.setsidLater {
+		return t.ti.pid
 	}
-	return rs.bornIn(ti)
+	return rs.bornIn(t.ti)
+}
+
+// leaveEarly has the leaders among sibs that were born in another
+// session with early children (cloneEarly) call setsid, when sid is
+// theirs or 0 (all of them): at the first sibling in their session, for
+// it to be cloned from them, or once all are cloned. Until then they
+// stay, for siblings of the session they are born in to be cloned from
+// them too.
+func (rs *restorer) leaveEarly(sibs []*rtask, sid int, inSession map[int]*rtask) error {
+	for _, c := range sibs {
+		if !rs.shape.earlySetsid[c.ti.pid] || !c.setsidLater || sid != 0 && sid != c.ti.pid {
+			continue
+		}
+		if err := enterSession(c); err != nil {
+			return err
+		}
+		c.setsidLater = false
+		inSession[c.ti.pid] = c
+	}
+	return nil
 }
 
 // bornIn returns the session the image's task ti is born in: its own,
@@ -489,7 +514,7 @@ func (rs *restorer) shareSource(p *rtask, c *taskImage, src *rtask, sibs []*rtas
 	}
 	sid := rs.bornIn(c)
 	for _, k := range sibs {
-		if holdsFor(k, c) == need && (sid == c.pid || rs.sessionNow(k.ti) == sid) {
+		if holdsFor(k, c) == need && (sid == c.pid || rs.sessionNow(k) == sid) {
 			return k, nil
 		}
 	}

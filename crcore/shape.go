@@ -676,7 +676,15 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 	// lateLeaders: a leader born in another session (pre) that shares
 	// with a sibling in another session goes after it too, to be
 	// cloned from it; tried when the order without fails.
-	sortKids := func(lateLeaders bool) {
+	// earlyLeaders: a leader with early children comes before the
+	// members of the session it is born in, to be cloned from, and
+	// the members of its own session after them; tried last.
+	const (
+		plain = iota
+		lateLeaders
+		earlyLeaders
+	)
+	sortKids := func(mode int) {
 		key := map[*shapeTask]int{}
 		member := func(c *shapeTask) bool { return born(c) != c.pid && born(c) != p.sid || c.sid != c.pid }
 		for _, c := range kids {
@@ -685,6 +693,8 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 				key[c] = -10
 			case member(c):
 				key[c] = 10
+			case plan.earlySetsid[c.pid] && mode == earlyLeaders:
+				key[c] = -5
 			case plan.earlySetsid[c.pid]:
 				// Born in a session its siblings there share with it
 				// in, and leaving it at once: after them.
@@ -693,7 +703,7 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 						key[c] = 15
 					}
 				}
-			case plan.pre[c.pid] == 0 || lateLeaders:
+			case plan.pre[c.pid] == 0 || mode == lateLeaders:
 				for _, k := range kids {
 					if k != c && k.sid != c.sid && shared(k, c)&^shared(p, c) != 0 {
 						key[c] = 20
@@ -704,8 +714,8 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 		for _, c := range kids {
 			// A session's members come after their leader when it is a
 			// sibling that comes after some members.
-			if l := sh.tasks[born(c)]; key[c] == 10 && l != nil && l.ppid == pid && key[l] > 10 {
-				key[c] = key[l] + 2
+			if l := sh.tasks[born(c)]; key[c] == 10 && l != nil && l.ppid == pid && (key[l] > 10 || key[l] == -5) {
+				key[c] = max(key[l], 10) + 2
 			}
 		}
 		for _, c := range kids {
@@ -717,13 +727,19 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 		}
 		sort.SliceStable(kids, func(i, j int) bool { return key[kids[i]] < key[kids[j]] })
 	}
-	sortKids(false)
+	sortKids(plain)
 	retry, err := sh.simulateClones(plan, p, kids, early, born, deferred)
-	if err != nil {
-		sortKids(true)
-		if _, err2 := sh.simulateClones(plan, p, kids, early, born, deferred); err2 != nil {
-			return retry, err
+	for _, mode := range []int{lateLeaders, earlyLeaders} {
+		if err == nil {
+			break
 		}
+		sortKids(mode)
+		if _, err2 := sh.simulateClones(plan, p, kids, early, born, deferred); err2 == nil {
+			err = nil
+		}
+	}
+	if err != nil {
+		return retry, err
 	}
 	order := make([]int, len(kids))
 	for i, c := range kids {
@@ -740,10 +756,12 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early []*shapeTask, born func(*shapeTask) int, deferred map[int]int) (shapeRetry, error) {
 	pid := p.pid
 	// now: the session a child is in while its later siblings are
-	// cloned: the one it is born in, or its own for a leader that calls
-	// setsid right after its early children (plan.earlySetsid).
+	// cloned: the one it is born in, or its own for a leader with early
+	// children (plan.earlySetsid) once it has called setsid: at the
+	// first sibling of its session, or at the end (leaveEarly).
+	left := map[int]bool{}
 	now := func(c *shapeTask) int {
-		if plan.earlySetsid[c.pid] {
+		if plan.earlySetsid[c.pid] && left[c.pid] {
 			return c.pid
 		}
 		return born(c)
@@ -774,6 +792,10 @@ func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early [
 		bs, early := born(c), -1
 		if plan.pre[pid] != 0 {
 			early = plan.pre[pid]
+		}
+		if l := sh.tasks[bs]; l != nil && l.ppid == pid && plan.earlySetsid[bs] && !left[bs] {
+			left[bs] = true
+			inSession[bs] = l
 		}
 		src := pv
 		if bs != c.pid && bs != p.sid && bs != early {
@@ -818,7 +840,7 @@ func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early [
 				c.pid, bs, shareWhat(need), pid, ErrNotSupported)
 		}
 		sibs = append(sibs, c)
-		if inSession[now(c)] == nil {
+		if inSession[now(c)] == nil && !plan.earlySetsid[c.pid] {
 			inSession[now(c)] = c
 		}
 	}

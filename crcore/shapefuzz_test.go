@@ -329,6 +329,10 @@ func TestRandomShapes(t *testing.T) {
 		// fd table
 		"U0,1 O0 C0,1 S1 H1,2 O1 D1 Q1 O1 O2",
 		"U0,1 T0 T0 C0,1 F1,2 D2 S2 S1 K2,3 F1,4 J1,3 J1,2 G0 X4 J1,3 K1,5 F3,6 T5 C3,7 S7 U7,0 F3,8 H1,9 U2,0 O7 J2,2 S8 D1",
+		// a leader sharing its parent's fs info and a table with
+		// siblings in its parent's session and in its own: it stays
+		// in its parent's until they are cloned from it
+		"U0,1 S0 E0 R0 C0,1 O0 R1 K0,2 X1 H2,3 O2 K0,4 D0 C0,5 S2 J0,2 H2,6 R5 K0,7 J5,0 H7,8 J7,5 U7,0 K3,9 R7 X8 E6 J9,4",
 	} {
 		seeds = append(seeds, int64(-1-i))
 		scripts[int64(-1-i)] = sc
