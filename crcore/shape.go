@@ -155,10 +155,10 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int, outside outsid
 	// siblings there that share an object with it have been cloned
 	// from it; that is tried only for the leaders that cannot be
 	// cloned otherwise, or whose siblings cannot.
-	viaHelper, forSiblings := map[int]bool{}, map[int]int{}
+	viaHelper, forSiblings, orphans := map[int]bool{}, map[int]int{}, map[int]bool{}
 	var first error
 	for {
-		plan, retry, err := sh.plan(sh.preSessions(viaHelper, forSiblings))
+		plan, retry, err := sh.plan(sh.preSessions(viaHelper, forSiblings, orphans))
 		if err == nil {
 			return plan, nil
 		}
@@ -168,6 +168,8 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int, outside outsid
 		switch {
 		case retry.viaHelper != 0 && !viaHelper[retry.viaHelper]:
 			viaHelper[retry.viaHelper] = true
+		case retry.orphan != 0 && !orphans[retry.orphan]:
+			orphans[retry.orphan] = true
 		case retry.leader != 0 && forSiblings[retry.leader] == 0 && retry.session != 0:
 			forSiblings[retry.leader] = retry.session
 		case retry.lend != 0 && sh.lends[retry.lend] == (lentObjs{}):
@@ -187,6 +189,7 @@ func checkShape(tasks map[int]*shapeTask, root int, rootPgid int, outside outsid
 // cloned from it.
 type shapeRetry struct {
 	viaHelper       int
+	orphan          int // a leader to be born an orphan in a session it needs
 	leader, session int
 	lend            int // a task to lend its children what lent says
 	lent            lentObjs
@@ -280,8 +283,11 @@ func (sh *shapeTree) siblingLeader(pp, s int) bool {
 // a sibling in its own session (cloned from it with CLONE_PARENT, after
 // its setsid) clones those children at once, and calls setsid then
 // (plan.early). A leader of forSiblings is born in the session given
-// there, for siblings of it in that session to be cloned from it.
-func (sh *shapeTree) preSessions(viaHelper map[int]bool, forSiblings map[int]int) map[int]int {
+// there, for siblings of it in that session to be cloned from it. A
+// leader of orphans is born, when no other session fits, in one it
+// needs whose live leader's parent is below its own parent: as an
+// orphan, from a spare helper of that leader.
+func (sh *shapeTree) preSessions(viaHelper map[int]bool, forSiblings map[int]int, orphans map[int]bool) map[int]int {
 	pre := map[int]int{}
 	if r := sh.tasks[sh.root]; r.sid == sh.root && sh.outside.sid != 0 {
 		// A root that left the session it was started in after
@@ -310,6 +316,14 @@ func (sh *shapeTree) preSessions(viaHelper map[int]bool, forSiblings map[int]int
 			for _, s := range sh.needsOf(pid) {
 				if pre[pid] == 0 && sh.siblingLeader(pp, s) {
 					pre[pid] = s // cloned from that leader (CLONE_PARENT)
+				}
+			}
+			for _, s := range sh.needsOf(pid) {
+				if l := sh.tasks[s]; pre[pid] == 0 && orphans[pid] && l != nil && l.sid == s && l.ppid != pp && sh.within(pp, l.ppid) {
+					// An orphan of that session's leader (or of a
+					// task below it), reparented up to pp: cloned
+					// from a spare helper of the leader.
+					pre[pid] = s
 				}
 			}
 			if s := forSiblings[pid]; pre[pid] == 0 && s != 0 && (s == sh.tasks[pp].sid || s == pre[pp]) {
@@ -410,7 +424,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 			deep := sh.deepest(outer)
 			for _, t := range outer {
 				if !within(t.ppid, deep) || !within(leader.ppid, deep) || within(sid, deep) {
-					return nil, shapeRetry{}, fmt.Errorf("pid %d is in session %d, but its parent %d is not in it and is not an ancestor of the session's leader %d: a task is born in its cloner's session as the cloner's child or sibling, and an orphan goes only up to an ancestor (subreaper or init) of its parent, so %d was reparented away from under %d, and crhook rebuilds that only when the parents of the session's members outside it are on one line of descent below %d's parent: %w",
+					return nil, shapeRetry{orphan: far.ppid}, fmt.Errorf("pid %d is in session %d, but its parent %d is not in it and is not an ancestor of the session's leader %d: a task is born in its cloner's session as the cloner's child or sibling, and an orphan goes only up to an ancestor (subreaper or init) of its parent, so %d was reparented away from under %d, and crhook rebuilds that only when the parents of the session's members outside it are on one line of descent below %d's parent: %w",
 						far.pid, sid, far.ppid, sid, sid, far.ppid, sid, ErrNotSupported)
 				}
 				deferred[t.pid] = sid
@@ -447,7 +461,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 		}
 	}
 	for _, pid := range sh.pids {
-		if _, orphan := deferred[pid]; orphan && pre[pid] != 0 {
+		if _, orphan := deferred[pid]; orphan && pre[pid] != 0 && tasks[pre[pid]] == nil {
 			return nil, shapeRetry{viaHelper: pre[pid]}, fmt.Errorf("pid %d leads a session but has children in session %d, so it is born in that session and calls setsid after them; it would be rebuilt as an orphan there, under %d, which crhook does not do: %w",
 				pid, pre[pid], tasks[pid].ppid, ErrNotSupported)
 		}

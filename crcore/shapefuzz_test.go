@@ -30,7 +30,10 @@ import (
 // starting threads. The root is always a subreaper, so that no orphan
 // leaves the tree, and leads a session of its own or stays in the
 // test's.
-func shapeScript(rng *rand.Rand) string {
+//
+// plain trees share nothing: their processes are forked or cloned as
+// siblings only, and unshare nothing.
+func shapeScript(rng *rand.Rand, plain bool) string {
 	ops := []string{"U0,1"}
 	if rng.Intn(2) == 0 {
 		ops = append(ops, "S0")
@@ -44,6 +47,9 @@ func shapeScript(rng *rand.Rand) string {
 			kind := "FFCK"[rng.Intn(4)]
 			if a != 0 && rng.Intn(4) == 0 {
 				kind = "PH"[rng.Intn(2)] // a sibling of the root would leave the tree
+			}
+			if plain {
+				kind = map[byte]byte{'F': 'F', 'C': 'F', 'K': 'F', 'P': 'P', 'H': 'P'}[kind]
 			}
 			ops = append(ops, fmt.Sprintf("%c%d,%d", kind, a, next))
 			alive = append(alive, next)
@@ -66,7 +72,7 @@ func shapeScript(rng *rand.Rand) string {
 			ops = append(ops, fmt.Sprintf("R%d", a))
 		case k == 9 && a != 0:
 			ops = append(ops, fmt.Sprintf("U%d,%d", a, rng.Intn(2)))
-		case k == 10 && !threaded[a]:
+		case k == 10 && !threaded[a] && !plain:
 			ops = append(ops, fmt.Sprintf("%c%d", "DE"[rng.Intn(2)], a))
 		case k == 11:
 			op := "OTQ"[rng.Intn(3)]
@@ -219,7 +225,9 @@ func counters(t *testing.T, root int, addr uint64) []uint64 {
 // zombie and fd table or fs info sharing as dumped, every live process
 // going on counting. The seeds are fixed, so that a failure repeats;
 // CRHOOK_SHAPE_SEEDS=N runs N more, from the time, and
-// CRHOOK_SHAPE_SCRIPT runs that one script alone.
+// CRHOOK_SHAPE_SCRIPT runs that one script alone. CRHOOK_SHAPE_PLAIN=1
+// makes the extra trees share nothing: sessions, groups, zombies and
+// orphans only.
 func TestRandomShapes(t *testing.T) {
 	crtest.RequireRoot(t)
 	bin := crtest.BuildC(t, "shapefuzz", false)
@@ -329,6 +337,12 @@ func TestRandomShapes(t *testing.T) {
 		// fd table
 		"U0,1 O0 C0,1 S1 H1,2 O1 D1 Q1 O1 O2",
 		"U0,1 T0 T0 C0,1 F1,2 D2 S2 S1 K2,3 F1,4 J1,3 J1,2 G0 X4 J1,3 K1,5 F3,6 T5 C3,7 S7 U7,0 F3,8 H1,9 U2,0 O7 J2,2 S8 D1",
+		// a leader born in a session, an orphan of its leader (a
+		// zombie) or of a task below it, that left it after cloning a
+		// child there
+		"U0,1 F0,1 F1,2 S2 F2,3 X2 F3,4 S3",
+		"U0,1 F0,1 F1,2 S2 F2,5 F5,3 X5 F3,4 S3",
+		"U0,1 S0 F0,1 F1,2 J1,1 T2 S2 S1 G2 W1,0 C0,3 S3 U3,1 W3,1 J0,3 C2,4 W1,1 W1,3 G2 S2 K4,5 X2 W4,0 O1 S4 U3,0 R5 U1,0",
 		// a leader sharing its parent's fs info and a table with
 		// siblings in its parent's session and in its own: it stays
 		// in its parent's until they are cloned from it
@@ -344,7 +358,7 @@ func TestRandomShapes(t *testing.T) {
 	for _, seed := range seeds {
 		script, ok := scripts[seed]
 		if !ok {
-			script = shapeScript(rand.New(rand.NewSource(seed)))
+			script = shapeScript(rand.New(rand.NewSource(seed)), seed > 24 && os.Getenv("CRHOOK_SHAPE_PLAIN") != "")
 		}
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			nearPidMax(t)
