@@ -403,6 +403,9 @@ func (rs *restorer) cloneBorrowers(a, b *rtask) error {
 		if err := rs.startChild(child); err != nil {
 			return err
 		}
+		if err := rs.cloneEarly(child); err != nil {
+			return err
+		}
 		b.borrowers = append(b.borrowers, child)
 	}
 	if _, err := b.r.call("unshare", unix.SYS_UNSHARE, fl); err != nil {

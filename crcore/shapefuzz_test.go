@@ -337,6 +337,9 @@ func TestRandomShapes(t *testing.T) {
 		// fd table
 		"U0,1 O0 C0,1 S1 H1,2 O1 D1 Q1 O1 O2",
 		"U0,1 T0 T0 C0,1 F1,2 D2 S2 S1 K2,3 F1,4 J1,3 J1,2 G0 X4 J1,3 K1,5 F3,6 T5 C3,7 S7 U7,0 F3,8 H1,9 U2,0 O7 J2,2 S8 D1",
+		// a borrowed leader with early children: they were never
+		// created
+		"U0,1 C0,1 U1,1 W0,0 R1 O1 S1 J1,0 C1,2 G0 Q1 Q0 R2 H2,3 R2 J3,3 Q2 T3 E1 G1 F1,4 K3,5 X5 S3 S2 P3,6 D1 K3,7",
 		// a leader born in a session, an orphan of its leader (a
 		// zombie) or of a task below it, that left it after cloning a
 		// child there
