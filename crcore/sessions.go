@@ -232,7 +232,7 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 		}
 		if sid != c.pid && sid != p.ti.sid() && sid != early {
 			var err error
-			if src, err = rs.sessionSource(p, c, sid, inSession); err != nil {
+			if src, err = rs.sessionSource(p, c, sid, inSession, sibs); err != nil {
 				return nil, err
 			}
 			if h := inSession[sid]; h != nil && h == src && rs.sess.byPid[sid] == h {
@@ -555,7 +555,7 @@ func enterSession(t *rtask) error {
 // to be born in session sid: one of its siblings in it, or a new helper
 // leading it; nil when c is to be rebuilt as an orphan (checkShape chose
 // which).
-func (rs *restorer) sessionSource(p *rtask, c *taskImage, sid int, inSession map[int]*rtask) (*rtask, error) {
+func (rs *restorer) sessionSource(p *rtask, c *taskImage, sid int, inSession map[int]*rtask, sibs []*rtask) (*rtask, error) {
 	if t := inSession[sid]; t != nil {
 		return t, nil
 	}
@@ -573,7 +573,20 @@ func (rs *restorer) sessionSource(p *rtask, c *taskImage, sid int, inSession map
 		}
 		return nil, nil // adoptOrphans, once the helper exists
 	}
-	h, err := rs.newHelper(p, p, sid)
+	from := p
+	if k, ok := rs.shape.helperFrom[sid]; ok {
+		// Cloned from that sibling, holding what it holds.
+		from = nil
+		for _, s := range sibs {
+			if s.ti.pid == k {
+				from = s
+			}
+		}
+		if from == nil {
+			return nil, fmt.Errorf("the helper of session %d is cloned from %d, which is not cloned before it: %w", sid, k, ErrNotSupported)
+		}
+	}
+	h, err := rs.newHelper(from, p, sid)
 	if err != nil {
 		return nil, err
 	}

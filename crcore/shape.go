@@ -32,6 +32,11 @@ type shapePlan struct {
 	// helperParent: for each session whose leader has exited, the task
 	// its helper is cloned from (the deepest parent of its members).
 	helperParent map[int]int
+	// helperFrom: for some of those sessions, a child of the helper's
+	// parent that the helper is cloned from (CLONE_PARENT), to pass on
+	// to the session's members what that child holds and the parent
+	// does not: the exited leader held it, from that child or as it.
+	helperFrom map[int]int
 	// pre: for each session leader born in another session that it
 	// still has children in (born before its setsid), that session. It
 	// is cloned into it, clones those children, and then calls setsid.
@@ -341,7 +346,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 	tasks := sh.tasks
 	within := sh.within
 	rootSid := tasks[sh.root].sid
-	plan = &shapePlan{helperParent: map[int]int{}, pre: pre, bornUnder: map[int]int{}, borrowed: map[int]bool{}, borrowers: map[int][]int{}, borrowFrom: map[int]int{}, order: map[int][]int{}, early: map[int][]int{}, earlySetsid: map[int]bool{}, lent: sh.lends}
+	plan = &shapePlan{helperParent: map[int]int{}, helperFrom: map[int]int{}, pre: pre, bornUnder: map[int]int{}, borrowed: map[int]bool{}, borrowers: map[int][]int{}, borrowFrom: map[int]int{}, order: map[int][]int{}, early: map[int][]int{}, earlySetsid: map[int]bool{}, lent: sh.lends}
 	// born: the session a task is born in; inAtBirth: whether p is in
 	// session sid while it clones its children of it.
 	born := func(t *shapeTask) int {
@@ -811,13 +816,13 @@ func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early [
 			left[bs] = true
 			inSession[bs] = l
 		}
-		src := pv
+		src, newHelper := pv, false
 		if bs != c.pid && bs != p.sid && bs != early {
 			switch {
 			case inSession[bs] != nil:
 				src = inSession[bs]
 			case plan.helperParent[bs] == pid && !sh.isTask(bs):
-				src = helper
+				src, newHelper = helper, true
 				inSession[bs] = helper
 			default:
 				return shapeRetry{}, fmt.Errorf("pid %d is in session %d, but no task of that session is cloned before it under its parent %d: %w",
@@ -833,6 +838,17 @@ func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early [
 		ok := shared(holder(src), cv) == need
 		for _, k := range sibs {
 			ok = ok || shared(holder(k), cv) == need && (bs == c.pid || now(k) == bs)
+		}
+		if newHelper && !ok && sh.noOrphansOf(bs, deferred, born) {
+			// The helper cloned here for c's session may be cloned
+			// from a sibling holding what c shares.
+			for _, k := range sibs {
+				if h := holder(k); !ok && shared(h, cv) == need {
+					plan.helperFrom[bs] = k.pid
+					inSession[bs] = &shapeTask{pid: -1, files: h.files, fs: h.fs}
+					ok = true
+				}
+			}
 		}
 		if s, borrows := plan.borrowFrom[c.pid]; borrows {
 			// Cloned from the sibling it borrows from, no other.
@@ -859,6 +875,17 @@ func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early [
 		}
 	}
 	return shapeRetry{}, nil
+}
+
+// noOrphansOf says whether no task of session sid is rebuilt as an
+// orphan (they get what the session's helper holds).
+func (sh *shapeTree) noOrphansOf(sid int, deferred map[int]int, born func(*shapeTask) int) bool {
+	for pid := range deferred {
+		if born(sh.tasks[pid]) == sid {
+			return false
+		}
+	}
+	return true
 }
 
 // heldFrom says whether t can make an object that its borrowing parent

@@ -24,8 +24,9 @@ func TestCheckShapePlan(t *testing.T) {
 		lent       map[int]lentObjs
 		borrowFrom map[int]int
 		order      map[int][]int // want these of plan.order
-		outside    int           // the session and group the root was started in
-		refused    string        // or want this in the refusal
+		helperFrom map[int]int
+		outside    int    // the session and group the root was started in
+		refused    string // or want this in the refusal
 	}{
 		{name: "plain", tree: "1 0 1, 2 1 1, 3 2 3, 4 3 3"},
 		{name: "born before setsid", tree: "1 0 1, 2 1 2, 3 2 1", pre: map[int]int{2: 1}},
@@ -60,6 +61,10 @@ func TestCheckShapePlan(t *testing.T) {
 			lent: map[int]lentObjs{2: {fs: 1}, 3: {fs: 1}}},
 		{name: "leader that lent its parent's fs info, its own shared", tree: "1 0 1, 2 1 2, 3 2 1, 4 2 2 4 1, 5 2 2 5 2", refused: "not siblings"},
 		{name: "borrowed leader with a sibling in its session", tree: "1 0 1, 2 1 1 2, 3 2 3 1, 4 2 3 1", borrowed: map[int]bool{3: true, 4: true}},
+		{name: "exited leader whose member shares a sibling's table", tree: "1 0 1, 2 1 1 2, 3 1 5 2",
+			helper: map[int]int{5: 1}, helperFrom: map[int]int{5: 2}},
+		{name: "exited leader whose member shares a sibling's table, an orphan in it", tree: "9 0 9, 1 9 9, 2 1 9 2, 3 1 5 2, 6 9 5",
+			refused: "no one task"},
 		{name: "exited leader, one line", tree: "1 0 1, 2 1 1, 4 1 3, 5 2 3", helper: map[int]int{3: 2}},
 		{name: "exited leader, members under leaders born in it", tree: "1 0 1, 3 1 3, 4 3 2, 5 1 5, 6 5 2",
 			pre: map[int]int{3: 2, 5: 2}, helper: map[int]int{2: 1}},
@@ -123,6 +128,9 @@ func TestCheckShapePlan(t *testing.T) {
 				fmt.Sprint(plan.borrowFrom) != fmt.Sprint(orEmpty(tc.borrowFrom)) {
 				t.Errorf("pre %v, helper parents %v, born under %v, borrowed %v, lent %v, borrow from %v; want %v, %v, %v, %v, %v, %v",
 					plan.pre, plan.helperParent, plan.bornUnder, plan.borrowed, plan.lent, plan.borrowFrom, tc.pre, tc.helper, tc.bornUnder, tc.borrowed, tc.lent, tc.borrowFrom)
+			}
+			if fmt.Sprint(plan.helperFrom) != fmt.Sprint(orEmpty(tc.helperFrom)) {
+				t.Errorf("helpers cloned from %v, want %v", plan.helperFrom, tc.helperFrom)
 			}
 			for pid, want := range tc.order {
 				if got := plan.order[pid]; fmt.Sprint(got) != fmt.Sprint(want) {

@@ -337,6 +337,10 @@ func TestRandomShapes(t *testing.T) {
 		// fd table
 		"U0,1 O0 C0,1 S1 H1,2 O1 D1 Q1 O1 O2",
 		"U0,1 T0 T0 C0,1 F1,2 D2 S2 S1 K2,3 F1,4 J1,3 J1,2 G0 X4 J1,3 K1,5 F3,6 T5 C3,7 S7 U7,0 F3,8 H1,9 U2,0 O7 J2,2 S8 D1",
+		// a member of a session whose leader has exited, sharing a
+		// table with a task outside it: the leader held it
+		"U0,1 S0 F0,1 C1,2 S1 C1,3 O1 O2 X1 R0",
+		"U0,1 S0 F0,1 C1,2 F1,3 J1,0 C1,4 S1 Q3 R2 C1,5 X3 C0,6 X4 C2,7 J1,1 J5,6 R1 S0 X1 W7,1 O5 C0,8 W2,1 R0 D7 X8 J6,6",
 		// a borrowed leader with early children: they were never
 		// created
 		"U0,1 C0,1 U1,1 W0,0 R1 O1 S1 J1,0 C1,2 G0 Q1 Q0 R2 H2,3 R2 J3,3 Q2 T3 E1 G1 F1,4 K3,5 X5 S3 S2 P3,6 D1 K3,7",
