@@ -978,8 +978,8 @@ func (sh *shapeTree) view(t *shapeTask) *shapeTask {
 	return t
 }
 
-// lendBorrowed suggests, for heads of fs info x (kind i) that are not
-// siblings, a head's ancestor B that may have held x from its parent A,
+// lendBorrowed suggests, for heads of an fd table or fs info x (kind i)
+// that are not siblings, a head's ancestor B that may have held x from its parent A,
 // cloned its children of x sharing it, and dropped it (unshare): B is
 // then cloned from A sharing x and lends it (lent). A holds x or lends
 // it itself; the tasks between B and the head, none holding x, lend it
@@ -989,9 +989,6 @@ func (sh *shapeTree) view(t *shapeTask) *shapeTask {
 // borrowers or borrowed tasks, which share what it holds at the time.
 func (sh *shapeTree) lendBorrowed(plan *shapePlan, heads []*shapeTask, i int, x uint32, holders []*shapeTask, deferred map[int]int) shapeRetry {
 	k := shareKinds[i]
-	if i != 1 {
-		return shapeRetry{} // an fd table's fds are restored by its first holder
-	}
 	for _, t := range heads {
 		var line []*shapeTask // from t's parent up to B
 		inLine := map[*shapeTask]bool{}
@@ -1035,7 +1032,11 @@ func (sh *shapeTree) lendBorrowed(plan *shapePlan, heads []*shapeTask, i int, x 
 			}
 		}
 		if fits {
-			return shapeRetry{lend: line[len(line)-1].pid, lent: lentObjs{fs: x}}
+			l := lentObjs{fs: x}
+			if i == 0 {
+				l = lentObjs{files: x}
+			}
+			return shapeRetry{lend: line[len(line)-1].pid, lent: l}
 		}
 	}
 	return shapeRetry{}

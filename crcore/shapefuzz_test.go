@@ -333,6 +333,12 @@ func TestRandomShapes(t *testing.T) {
 		// ... two levels down
 		"U0,1 W0,2 K0,1 K1,2 K2,3 E1 E2 W3,1 W1,2 W2,3",
 		"U0,1 K0,1 G1 S0 C1,2 X2 G1 K1,3 D0 O0 C1,4 F3,5 G3 K3,6 H1,7 E1 G0 E3 T0 R1 P7,8 G8 U3,1 H6,9 U5,1 S1 G3 S4",
+		// tasks that lent their children tables they held from their
+		// parents (a leader, after cloning a child in its parent's
+		// session), over one level and two
+		"U0,1 O0 C0,1 F1,2 S1 C1,3 D1 Q1 O3",
+		"U0,1 O0 C0,1 C1,2 C2,3 D1 D2 Q1 Q2 O3",
+		"U0,1 W0,0 D0 F0,1 R1 C0,2 F2,3 R0 Q2 G0 F2,4 S2 X3 X4 W1,3 X1 C2,5 E2 E2 D2 G5 U2,1 C0,6 F6,7 D6 J0,0 G0 J7,7",
 		// a leader that lent a sibling in its session its parent's
 		// fd table
 		"U0,1 O0 C0,1 S1 H1,2 O1 D1 Q1 O1 O2",
