@@ -585,38 +585,26 @@ func (rs *restorer) lentAtBirth(src *rtask, c *taskImage) uint64 {
 	return fl
 }
 
-// dropLentTable has t, which lent its siblings an fd table it held
-// from its parent and that no task below it holds, take a copy of its
-// own before its fds are restored into it.
+// dropLentTable has t, which lends an fd table that none of the
+// children it is yet to clone (cloneChildren) takes, take a copy of its
+// own before its fds are restored: the tasks it lent the table to, its
+// siblings and early children, are cloned already, and the first of
+// them restores the table's fds (lentFiles) from t's view of it then.
 func (rs *restorer) dropLentTable(t *rtask) error {
 	l := t.lends
 	if l == nil || l.files == 0 || t.ti.core.GetIds().GetFilesId() == l.files {
 		return nil
 	}
-	for pid, ti := range rs.s.tasks {
-		if ti.core.GetIds().GetFilesId() == l.files && pid != t.ti.pid && rs.below(ti, t.ti.pid) {
-			return nil // its children share it: cloneChildren drops it
+	for _, pid := range rs.shape.order[t.ti.pid] {
+		if rs.s.tasks[pid].core.GetIds().GetFilesId() == l.files || rs.shape.lent[pid].files == l.files {
+			return nil // cloneChildren drops it
 		}
 	}
 	if _, err := t.r.call("unshare", unix.SYS_UNSHARE, unix.CLONE_FILES); err != nil {
-		return fmt.Errorf("keep a copy of the fd table it lent its siblings: %w", err)
+		return fmt.Errorf("keep a copy of the fd table it lent: %w", err)
 	}
 	t.lends = &lentObjs{fs: l.fs}
 	return nil
-}
-
-// below says whether ti is a descendant of task pid in the images.
-func (rs *restorer) below(ti *taskImage, pid int) bool {
-	for n := 0; n <= len(rs.s.tasks); n++ {
-		pp := int(ti.ps.GetPpid())
-		if pp == pid {
-			return true
-		}
-		if ti = rs.s.tasks[pp]; ti == nil {
-			return false
-		}
-	}
-	return false
 }
 
 // startLending marks a task that lends its children objects as holding

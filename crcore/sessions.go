@@ -314,17 +314,18 @@ func (rs *restorer) cloneEarly(c *rtask) error {
 	var made []*rtask
 	for _, pid := range early {
 		e := rs.s.tasks[pid]
-		need := sharedWith(c.ti, e)
+		need := holdsFor(c, e)
 		for _, k := range made {
 			need |= sharedWith(k.ti, e)
 		}
 		src := c
 		for _, k := range made {
-			if sharedWith(src.ti, e) != need && sharedWith(k.ti, e) == need {
+			if holdsFor(src, e) != need && holdsFor(k, e) == need {
 				src = k
 			}
 		}
-		flags, sig := sharedWith(src.ti, e), uint64(unix.SIGCHLD)
+		lent := lentTo(src, e)
+		flags, sig := holdsFor(src, e)|rs.lentAtBirth(src, e), uint64(unix.SIGCHLD)
 		if src != c {
 			flags, sig = flags|unix.CLONE_PARENT, 0
 		} else {
@@ -335,9 +336,15 @@ func (rs *restorer) cloneEarly(c *rtask) error {
 			return fmt.Errorf("pid %d: create child %d: %w", c.ti.pid, pid, err)
 		}
 		child := &rtask{ti: e, hostPid: hostPid, t: ct, parent: c, memSrc: unbuiltMemory(c)}
+		rs.startLending(child)
 		child.r = src.r.forTask(ct)
 		child.table = maps.Clone(src.table)
-		if flags&unix.CLONE_FILES != 0 {
+		switch {
+		case lent&unix.CLONE_FILES != 0 && src.lentFiles == nil:
+			src.lentFiles = child // it restores the lent table's fds
+		case lent&unix.CLONE_FILES != 0:
+			child.filesSrc = src.lentFiles
+		case flags&unix.CLONE_FILES != 0:
 			child.filesSrc = src // src's fds are restored after
 		}
 		if err := rs.startChild(child); err != nil {
@@ -501,7 +508,7 @@ func (rs *restorer) shareSource(p *rtask, c *taskImage, src *rtask, sibs []*rtas
 	// need: what c shares with p (or p lends it) or a sibling.
 	need := sharedWith(p.ti, c) | lentTo(p, c)
 	for _, k := range sibs {
-		need |= sharedWith(k.ti, c)
+		need |= sharedWith(k.ti, c) | lentTo(k, c)
 	}
 	if s, ok := rs.shape.borrowFrom[c.pid]; ok {
 		// It borrows from that sibling for its children (checkShape).

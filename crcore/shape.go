@@ -565,7 +565,13 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 					if o == t {
 						o = heads[1]
 					}
-					return nil, sh.lendBorrowed(plan, heads, i, id, holders[i][id], deferred), fmt.Errorf("pids %d and %d share %s, but they are not siblings (parents %d and %d) and neither's parent holds it: clone shares it only with the new task, the cloner's child or (CLONE_PARENT) sibling, so one got its parent by a reparenting or through a holder that has dropped it since (unshare, exec, exit), and crhook rebuilds only a task reparented to an ancestor of another holder in its session, and a task whose parent dropped what it shares with its grandparent: %w",
+					retry := sh.lendBorrowed(plan, heads, i, id, holders[i][id], deferred)
+					if retry.lend == 0 && sh.siblingBorrow {
+						// Tried last: it would take the place of a
+						// borrow from a sibling.
+						retry = sh.lendToKin(plan, heads, i, id, holders[i][id], deferred)
+					}
+					return nil, retry, fmt.Errorf("pids %d and %d share %s, but they are not siblings (parents %d and %d) and neither's parent holds it: clone shares it only with the new task, the cloner's child or (CLONE_PARENT) sibling, so one got its parent by a reparenting or through a holder that has dropped it since (unshare, exec, exit), and crhook rebuilds only a task reparented to an ancestor of another holder in its session, and a task whose parent dropped what it shares with its grandparent: %w",
 						o.pid, t.pid, k.what, o.ppid, t.ppid, ErrNotSupported)
 				}
 				deferred[t.pid] = host.pid
@@ -672,12 +678,12 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 		// Cloned from p, or from one of them (CLONE_PARENT), in the
 		// session p is born in, before p is built.
 		for i, e := range early {
-			need := shared(p, e)
+			need := shared(sh.view(p), e)
 			for _, k := range early[:i] {
 				need |= shared(k, e)
 			}
 			ok := false
-			for _, src := range append([]*shapeTask{p}, early[:i]...) {
+			for _, src := range append([]*shapeTask{sh.view(p)}, early[:i]...) {
 				// One with borrowed children is cloned from p, sharing
 				// what they borrow (cloneEarly).
 				ok = ok || shared(src, e) == need && (src == p || len(plan.borrowers[e.pid]) == 0)
@@ -1082,6 +1088,42 @@ func (sh *shapeTree) lendToSibling(plan *shapePlan, pv, c, cv *shapeTask, need u
 		}
 	}
 	return 0, lentObjs{}
+}
+
+// lendToKin suggests, for heads of an fd table or fs info x (kind i)
+// that are not siblings, the parent B of one of them that made x, cloned
+// its children and its siblings (CLONE_PARENT) sharing it, and dropped
+// it (unshare): B then lends it (lent). Every holder of x is below B or
+// a sibling of B; B holds its own alone and is no source of helpers,
+// spares, borrowers or borrowed tasks.
+func (sh *shapeTree) lendToKin(plan *shapePlan, heads []*shapeTask, i int, x uint32, holders []*shapeTask, deferred map[int]int) shapeRetry {
+	k := shareKinds[i]
+	for _, t := range heads {
+		b, ok := sh.tasks[t.ppid]
+		if !ok || b.zombie || b.pid == sh.root || sh.lends[b.pid] != (lentObjs{}) || plan.borrowed[b.pid] || len(plan.borrowers[b.pid]) > 0 {
+			continue
+		}
+		if _, orphan := deferred[b.pid]; orphan || !sh.sourceOfNone(plan, b, deferred) {
+			continue
+		}
+		fits := true
+		for _, h := range sh.tasks {
+			if h != b && k.id(h) == k.id(b) {
+				fits = false // B's own is shared
+			}
+		}
+		for _, h := range holders {
+			fits = fits && h != b && (sh.within(b.pid, h.pid) || h.ppid == b.ppid)
+		}
+		if fits {
+			l := lentObjs{fs: x}
+			if i == 0 {
+				l = lentObjs{files: x}
+			}
+			return shapeRetry{lend: b.pid, lent: l}
+		}
+	}
+	return shapeRetry{}
 }
 
 // sourceOfNone says whether no helper, spare or orphan is cloned from p

@@ -57,6 +57,8 @@ func TestCheckShapePlan(t *testing.T) {
 			lent: map[int]lentObjs{1: {files: 2}}},
 		{name: "... the parent's table shared too", tree: "1 0 1, 2 1 2 2 1, 3 1 1 2, 6 1 2 2, 7 1 1 1",
 			pre: map[int]int{2: 1}, order: map[int][]int{1: {2, 3, 7, 6}}},
+		{name: "leader that lent a table it made to a child and a sibling", tree: "1 0 1, 2 1 2, 3 2 1 3, 4 1 2 3",
+			pre: map[int]int{2: 1}, lent: map[int]lentObjs{2: {files: 3}}},
 		{name: "tasks that lent fs info they had from two levels up", tree: "1 0 1, 2 1 1, 3 2 1, 4 3 1 4 1",
 			lent: map[int]lentObjs{2: {fs: 1}, 3: {fs: 1}}},
 		{name: "leader that lent its parent's fs info, its own shared", tree: "1 0 1, 2 1 2, 3 2 1, 4 2 2 4 1, 5 2 2 5 2", refused: "not siblings"},

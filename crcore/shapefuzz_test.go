@@ -339,6 +339,10 @@ func TestRandomShapes(t *testing.T) {
 		"U0,1 O0 C0,1 F1,2 S1 C1,3 D1 Q1 O3",
 		"U0,1 O0 C0,1 C1,2 C2,3 D1 D2 Q1 Q2 O3",
 		"U0,1 W0,0 D0 F0,1 R1 C0,2 F2,3 R0 Q2 G0 F2,4 S2 X3 X4 W1,3 X1 C2,5 E2 E2 D2 G5 U2,1 C0,6 F6,7 D6 J0,0 G0 J7,7",
+		// a leader that lent a table it made to a child born before
+		// its setsid and a sibling cloned after
+		"U0,1 O0 F0,1 C1,2 S1 H1,3 D1 Q1",
+		"U0,1 S0 K0,1 K0,2 G1 C2,3 J3,3 U1,0 E2 Q2 U2,1 T3 S2 H2,4 P4,5 S1 W1,2 E1 D2 K5,6 G2 J5,1 K0,7 G3 C6,8 H1,9 W6,1 X8",
 		// a leader that lent a sibling in its session its parent's
 		// fd table
 		"U0,1 O0 C0,1 S1 H1,2 O1 D1 Q1 O1 O2",
