@@ -27,3 +27,11 @@ func SetRlimitsInside() (restore func()) {
 	rlimitsFromHere = false
 	return func() { rlimitsFromHere = true }
 }
+
+// SetNoLending makes restores ignore what their plan says tasks lend,
+// until the returned function puts the default back: the tree they build
+// then shares less than its images say.
+func SetNoLending() (restore func()) {
+	spoilPlan = func(p *shapePlan) { p.lent = map[int]lentObjs{} }
+	return func() { spoilPlan = nil }
+}

@@ -261,6 +261,9 @@ func restore(ctx context.Context, opts RestoreOptions, log *logrus.Entry, setup 
 	for _, f := range setup {
 		f(rs)
 	}
+	if spoilPlan != nil {
+		spoilPlan(plan)
+	}
 	rs.shape = plan
 	defer rs.cl.run()
 	stdio := [3]uintptr{0, 1, 2}
@@ -377,6 +380,9 @@ func (rs *restorer) run(root *rtask, gadget0 uint64) error {
 		if len(left) > 0 {
 			return fmt.Errorf("pid %d was to be born under %d, which was not rebuilt as a live task: %w", left[0].ti.pid, host, ErrNotSupported)
 		}
+	}
+	if err := rs.checkRestoredSharing(); err != nil {
+		return err
 	}
 	if err := rs.markSysvRemoved(root); err != nil {
 		return err

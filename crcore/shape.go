@@ -1165,12 +1165,12 @@ func (sh *shapeTree) isTask(pid int) bool {
 
 // borrowLine returns t's parent B and grandparent A when B could be
 // cloned holding for a while what t borrows: both live tasks, B not the
-// root, neither t nor B rebuilt as an orphan, and t born in B's session
-// when it is born in another than its own. Else nil.
+// root and no lender, neither t nor B rebuilt as an orphan, and t born
+// in B's session when it is born in another than its own. Else nil.
 func (sh *shapeTree) borrowLine(t *shapeTask, born func(*shapeTask) int, deferred, pre map[int]int) (a, b *shapeTask) {
 	b, ok := sh.tasks[t.ppid]
-	if !ok || b.zombie || b.pid == sh.root || pre[t.pid] != 0 && pre[t.pid] != born(b) {
-		return nil, nil
+	if !ok || b.zombie || b.pid == sh.root || pre[t.pid] != 0 && pre[t.pid] != born(b) || sh.lends[b.pid] != (lentObjs{}) {
+		return nil, nil // a lender's children take what it lends as they are cloned
 	}
 	a, ok = sh.tasks[b.ppid]
 	if !ok || a.zombie {

@@ -351,6 +351,10 @@ func TestRandomShapes(t *testing.T) {
 		// table with a task outside it: the leader held it
 		"U0,1 S0 F0,1 C1,2 S1 C1,3 O1 O2 X1 R0",
 		"U0,1 S0 F0,1 C1,2 F1,3 J1,0 C1,4 S1 Q3 R2 C1,5 X3 C0,6 X4 C2,7 J1,1 J5,6 R1 S0 X1 W7,1 O5 C0,8 W2,1 R0 D7 X8 J6,6",
+		// a lender's child marked borrowed too: the lender unshared
+		// what it lends before cloning its other children (restored,
+		// sharing less than the images said)
+		"U0,1 W0,0 E0 E0 K0,1 K1,2 R1 K1,3 K2,4 G1 H2,5 C0,6 P6,7 S4 X4 K5,8 U1,1 C3,9 E1 R9 D0 E5 W6,3 U6,0 G3 U8,0 W9,3 R2",
 		// a borrowed leader with early children: they were never
 		// created
 		"U0,1 C0,1 U1,1 W0,0 R1 O1 S1 J1,0 C1,2 G0 Q1 Q0 R2 H2,3 R2 J3,3 Q2 T3 E1 G1 F1,4 K3,5 X5 S3 S2 P3,6 D1 K3,7",
@@ -467,6 +471,33 @@ func TestRandomShapes(t *testing.T) {
 	if restored == 0 {
 		t.Errorf("no tree restored")
 	}
+}
+
+// A restore whose plan leaves out what a task lends builds a tree that
+// shares less than its images say: the restore finds it (kcmp) and
+// fails, naming the tasks, and leaves no process of the tree behind.
+func TestRestoreRefusesWrongSharing(t *testing.T) {
+	crtest.RequireRoot(t)
+	bin := crtest.BuildC(t, "shapefuzz", false)
+	p := crtest.Start(t, bin, "U0,1 W0,1 K0,1 F1,2 S1 K1,3 E1")
+	p.WaitLine(t, `^done$`, 10*time.Second)
+	all := append([]int{p.Pid}, crtest.Descendants(p.Pid)...)
+	t.Cleanup(func() { crtest.KillAll(t, all) })
+	dir := filepath.Join(t.TempDir(), "img")
+	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	crtest.ReapGone(t, all, 5*time.Second)
+	defer crcore.SetNoLending()()
+	rr, err := crcore.Restore(context.Background(), crcore.RestoreOptions{ImageDir: dir})
+	if err == nil {
+		crtest.KillAndReap(rr.Pid)
+		t.Fatal("restored a tree sharing less than its images say")
+	}
+	if !strings.Contains(err.Error(), "do not share fs info after the restore") {
+		t.Errorf("restore: %v, want it to name the fs info not shared", err)
+	}
+	checkNoStray(t, all)
 }
 
 // A thread with an fd table and fs info of its own (it called unshare)

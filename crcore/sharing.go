@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 
 	"golang.org/x/sys/unix"
 
@@ -74,6 +75,74 @@ func checkThreadsShare(t *dtask) error {
 				return fmt.Errorf("thread %d of pid %d has %s of its own, not its process leader's (one of them called unshare), which crhook does not dump: %w",
 					th.tid, t.pid, k.what, ErrNotSupported)
 			}
+		}
+	}
+	return nil
+}
+
+// spoilPlan, for tests only, changes the plan a restore follows.
+var spoilPlan func(*shapePlan)
+
+// checkRestoredSharing fails unless the live tasks of the restored tree
+// share fd tables and fs info exactly as the images say (CRIU's files_id
+// and fs_id): a plan that gets it wrong is crhook's bug, and a tree that
+// would run with it is refused rather than resumed. The tasks are sorted
+// by kcmp's order, so that each kind costs O(n log n) calls.
+func (rs *restorer) checkRestoredSharing() error {
+	var live []*rtask
+	for _, t := range rs.tasks {
+		if !t.ti.zombie() {
+			live = append(live, t)
+		}
+	}
+	for _, k := range []struct {
+		typ  int
+		what string
+		id   func(*taskImage) uint32
+	}{
+		{kcmpFiles, "an fd table", func(ti *taskImage) uint32 { return ti.core.GetIds().GetFilesId() }},
+		{kcmpFs, "fs info", func(ti *taskImage) uint32 { return ti.core.GetIds().GetFsId() }},
+	} {
+		var err error
+		cmp := func(a, b *rtask) int {
+			r, e := kcmp(a.hostPid, b.hostPid, k.typ, 0, 0)
+			if e != nil && err == nil {
+				err = fmt.Errorf("kcmp %d %d: %w", a.ti.pid, b.ti.pid, e)
+			}
+			switch r { // kcmp: 0 equal, 1 less, 2 greater
+			case 0:
+				return 0
+			case 1:
+				return -1
+			}
+			return 1
+		}
+		sorted := slices.Clone(live)
+		slices.SortStableFunc(sorted, cmp)
+		if err != nil {
+			return err
+		}
+		// Runs of equal objects must be the images' groups, one each.
+		seen := map[uint32]int{} // image id -> a pid holding it
+		for i := 0; i < len(sorted); {
+			j := i + 1
+			for j < len(sorted) && cmp(sorted[i], sorted[j]) == 0 {
+				j++
+			}
+			if err != nil {
+				return err
+			}
+			id := k.id(sorted[i].ti)
+			for _, t := range sorted[i+1 : j] {
+				if k.id(t.ti) != id {
+					return fmt.Errorf("pids %d and %d share %s after the restore, which the images do not: crhook's plan for the tree is wrong", sorted[i].ti.pid, t.ti.pid, k.what)
+				}
+			}
+			if other, ok := seen[id]; ok {
+				return fmt.Errorf("pids %d and %d do not share %s after the restore, which the images say they do: crhook's plan for the tree is wrong", other, sorted[i].ti.pid, k.what)
+			}
+			seen[id] = sorted[i].ti.pid
+			i = j
 		}
 	}
 	return nil
