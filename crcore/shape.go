@@ -613,7 +613,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 		}
 	}
 	for _, pid := range sh.pids {
-		if pre[pid] != 0 && pid != sh.root && sh.siblingInSession(tasks[pid]) {
+		if pre[pid] != 0 && pid != sh.root && sh.siblingInSession(tasks[pid], pre) {
 			plan.earlySetsid[pid] = true
 		}
 		if plan.borrowed[pid] {
@@ -924,10 +924,11 @@ func (sh *shapeTree) heldWithin(t *shapeTask, holders []*shapeTask) bool {
 	return true
 }
 
-// siblingInSession says whether leader t has a sibling in its session.
-func (sh *shapeTree) siblingInSession(t *shapeTask) bool {
+// siblingInSession says whether leader t has a sibling in its session,
+// or born in it (a leader of pre).
+func (sh *shapeTree) siblingInSession(t *shapeTask, pre map[int]int) bool {
 	for _, k := range sh.kids[t.ppid] {
-		if k != t.pid && sh.tasks[k].sid == t.pid {
+		if k != t.pid && (sh.tasks[k].sid == t.pid || pre[k] == t.pid) {
 			return true
 		}
 	}
@@ -1196,7 +1197,7 @@ func (sh *shapeTree) siblingToBorrow(t *shapeTask, born func(*shapeTask) int, de
 	if b == nil {
 		return 0
 	}
-	early := func(x *shapeTask) bool { return pre[x.pid] != 0 && sh.siblingInSession(x) }
+	early := func(x *shapeTask) bool { return pre[x.pid] != 0 && sh.siblingInSession(x, pre) }
 	if early(a) && born(b) == pre[a.pid] || early(b) {
 		return 0
 	}

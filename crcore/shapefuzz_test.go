@@ -358,6 +358,10 @@ func TestRandomShapes(t *testing.T) {
 		// a borrowed leader with early children: they were never
 		// created
 		"U0,1 C0,1 U1,1 W0,0 R1 O1 S1 J1,0 C1,2 G0 Q1 Q0 R2 H2,3 R2 J3,3 Q2 T3 E1 G1 F1,4 K3,5 X5 S3 S2 P3,6 D1 K3,7",
+		// a leader born in a sibling leader's session, that leader
+		// born in their parent's
+		"U0,1 S0 F0,1 F1,2 S1 P1,3 F3,4 S3",
+		"U0,1 S0 F0,1 Q1 F1,2 F0,3 F3,4 T4 W2,1 J4,0 S4 F3,5 S3 R4 U2,0 F3,6 F4,7 P3,8 R4 F8,9 G6 X7 U1,0 S2 T1 G2 S8 S1",
 		// a leader born in a session, an orphan of its leader (a
 		// zombie) or of a task below it, that left it after cloning a
 		// child there
