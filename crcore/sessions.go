@@ -91,7 +91,23 @@ import (
 // bearUnder). A task sharing an object with its grandparent that its
 // parent dropped (unshare, exec) is cloned from its parent while the
 // parent still shares it, the parent cloned so from the grandparent and
-// unsharing it at once (checkShape's borrowed, cloneBorrowers).
+// unsharing it at once (checkShape's borrowed, cloneBorrowers), or from
+// a sibling of the parent (borrowFrom).
+//
+// A task that held an object, cloned children or siblings sharing it,
+// and dropped it since, lends it (checkShape's lent): it holds it from
+// its birth (startLending; cloned sharing it when it is its parent's,
+// lentAtBirth), the tasks cloned from it take it, and it unshares it
+// once they are cloned (cloneChildren), or, for a table none of the
+// children it is yet to clone takes, before its own fds are restored
+// (dropLentTable).
+//
+// A leader born in a session it left may have been born there as an
+// orphan, of the session's leader or of a task below it: it is cloned
+// from a spare helper of the leader like the session's other orphans,
+// and calls setsid once it has cloned its children there. The helper of
+// an exited leader's session may be cloned from a sibling of its members
+// that holds what they share with it (checkShape's helperFrom).
 //
 // Helpers share the fd table and fs info of the task they are cloned
 // from (CLONE_FILES, CLONE_FS) and pass them on (objectsOf): a member of
@@ -106,11 +122,14 @@ import (
 // leader's session under parents not on one line of descent that no
 // leader born in it explains, a member of the root's outside session
 // under a parent that neither is in it nor was born in it, and a leader
-// born in a session it would have to be orphaned in; sharing between
-// tasks that are neither parent and child nor siblings but for the two
-// shapes above; sharing by an orphan of what the task its spare is
-// cloned from does not hold; and sharing between siblings no one task
-// can be cloned from in the right session.
+// born in a session it would have to be orphaned in under an exited
+// leader's helper; sharing between tasks that are neither parent and
+// child nor siblings that no borrowing, lending or birth under a holder
+// explains; sharing by an orphan of what the task its spare is cloned
+// from does not hold; and sharing between siblings no one task can be
+// cloned from in the right session. A plan that builds sharing other
+// than the images say is crhook's bug: the restore checks the sharing
+// before any task runs, and fails (checkRestoredSharing).
 
 // sessionRestore is the restore's helper tasks.
 type sessionRestore struct {

@@ -39,7 +39,9 @@ type shapePlan struct {
 	helperFrom map[int]int
 	// pre: for each session leader born in another session that it
 	// still has children in (born before its setsid), that session. It
-	// is cloned into it, clones those children, and then calls setsid.
+	// is cloned into it (from its parent, a sibling leading it, the
+	// session's helper, or as an orphan from a spare helper of the
+	// session's leader), clones those children, and then calls setsid.
 	pre map[int]int
 	// bornUnder: the task each of these is born under, as an orphan
 	// going up to its parent when its spare helper exits: a live
