@@ -477,16 +477,24 @@ func TestRandomShapes(t *testing.T) {
 	}
 }
 
+// startScript starts shapefuzz on script and waits until its tree is
+// made; it returns it with the pids of all its processes, killed when t
+// ends.
+func startScript(t *testing.T, script string) (*crtest.Proc, []int) {
+	t.Helper()
+	p := crtest.Start(t, crtest.BuildC(t, "shapefuzz", false), script)
+	p.WaitLine(t, `^done$`, 10*time.Second)
+	all := append([]int{p.Pid}, crtest.Descendants(p.Pid)...)
+	t.Cleanup(func() { crtest.KillAll(t, all) })
+	return p, all
+}
+
 // A restore whose plan leaves out what a task lends builds a tree that
 // shares less than its images say: the restore finds it (kcmp) and
 // fails, naming the tasks, and leaves no process of the tree behind.
 func TestRestoreRefusesWrongSharing(t *testing.T) {
 	crtest.RequireRoot(t)
-	bin := crtest.BuildC(t, "shapefuzz", false)
-	p := crtest.Start(t, bin, "U0,1 W0,1 K0,1 F1,2 S1 K1,3 E1")
-	p.WaitLine(t, `^done$`, 10*time.Second)
-	all := append([]int{p.Pid}, crtest.Descendants(p.Pid)...)
-	t.Cleanup(func() { crtest.KillAll(t, all) })
+	p, all := startScript(t, "U0,1 W0,1 K0,1 F1,2 S1 K1,3 E1")
 	dir := filepath.Join(t.TempDir(), "img")
 	if _, err := crcore.Dump(context.Background(), crcore.DumpOptions{Pid: p.Pid, ImageDir: dir}); err != nil {
 		t.Fatal(err)
@@ -509,11 +517,7 @@ func TestRestoreRefusesWrongSharing(t *testing.T) {
 // one of each for a process.
 func TestThreadWithOwnFdTableRefused(t *testing.T) {
 	crtest.RequireRoot(t)
-	bin := crtest.BuildC(t, "shapefuzz", false)
-	p := crtest.Start(t, bin, "U0,1 F0,1 Y1")
-	p.WaitLine(t, `^done$`, 10*time.Second)
-	all := append([]int{p.Pid}, crtest.Descendants(p.Pid)...)
-	t.Cleanup(func() { crtest.KillAll(t, all) })
+	p, _ := startScript(t, "U0,1 F0,1 Y1")
 	var addr uint64
 	fmt.Sscanf(p.WaitLine(t, `^page (0x[0-9a-f]+)$`, time.Second)[1], "0x%x", &addr)
 	dir := filepath.Join(t.TempDir(), "img")
