@@ -77,13 +77,13 @@ type shapePlan struct {
 	// lent: tasks that lend their children (or siblings) an fd table
 	// or fs info they do not hold themselves: they cloned those tasks
 	// sharing it, and dropped it since (unshare). It is one the lender
-	// made, its holders all below the lender (lendFor), or its
-	// parent's, which the lender is cloned sharing (lendBorrowed: fs
-	// info; lendToSibling). The lender holds its own alone. The
-	// restore has it hold the lent one from its birth, and unshare it
-	// once the tasks sharing it are cloned (cloneChildren), or for a
-	// table lent only to siblings, before its fds are restored
-	// (dropLentTable).
+	// made, its holders below the lender (lendFor) or its siblings too
+	// (lendToKin), or its parent's, which the lender is cloned sharing
+	// (lendBorrowed, down a line of lenders; lendToSibling). The lender
+	// holds its own alone. The restore has it hold the lent one from
+	// its birth, and unshare it once the tasks sharing it are cloned
+	// (cloneChildren), or, for a table none of the children it is yet
+	// to clone takes, before its fds are restored (dropLentTable).
 	lent map[int]lentObjs
 }
 
@@ -573,7 +573,7 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 						// borrow from a sibling.
 						retry = sh.lendToKin(plan, heads, i, id, holders[i][id], deferred)
 					}
-					return nil, retry, fmt.Errorf("pids %d and %d share %s, but they are not siblings (parents %d and %d) and neither's parent holds it: clone shares it only with the new task, the cloner's child or (CLONE_PARENT) sibling, so one got its parent by a reparenting or through a holder that has dropped it since (unshare, exec, exit), and crhook rebuilds only a task reparented to an ancestor of another holder in its session, and a task whose parent dropped what it shares with its grandparent: %w",
+					return nil, retry, fmt.Errorf("pids %d and %d share %s, but they are not siblings (parents %d and %d) and neither's parent holds it: clone shares it only with the new task, the cloner's child or (CLONE_PARENT) sibling, so one got its parent by a reparenting or through a holder that has dropped it since (unshare, exec, exit), and crhook rebuilds that only for a task reparented to an ancestor of another holder in its session, a task whose parent borrowed it from the grandparent or a sibling, and tasks that lent it down a line or to their siblings, and none of those explains this tree: %w",
 						o.pid, t.pid, k.what, o.ppid, t.ppid, ErrNotSupported)
 				}
 				deferred[t.pid] = host.pid
