@@ -230,6 +230,13 @@ func (rs *restorer) cloneChildren(p *rtask) ([]*rtask, error) {
 	// cloneEarly), are siblings to clone from too.
 	var out []*rtask
 	sibs := append([]*rtask(nil), p.borrowers...)
+	for _, k := range sibs {
+		// A borrowed leader is there to clone its session's members
+		// from (checkShape registers it the same way).
+		if s := rs.bornIn(k.ti); !k.ti.zombie() && !rs.shape.earlySetsid[k.ti.pid] && inSession[s] == nil {
+			inSession[s] = k
+		}
+	}
 	for _, c := range kids {
 		if host, ok := rs.shape.bornUnder[c.pid]; ok {
 			if rs.sess.births == nil {

@@ -812,6 +812,13 @@ func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early [
 	for _, k := range plan.borrowers[pid] {
 		sibs = append(sibs, sh.tasks[k])
 	}
+	for _, k := range sibs {
+		// Siblings in a session of their own or p's (a borrowed
+		// leader) are there to be cloned from.
+		if !k.zombie && !plan.earlySetsid[k.pid] && inSession[born(k)] == nil {
+			inSession[born(k)] = k
+		}
+	}
 	for _, c := range kids {
 		if _, orphan := deferred[c.pid]; orphan {
 			continue // cloned elsewhere

@@ -355,6 +355,10 @@ func TestRandomShapes(t *testing.T) {
 		// what it lends before cloning its other children (restored,
 		// sharing less than the images said)
 		"U0,1 W0,0 E0 E0 K0,1 K1,2 R1 K1,3 K2,4 G1 H2,5 C0,6 P6,7 S4 X4 K5,8 U1,1 C3,9 E1 R9 D0 E5 W6,3 U6,0 G3 U8,0 W9,3 R2",
+		// a borrowed leader with a sibling in its session that
+		// borrows nothing: cloned from it
+		"U0,1 K0,1 K1,2 S2 P2,3 E1 W3,2",
+		"U0,1 K0,1 S1 K0,2 J2,1 F0,3 W0,3 K1,4 S4 F0,5 J2,4 S1 F1,6 P4,7 G1 K1,8 J1,4 C1,9 D4 G4 Q6 S3 U1,1 E1 S0 J3,7 T0 W0,2",
 		// a borrowed leader with early children: they were never
 		// created
 		"U0,1 C0,1 U1,1 W0,0 R1 O1 S1 J1,0 C1,2 G0 Q1 Q0 R2 H2,3 R2 J3,3 Q2 T3 E1 G1 F1,4 K3,5 X5 S3 S2 P3,6 D1 K3,7",
