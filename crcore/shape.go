@@ -746,6 +746,16 @@ func (sh *shapeTree) cloneOrder(plan *shapePlan, pid int, born func(*shapeTask) 
 			}
 		}
 		for _, c := range kids {
+			// A leader that shares with a sibling outside its session
+			// is cloned from it: after it, when that is a member
+			// coming after its own leader.
+			for _, k := range kids {
+				if key[c] >= 20 && k.sid != k.pid && k.sid != c.sid && shared(k, c)&^shared(p, c) != 0 && key[k] >= key[c] {
+					key[c] = key[k] + 1
+				}
+			}
+		}
+		for _, c := range kids {
 			// A task borrowing from a sibling is cloned from it,
 			// after it.
 			if s, ok := plan.borrowFrom[c.pid]; ok && key[sh.tasks[s]] >= key[c] {

@@ -62,6 +62,8 @@ func TestCheckShapePlan(t *testing.T) {
 		{name: "tasks that lent fs info they had from two levels up", tree: "1 0 1, 2 1 1, 3 2 1, 4 3 1 4 1",
 			lent: map[int]lentObjs{2: {fs: 1}, 3: {fs: 1}}},
 		{name: "leader that lent its parent's fs info, its own shared", tree: "1 0 1, 2 1 2, 3 2 1, 4 2 2 4 1, 5 2 2 5 2", refused: "not siblings"},
+		{name: "leader cloned from a member of its sibling leader's session", tree: "1 0 1, 2 1 1 2, 3 1 3 2, 4 1 3 4, 5 1 5 4",
+			order: map[int][]int{1: {2, 3, 4, 5}}},
 		{name: "borrowed leader with a sibling in its session that borrows nothing", tree: "1 0 1, 2 1 1 2, 3 2 3 3 1, 4 2 3",
 			borrowed: map[int]bool{3: true}, order: map[int][]int{2: {4}}},
 		{name: "borrowed leader with a sibling in its session", tree: "1 0 1, 2 1 1 2, 3 2 3 1, 4 2 3 1", borrowed: map[int]bool{3: true, 4: true}},

@@ -355,6 +355,10 @@ func TestRandomShapes(t *testing.T) {
 		// what it lends before cloning its other children (restored,
 		// sharing less than the images said)
 		"U0,1 W0,0 E0 E0 K0,1 K1,2 R1 K1,3 K2,4 G1 H2,5 C0,6 P6,7 S4 X4 K5,8 U1,1 C3,9 E1 R9 D0 E5 W6,3 U6,0 G3 U8,0 W9,3 R2",
+		// a leader cloned from a member of its sibling leader's
+		// session, that leader sharing a table with a sibling outside
+		"U0,1 S0 F0,1 H1,2 S2 P2,3 H3,4 S4 O3 O4",
+		"U0,1 S0 J0,0 R0 E0 F0,1 G0 W0,0 K0,2 G2 W0,3 F1,3 S2 U2,1 F3,4 H1,5 S5 P5,6 H6,7 J2,5 S1 S7 S5 W2,0 X3 G0 S7 T1",
 		// a borrowed leader with a sibling in its session that
 		// borrows nothing: cloned from it
 		"U0,1 K0,1 K1,2 S2 P2,3 E1 W3,2",
