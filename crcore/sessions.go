@@ -705,11 +705,18 @@ func (rs *restorer) bearUnder(host *rtask) ([]*rtask, error) {
 // (endHelpers) is to reparent it to its image parent.
 func (rs *restorer) cloneOrphan(h *rtask, o deferredOrphan, memSrc *rtask) (*rtask, error) {
 	from := objectsOf(h)
-	ct, hostPid, err := rs.clone(h, o.ti.pid, sharedWith(from.ti, o.ti), uint64(unix.SIGCHLD))
+	flags := sharedWith(from.ti, o.ti)
+	if o.ti.zombie() {
+		flags = zombieHolds
+	}
+	ct, hostPid, err := rs.clone(h, o.ti.pid, flags, uint64(unix.SIGCHLD))
 	if err != nil {
 		return nil, err
 	}
 	c := &rtask{ti: o.ti, hostPid: hostPid, t: ct, parent: o.parent, memSrc: memSrc, spare: h}
+	if o.ti.zombie() {
+		c.holds = h // passed on to its session's orphans, as any zombie's
+	}
 	c.r = h.r.forTask(ct)
 	// The objects' holder has its fds in place already.
 	c.table = maps.Clone(from.table)

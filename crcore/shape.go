@@ -519,15 +519,20 @@ func (sh *shapeTree) plan(pre map[int]int) (plan *shapePlan, retry shapeRetry, e
 				if src, orphan := deferred[t.pid]; orphan {
 					// A zombie's spare holds what the zombie's cloner
 					// held (zombieHolds): its parent's, when it is
-					// cloned from it. Else nothing that is sure: enough
-					// for an orphan sharing only with its own
-					// descendants.
+					// cloned from it, or for one born under a task
+					// (from a spare of it, cloneOrphan), that task's.
+					// Else nothing that is sure: enough for an orphan
+					// sharing only with its own descendants.
 					if s := tasks[src]; s != nil {
 						from := s
 						if s.zombie {
 							from = noObjects
-							if _, moved := plan.bornUnder[s.pid]; !moved && tasks[s.ppid] != nil && !tasks[s.ppid].zombie {
-								from = tasks[s.ppid]
+							host, moved := plan.bornUnder[s.pid]
+							if !moved {
+								host = s.ppid
+							}
+							if h := tasks[host]; h != nil && !h.zombie {
+								from = h
 							}
 						}
 						if holdsAll(from, t) {

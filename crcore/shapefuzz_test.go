@@ -359,6 +359,10 @@ func TestRandomShapes(t *testing.T) {
 		// session, that leader sharing a table with a sibling outside
 		"U0,1 S0 F0,1 H1,2 S2 P2,3 H3,4 S4 O3 O4",
 		"U0,1 S0 J0,0 R0 E0 F0,1 G0 W0,0 K0,2 G2 W0,3 F1,3 S2 U2,1 F3,4 H1,5 S5 P5,6 H6,7 J2,5 S1 S7 S5 W2,0 X3 G0 S7 T1",
+		// an orphan of a zombie leader born under its member's parent,
+		// sharing that parent's fs info
+		"U0,1 K0,2 S2 K2,3 K3,4 X2 S3 W4,2",
+		"U0,1 K0,1 G0 K0,2 S2 U2,1 J1,2 R1 Q0 G1 Q0 W0,1 S2 K2,3 K3,4 X2 W3,3 U4,0 U4,1 F0,5 F4,6 F0,7 P5,8 U6,0 S7 C7,9 R9 S3",
 		// a borrowed leader with a sibling in its session that
 		// borrows nothing: cloned from it
 		"U0,1 K0,1 K1,2 S2 P2,3 E1 W3,2",
