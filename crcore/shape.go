@@ -839,7 +839,10 @@ func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early [
 			continue // cloned elsewhere
 		}
 		bs, early := born(c), -1
-		if plan.pre[pid] != 0 {
+		if plan.pre[pid] != 0 && !plan.earlySetsid[pid] {
+			// p clones its children of the session it is born in
+			// before its setsid; a leader with early children has
+			// left it by now (cloneEarly, leaveEarly).
 			early = plan.pre[pid]
 		}
 		if l := sh.tasks[bs]; l != nil && l.ppid == pid && plan.earlySetsid[bs] && !left[bs] {

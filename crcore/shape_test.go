@@ -100,6 +100,8 @@ func TestCheckShapePlan(t *testing.T) {
 		{name: "orphan of a zombie leader moved past its parent, sharing the zombie's host's fs info", tree: "1 0 1, 2 1 2 2 1 z, 3 1 3 3 1, 4 3 2 4 1",
 			bornUnder: map[int]int{2: 3}},
 		{name: "orphan of a zombie leader moved past its parent", tree: "1 0 1, 2 1 1, 4 1 4 z, 5 2 4", bornUnder: map[int]int{4: 2}},
+		{name: "leader with early children whose child is such a leader too", tree: "1 0 1, 2 1 2, 3 2 3, 4 3 1, 5 2 3, 6 1 2",
+			refused: "no task of that session is cloned before it"},
 		{name: "leader born in its sibling leader's session, which was born in its parent's", tree: "1 0 1, 2 1 2, 3 2 1, 4 1 4, 5 4 2",
 			pre: map[int]int{2: 1, 4: 2}, order: map[int][]int{1: {2, 4}}},
 		{name: "leader born an orphan of a zombie leader's session", tree: "1 0 1, 2 1 1, 3 2 3 z, 4 1 4, 5 4 3", pre: map[int]int{4: 3}},
