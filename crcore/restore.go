@@ -540,7 +540,7 @@ func (rs *restorer) cloneChild(p *rtask, c *taskImage) (*rtask, error) {
 	lent := lentTo(p, c)
 	flags := sharedWith(p.ti, c) | rs.borrows(p.ti, c) | lent | rs.lentAtBirth(p, c)
 	if c.zombie() {
-		flags = rs.zombieFlags(c)
+		flags = zombieHolds
 	}
 	t, hostPid, err := rs.clone(p, c.pid, flags, uint64(unix.SIGCHLD))
 	if err != nil {
@@ -642,37 +642,9 @@ func lentTo(t *rtask, c *taskImage) uint64 {
 // holdsFor returns the clone flags for what c shares with the objects t
 // holds now: its own or, for a helper or zombie, its source's, and what
 // a lender lends.
-//
-// A zombie may hold an object it made (checkShape's lent, on a zombie)
-// instead of its source's of that kind.
 func holdsFor(t *rtask, c *taskImage) uint64 {
-	var fl, made uint64
-	for ; t != nil; t = t.holds {
-		fl |= lentTo(t, c) &^ made
-		if t.lends != nil {
-			made |= t.lends.flags()
-		}
-		if t.holds == nil {
-			fl |= sharedWith(t.ti, c) &^ made
-		}
-	}
-	return fl
-}
-
-// filesOwner returns the task whose fd table t holds: objectsOf's, but a
-// zombie that made a table of its own holds that one.
-func filesOwner(t *rtask) *rtask {
-	for t.holds != nil && (t.lends == nil || t.lends.files == 0) {
-		t = t.holds
-	}
-	return t
-}
-
-// zombieFlags are the clone flags of zombie c: zombieHolds, but for what
-// it makes (checkShape's lent, on a zombie).
-func (rs *restorer) zombieFlags(c *taskImage) uint64 {
-	l := rs.shape.lent[c.pid]
-	return zombieHolds &^ l.flags()
+	o := objectsOf(t)
+	return sharedWith(o.ti, c) | lentTo(o, c)
 }
 
 // zombieHolds is how a zombie is cloned: sharing the fd table and fs

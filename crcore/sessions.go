@@ -705,9 +705,9 @@ func (rs *restorer) bearUnder(host *rtask) ([]*rtask, error) {
 // (endHelpers) is to reparent it to its image parent.
 func (rs *restorer) cloneOrphan(h *rtask, o deferredOrphan, memSrc *rtask) (*rtask, error) {
 	from := objectsOf(h)
-	flags := holdsFor(h, o.ti)
+	flags := sharedWith(from.ti, o.ti)
 	if o.ti.zombie() {
-		flags = rs.zombieFlags(o.ti)
+		flags = zombieHolds
 	}
 	ct, hostPid, err := rs.clone(h, o.ti.pid, flags, uint64(unix.SIGCHLD))
 	if err != nil {
@@ -716,7 +716,6 @@ func (rs *restorer) cloneOrphan(h *rtask, o deferredOrphan, memSrc *rtask) (*rta
 	c := &rtask{ti: o.ti, hostPid: hostPid, t: ct, parent: o.parent, memSrc: memSrc, spare: h}
 	if o.ti.zombie() {
 		c.holds = h // passed on to its session's orphans, as any zombie's
-		rs.startLending(c)
 	}
 	c.r = h.r.forTask(ct)
 	// The objects' holder has its fds in place already.
@@ -811,7 +810,7 @@ func (rs *restorer) cloneFrom(src, p *rtask, c *taskImage) (*rtask, error) {
 		share |= rs.borrows(objectsOf(src).ti, c) // for its children
 	}
 	if c.zombie() {
-		share = rs.zombieFlags(c)
+		share = zombieHolds
 	}
 	t, hostPid, err := rs.clone(src, c.pid, unix.CLONE_PARENT|share, 0)
 	if err != nil {
@@ -829,7 +828,7 @@ func (rs *restorer) cloneFrom(src, p *rtask, c *taskImage) (*rtask, error) {
 		// A sibling's fds are restored after this clone: c takes
 		// the table it leaves (create). A lent table's are restored
 		// by the first child that holds it.
-		switch o := filesOwner(src); {
+		switch o := objectsOf(src); {
 		case lentTo(o, c)&unix.CLONE_FILES == 0:
 			child.filesSrc = o
 		case o.lentFiles == nil:

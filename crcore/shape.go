@@ -311,8 +311,8 @@ func (sh *shapeTree) preSessions(viaHelper map[int]bool, forSiblings map[int]int
 		queue = append(queue, sh.kids[pp]...)
 		for _, pid := range sh.kids[pp] {
 			t := sh.tasks[pid]
-			if t.sid != pid || t.zombie && forSiblings[pid] == 0 {
-				continue // a zombie stays only for its siblings
+			if t.sid != pid || t.zombie {
+				continue
 			}
 			for _, s := range sh.needsOf(pid) {
 				if s == sh.tasks[pp].sid || s == pre[pp] || viaHelper[s] {
@@ -867,9 +867,6 @@ func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early [
 		need := shared(pv, cv)
 		for _, k := range sibs {
 			need |= shared(sh.view(k), cv)
-			if l, made := sh.lends[k.pid]; made && k.zombie {
-				need |= shared(l.view(noObjects), cv) // what it made
-			}
 		}
 		ok := shared(holder(src), cv) == need
 		for _, k := range sibs {
@@ -894,21 +891,13 @@ func (sh *shapeTree) simulateClones(plan *shapePlan, p *shapeTask, kids, early [
 			}
 		}
 		if c.zombie {
-			// need is 0: cloned from src, holding its objects but for
-			// those it makes (lent, on a zombie).
-			objs[c] = holder(src)
-			if l, ok := sh.lends[c.pid]; ok {
-				objs[c] = l.view(holder(src))
-			}
+			objs[c] = holder(src) // need is 0: cloned from src
 		}
 		if !ok {
 			retry := sh.lendFor(plan, p, c, deferred)
 			if retry.lend == 0 {
 				retry = sh.stayFor(plan, kids, c)
 				retry.lend, retry.lent = sh.lendToSibling(plan, pv, c, cv, need, sibs, now, deferred)
-				if retry.lend == 0 {
-					retry.lend, retry.lent = sh.zombieToMake(p, c, sibs, now)
-				}
 			}
 			return retry, fmt.Errorf("pid %d (session %d) shares %s with its parent %d or a sibling, but no one task it can be cloned from holds all of it in its session: clone shares only the cloner's, and a new task starts in the cloner's session, so it was cloned before a holder left the session (setsid), which crhook does not rebuild: %w",
 				c.pid, bs, shareWhat(need), pid, ErrNotSupported)
@@ -1165,48 +1154,6 @@ func (sh *shapeTree) lendToKin(plan *shapePlan, heads []*shapeTask, i int, x uin
 	return shapeRetry{}
 }
 
-// zombieToMake suggests, for child c of p that no task can be cloned
-// from, a zombie sibling Z cloned before it, in c's session, that made
-// the objects c shares and p does not hold: Z was cloned with them new,
-// passed them on to its siblings (CLONE_PARENT) and exited. The restore
-// clones Z without sharing them (zombieFlags) and the tasks cloned from
-// it share them. Their holders must all be below p but for p itself.
-func (sh *shapeTree) zombieToMake(p, c *shapeTask, sibs []*shapeTask, now func(*shapeTask) int) (int, lentObjs) {
-	bs := now(c)
-	for _, z := range sibs {
-		if !z.zombie || bs != c.pid && now(z) != bs || sh.lends[z.pid] != (lentObjs{}) {
-			continue
-		}
-		var made [2]uint32
-		fits := true
-		for i, k := range shareKinds {
-			x := k.id(c)
-			if x == k.id(p) || len(sh.holdersOf(k, x)) < 2 {
-				continue
-			}
-			for _, h := range sh.holdersOf(k, x) {
-				fits = fits && h != p && sh.within(p.pid, h.pid)
-			}
-			made[i] = x
-		}
-		if l := (lentObjs{files: made[0], fs: made[1]}); fits && l != (lentObjs{}) {
-			return z.pid, l
-		}
-	}
-	return 0, lentObjs{}
-}
-
-// holdersOf returns the live tasks that hold object x of kind k.
-func (sh *shapeTree) holdersOf(k shareKind, x uint32) []*shapeTask {
-	var out []*shapeTask
-	for _, pid := range sh.pids {
-		if t := sh.tasks[pid]; !t.zombie && k.id(t) == x {
-			out = append(out, t)
-		}
-	}
-	return out
-}
-
 // sourceOfNone says whether no helper, spare or orphan is cloned from p
 // or from a zombie child of p: those share what p holds at the time.
 func (sh *shapeTree) sourceOfNone(plan *shapePlan, p *shapeTask, deferred map[int]int) bool {
@@ -1228,12 +1175,7 @@ func (sh *shapeTree) sourceOfNone(plan *shapePlan, p *shapeTask, deferred map[in
 func (sh *shapeTree) stayFor(plan *shapePlan, kids []*shapeTask, c *shapeTask) shapeRetry {
 	free := func(t *shapeTask) bool { return t.sid == t.pid && !t.zombie && plan.pre[t.pid] == 0 }
 	for _, k := range kids {
-		l, made := sh.lends[k.pid]
 		switch {
-		case k.zombie && made && k.sid == k.pid && plan.pre[k.pid] == 0 && c.sid != c.pid && shared(l.view(noObjects), c) != 0 && sh.siblingInSession(k, plan.pre):
-			// A zombie leader that made what c shares stays in the
-			// session it is born in until c is cloned from it.
-			return shapeRetry{leader: k.pid, session: c.sid}
 		case k == c || shared(k, c) == 0:
 		case free(c) && k.sid != k.pid:
 			return shapeRetry{leader: c.pid, session: k.sid}

@@ -95,8 +95,6 @@ func TestCheckShapePlan(t *testing.T) {
 		{name: "orphan of a zombie leader", tree: "1 0 1, 2 1 1, 3 2 3 z, 5 1 3"},
 		{name: "orphan of a zombie leader sharing its fd table with its child", tree: "1 0 1, 2 1 1, 3 2 3 z, 5 1 3 5, 6 5 3 5"},
 		{name: "orphan of a zombie leader sharing the leader's parent's fs info", tree: "1 0 1, 2 1 1, 3 2 3 z, 5 1 3 5 2"},
-		{name: "zombie leader that made a table its siblings share, in its session and its parent's", tree: "1 0 1, 2 1 2 2 2 z, 3 1 1 9, 4 1 2 9, 5 1 1 5 5, 6 1 1 1",
-			pre: map[int]int{2: 1}, lent: map[int]lentObjs{2: {files: 9}}},
 		{name: "orphan of a zombie leader moved past its parent, sharing the zombie's host's fs info", tree: "1 0 1, 2 1 2 2 1 z, 3 1 3 3 1, 4 3 2 4 1",
 			bornUnder: map[int]int{2: 3}},
 		{name: "orphan of a zombie leader moved past its parent", tree: "1 0 1, 2 1 1, 4 1 4 z, 5 2 4", bornUnder: map[int]int{4: 2}},

@@ -359,9 +359,6 @@ func TestRandomShapes(t *testing.T) {
 		// session, that leader sharing a table with a sibling outside
 		"U0,1 S0 F0,1 H1,2 S2 P2,3 H3,4 S4 O3 O4",
 		"U0,1 S0 J0,0 R0 E0 F0,1 G0 W0,0 K0,2 G2 W0,3 F1,3 S2 U2,1 F3,4 H1,5 S5 P5,6 H6,7 J2,5 S1 S7 S5 W2,0 X3 G0 S7 T1",
-		// a zombie leader that made a table its siblings share, in
-		// its session and in its parent's
-		"U0,1 S0 E0 K0,1 E1 K0,2 H1,3 H3,4 F4,5 K4,6 P5,7 S1 R2 C1,8 U1,0 R1 U1,0 G5 Q4 H4,9 W0,3 U2,1 R2 X1 W5,0 T2 J5,7 U9,1",
 		// an orphan of a zombie leader born under its member's parent,
 		// sharing that parent's fs info
 		"U0,1 K0,2 S2 K2,3 K3,4 X2 S3 W4,2",
