@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static int logfd;
@@ -25,11 +26,19 @@ static volatile sig_atomic_t usr1, usr2;
 static void on_usr1(int sig) { (void)sig; usr1 = 1; }
 static void on_usr2(int sig) { (void)sig; usr2 = 1; }
 
+// nap waits 10 ms. The loops below poll their flag with it rather than
+// pause(), which would miss a signal that lands between the check and
+// the call (as one sent right after a restore may).
+static void nap(void) {
+	struct timespec ts = {0, 10 * 1000 * 1000};
+	nanosleep(&ts, NULL);
+}
+
 static int b_main(void *arg) {
 	(void)arg;
 	setsid();
 	for (;;) {
-		pause();
+		nap();
 		if (usr1) {
 			usr1 = 0;
 			int fd = open("/dev/null", O_RDONLY);
@@ -45,7 +54,7 @@ static int b_main(void *arg) {
 static int c_main(void *arg) {
 	(void)arg;
 	for (;;) {
-		pause();
+		nap();
 		if (usr1) {
 			usr1 = 0;
 			if (chdir("/tmp") < 0)
@@ -81,7 +90,7 @@ int main(int argc, char **argv) {
 			usleep(1000);
 		dprintf(logfd, "ready %d %d %d\n", getpid(), b, c);
 		for (;;) {
-			pause();
+			nap();
 			if (usr2) {
 				usr2 = 0;
 				char cwd[256];
