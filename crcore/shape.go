@@ -970,10 +970,7 @@ func (sh *shapeTree) siblingInSession(t *shapeTask, pre map[int]int) bool {
 // would get the lent one). A lender is no source of helpers, spares,
 // borrowers or early children: those share what p holds at the time.
 func (sh *shapeTree) lendFor(plan *shapePlan, p, c *shapeTask, deferred map[int]int) shapeRetry {
-	if p.zombie || c.zombie || sh.lends[p.pid] != (lentObjs{}) || plan.earlySetsid[p.pid] || plan.borrowed[p.pid] || len(plan.borrowers[p.pid]) > 0 {
-		return shapeRetry{}
-	}
-	if !sh.sourceOfNone(plan, p, deferred) {
+	if c.zombie || plan.earlySetsid[p.pid] {
 		return shapeRetry{}
 	}
 	var lent [2]uint32
@@ -982,11 +979,12 @@ func (sh *shapeTree) lendFor(plan *shapePlan, p, c *shapeTask, deferred map[int]
 		if x == k.id(p) {
 			continue
 		}
+		if !sh.mayLend(plan, p, i, deferred) {
+			return shapeRetry{}
+		}
 		withSibling := false
 		for _, h := range sh.tasks {
 			switch {
-			case h != p && k.id(h) == k.id(p):
-				return shapeRetry{} // p's own is shared
 			case h != c && k.id(h) == x:
 				if h == p || h.zombie || !sh.within(p.pid, h.pid) {
 					return shapeRetry{}
@@ -1041,19 +1039,7 @@ func (sh *shapeTree) lendBorrowed(plan *shapePlan, heads []*shapeTask, i int, x 
 		}
 		fits := len(line) > 0
 		for _, b := range line {
-			if !fits || sh.lends[b.pid] != (lentObjs{}) || plan.borrowed[b.pid] || len(plan.borrowers[b.pid]) > 0 {
-				fits = false
-				break
-			}
-			if _, orphan := deferred[b.pid]; orphan || !sh.sourceOfNone(plan, b, deferred) {
-				fits = false
-				break
-			}
-			for _, h := range sh.tasks {
-				if h != b && k.id(h) == k.id(b) {
-					fits = false // B's own is shared
-				}
-			}
+			fits = fits && sh.mayLend(plan, b, i, deferred)
 			for _, h := range holders {
 				if h == b || !sh.within(b.pid, h.pid) {
 					continue
@@ -1066,11 +1052,7 @@ func (sh *shapeTree) lendBorrowed(plan *shapePlan, heads []*shapeTask, i int, x 
 			}
 		}
 		if fits {
-			l := lentObjs{fs: x}
-			if i == 0 {
-				l = lentObjs{files: x}
-			}
-			return shapeRetry{lend: line[len(line)-1].pid, lent: l}
+			return shapeRetry{lend: line[len(line)-1].pid, lent: lentOne(i, x)}
 		}
 	}
 	return shapeRetry{}
@@ -1087,10 +1069,7 @@ func (sh *shapeTree) lendBorrowed(plan *shapePlan, heads []*shapeTask, i int, x 
 func (sh *shapeTree) lendToSibling(plan *shapePlan, pv, c, cv *shapeTask, need uint64, sibs []*shapeTask, now func(*shapeTask) int, deferred map[int]int) (int, lentObjs) {
 	bs := now(c)
 	for _, b := range sibs {
-		if b.zombie || b.ppid != pv.pid || bs != c.pid && now(b) != bs || sh.lends[b.pid] != (lentObjs{}) || plan.borrowed[b.pid] || len(plan.borrowers[b.pid]) > 0 {
-			continue
-		}
-		if _, orphan := deferred[b.pid]; orphan || !sh.sourceOfNone(plan, b, deferred) {
+		if b.ppid != pv.pid || bs != c.pid && now(b) != bs {
 			continue
 		}
 		var lent [2]uint32
@@ -1100,11 +1079,9 @@ func (sh *shapeTree) lendToSibling(plan *shapePlan, pv, c, cv *shapeTask, need u
 			if x == k.id(b) || x != k.id(pv) {
 				continue
 			}
+			fits = fits && sh.mayLend(plan, b, i, deferred)
 			for _, h := range sh.tasks {
-				switch {
-				case h != b && k.id(h) == k.id(b):
-					fits = false // B's own is shared
-				case i == 0 && k.id(h) == x && h != b && sh.within(b.pid, h.pid):
+				if i == 0 && k.id(h) == x && h != b && sh.within(b.pid, h.pid) {
 					fits = false // B's children would share the table B fills
 				}
 			}
@@ -1125,33 +1102,49 @@ func (sh *shapeTree) lendToSibling(plan *shapePlan, pv, c, cv *shapeTask, need u
 // a sibling of B; B holds its own alone and is no source of helpers,
 // spares, borrowers or borrowed tasks.
 func (sh *shapeTree) lendToKin(plan *shapePlan, heads []*shapeTask, i int, x uint32, holders []*shapeTask, deferred map[int]int) shapeRetry {
-	k := shareKinds[i]
 	for _, t := range heads {
 		b, ok := sh.tasks[t.ppid]
-		if !ok || b.zombie || b.pid == sh.root || sh.lends[b.pid] != (lentObjs{}) || plan.borrowed[b.pid] || len(plan.borrowers[b.pid]) > 0 {
-			continue
-		}
-		if _, orphan := deferred[b.pid]; orphan || !sh.sourceOfNone(plan, b, deferred) {
+		if !ok || b.pid == sh.root || !sh.mayLend(plan, b, i, deferred) {
 			continue
 		}
 		fits := true
-		for _, h := range sh.tasks {
-			if h != b && k.id(h) == k.id(b) {
-				fits = false // B's own is shared
-			}
-		}
 		for _, h := range holders {
 			fits = fits && h != b && (sh.within(b.pid, h.pid) || h.ppid == b.ppid)
 		}
 		if fits {
-			l := lentObjs{fs: x}
-			if i == 0 {
-				l = lentObjs{files: x}
-			}
-			return shapeRetry{lend: b.pid, lent: l}
+			return shapeRetry{lend: b.pid, lent: lentOne(i, x)}
 		}
 	}
 	return shapeRetry{}
+}
+
+// mayLend says whether b may lend an object of kind i (lent): it is a
+// live task that lends nothing yet, is no orphan, borrows
+// nothing and has no borrowers, is no source of helpers, spares or
+// orphans (sourceOfNone), and holds its own object of the kind alone,
+// which is a copy it takes once it has lent.
+func (sh *shapeTree) mayLend(plan *shapePlan, b *shapeTask, i int, deferred map[int]int) bool {
+	if b.zombie || sh.lends[b.pid] != (lentObjs{}) || plan.borrowed[b.pid] || len(plan.borrowers[b.pid]) > 0 {
+		return false
+	}
+	if _, orphan := deferred[b.pid]; orphan || !sh.sourceOfNone(plan, b, deferred) {
+		return false
+	}
+	k := shareKinds[i]
+	for _, h := range sh.tasks {
+		if h != b && k.id(h) == k.id(b) {
+			return false
+		}
+	}
+	return true
+}
+
+// lentOne is the lentObjs of object x of kind i alone.
+func lentOne(i int, x uint32) lentObjs {
+	if i == 0 {
+		return lentObjs{files: x}
+	}
+	return lentObjs{fs: x}
 }
 
 // sourceOfNone says whether no helper, spare or orphan is cloned from p
